@@ -1,0 +1,61 @@
+"""Every config field with its default: the one schema that config files start from.
+
+Config files call `base_config()` and change what their experiment needs. The config is locked
+before overrides apply, so `--config.FIELD=VALUE` can change any field listed here and a
+misspelt field is an error naming the fields that exist.
+"""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "digits"       # see README: digits, mnist, ..., imagefolder:PATH
+    config.dataset.data_dir = ""         # TFDS data dir; "" = TFDS's default ($TFDS_DATA_DIR)
+    config.dataset.augment = "auto"      # auto | none | crop_flip | resized_crop_flip
+    config.dataset.crop_padding = 4      # crop_flip: zero padding before the random crop
+    config.dataset.image_size = 224      # resized_crop_flip: side of the square crop
+    config.dataset.num_workers = 0       # grain worker processes (0: in the main process)
+    config.dataset.prefetch = 2          # batches read ahead by grain
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "cnn"            # mlp | cnn | resnet20 | resnet32 | ... | resnet110
+    config.model.norm = "batch"          # batch | layer | group | none
+    config.model.norm_kwargs = ml_collections.ConfigDict()
+    config.model.activation = "relu"     # relu | elu
+    config.model.activation_kwargs = ml_collections.ConfigDict()
+    config.model.options = ml_collections.ConfigDict()  # the model's own options, e.g. widths
+
+    config.batch_size = 128
+    config.eval_batch_size = 512
+    # The peak learning rate is base_lr at base_batch_size, rescaled for batch_size by the rule
+    # (bnresearch/config/learning_rate.py): overriding batch_size rescales the lr.
+    config.base_lr = 0.1
+    config.base_batch_size = 128
+    config.lr_scaling = "linear"         # none | linear | sqrt
+
+    config.schedule = ml_collections.ConfigDict()
+    config.schedule.warmup = "0 steps"   # linear warmup, in steps or epochs
+    config.schedule.decay = "cosine"     # constant | cosine | step
+    config.schedule.boundaries = ()      # step decay: durations, e.g. ("30 epochs", "60 epochs")
+    config.schedule.decay_factor = 0.1   # step decay: multiplier at each boundary
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "momentum"   # sgd | momentum | nesterov | adam | adamw
+    config.optimizer.momentum = 0.9
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.999
+    config.optimizer.eps = 1e-8
+    config.optimizer.weight_decay = 5e-4  # coupled L2, except adamw's decoupled decay
+    config.optimizer.grad_clip_norm = 0.0  # global-norm clipping; 0 turns it off
+
+    config.train_duration = "30 epochs"  # durations: "N steps" or "N epochs"
+    config.compute_dtype = "float32"     # float32 | bfloat16 (for accelerators)
+    config.log_every = "50 steps"
+    config.eval_every = "10 epochs"      # "0 steps": only at the end
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every = "5 epochs"  # "0 steps": only at the end
+    config.checkpoint.keep = 3
+    return config

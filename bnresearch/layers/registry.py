@@ -1,0 +1,39 @@
+"""Name-to-module registries shared by normalizations, activations and models.
+
+A registry maps a name to a linen Module class, or to a ``functools.partial`` of one that fixes
+some of its fields (``'resnet20'`` is ``CifarResNet`` with ``depth=20``). An entry's options are
+the class's dataclass fields minus linen's own (``parent``, ``name``), minus the fields the entry
+fixes, minus the fields the caller fills in itself (``reserved``, e.g. ``dtype``). New entries
+therefore need no registry code of their own: adding a field to a module adds an option.
+"""
+import dataclasses
+import functools
+from collections.abc import Callable, Collection, Mapping
+
+import flax.linen as nn
+
+ModuleFactory = Callable[..., nn.Module]
+
+
+def option_names(entry: ModuleFactory, reserved: Collection[str] = ()) -> tuple[str, ...]:
+    """The options a user may set on a registry entry, in field order."""
+    if isinstance(entry, functools.partial):
+        module_class, fixed = entry.func, entry.keywords
+    else:
+        module_class, fixed = entry, {}
+    excluded = {'parent', 'name', *fixed, *reserved}
+    return tuple(f.name for f in dataclasses.fields(module_class)
+                 if f.init and f.name not in excluded)
+
+
+def lookup(kind: str, registry: Mapping[str, ModuleFactory], name: str, options: Mapping,
+           reserved: Collection[str] = ()) -> functools.partial:
+    """The registry entry `name` with `options` bound; unknown names or options raise ValueError."""
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(registry)}")
+    valid = option_names(registry[name], reserved)
+    unknown = [option for option in options if option not in valid]
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for {kind} {name!r}; "
+                         f"valid options: {', '.join(valid) or '(none)'}")
+    return functools.partial(registry[name], **options)

@@ -1,0 +1,94 @@
+"""The CIFAR ResNets of He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition",
+CVPR 2016, arXiv:1512.03385, section 4.2: a 3x3 conv with 16 channels, then three stages of n
+basic blocks with 16, 32 and 64 channels (stride 2 at the first block of stages 2 and 3), global
+average pooling and a dense classifier; depth = 6n + 2 (20, 32, 44, 56, 110).
+
+The blocks are the paper's post-activation ones: conv-norm-act-conv-norm, add the shortcut, act.
+Where a block changes shape the shortcut is either
+  'pad': the paper's option A for CIFAR, parameter-free: subsample by taking every second pixel
+    (the pixels the stride-2 conv centers on) and zero-pad the new channels; or
+  'projection': option B, a strided 1x1 conv followed by the normalization.
+Elsewhere it is the identity. Convs have no bias (a normalization follows each).
+"""
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+from flax.typing import Dtype
+
+from bnresearch.layers.registry import ModuleFactory
+from bnresearch.models.common import HE_NORMAL, check_positive_int
+
+STAGE_WIDTHS = (16, 32, 64)
+SHORTCUTS = ('pad', 'projection')
+
+
+class BasicBlock(nn.Module):
+    features: int
+    strides: int
+    shortcut: str
+    norm: ModuleFactory
+    activation: ModuleFactory
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        # padding=1 on both sides, as in the paper's code base, rather than 'SAME', which pads a
+        # stride-2 conv on the high side only.
+        y = nn.Conv(self.features, (3, 3), strides=self.strides, padding=1, use_bias=False,
+                    kernel_init=HE_NORMAL, dtype=self.dtype, name='conv1')(x)
+        y = self.norm(dtype=self.dtype, name='norm1')(y, train=train)
+        y = self.activation(name='act1')(y)
+        y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=HE_NORMAL,
+                    dtype=self.dtype, name='conv2')(y)
+        y = self.norm(dtype=self.dtype, name='norm2')(y, train=train)
+        return self.activation(name='act2')(y + self._shortcut(x, train))
+
+    @nn.nowrap
+    def _shortcut(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.strides == 1 and x.shape[-1] == self.features:
+            return x
+        if self.shortcut == 'pad':
+            x = x[:, ::self.strides, ::self.strides, :]
+            return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.features - x.shape[-1])))
+        x = nn.Conv(self.features, (1, 1), strides=self.strides, use_bias=False,
+                    kernel_init=HE_NORMAL, dtype=self.dtype, name='shortcut_conv')(x)
+        return self.norm(dtype=self.dtype, name='shortcut_norm')(x, train=train)
+
+
+class CifarResNet(nn.Module):
+    num_classes: int
+    norm: ModuleFactory
+    activation: ModuleFactory
+    dtype: Dtype = jnp.float32
+    depth: int = 20
+    shortcut: str = 'pad'
+
+    def __post_init__(self):
+        check_positive_int('cifar resnet', 'num_classes', self.num_classes)
+        if not (isinstance(self.depth, int) and self.depth >= 8 and (self.depth - 2) % 6 == 0):
+            raise ValueError(f'cifar resnet: depth must be 6n + 2 with n >= 1, got {self.depth!r}')
+        if self.shortcut not in SHORTCUTS:
+            raise ValueError(f'cifar resnet: unknown shortcut {self.shortcut!r}; '
+                             f'valid shortcuts: {", ".join(SHORTCUTS)}')
+        super().__post_init__()
+
+    @nn.nowrap
+    def normalized_features(self) -> tuple[int, ...]:
+        """The channel counts the normalization layers see."""
+        return STAGE_WIDTHS
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = nn.Conv(STAGE_WIDTHS[0], (3, 3), padding=1, use_bias=False, kernel_init=HE_NORMAL,
+                    dtype=self.dtype, name='stem_conv')(x)
+        x = self.norm(dtype=self.dtype, name='stem_norm')(x, train=train)
+        x = self.activation(name='stem_act')(x)
+        blocks_per_stage = (self.depth - 2) // 6
+        for stage, width in enumerate(STAGE_WIDTHS, start=1):
+            for block in range(1, blocks_per_stage + 1):
+                strides = 2 if stage > 1 and block == 1 else 1
+                x = BasicBlock(features=width, strides=strides, shortcut=self.shortcut,
+                               norm=self.norm, activation=self.activation, dtype=self.dtype,
+                               name=f'stage{stage}_block{block}')(x, train=train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(jnp.float32)

@@ -1,0 +1,51 @@
+"""A plain (non-residual) convolutional net: stages of 3x3 conv -> norm -> activation, the first
+conv of every stage after the first with stride 2, then global average pooling and a dense
+classifier. A small all-convolutional design in the spirit of Springenberg et al., "Striving for
+Simplicity: The All Convolutional Net", 2015, arXiv:1412.6806 (strided convs instead of pooling).
+
+With the default widths (32, 64, 128) an 8x8 input is seen at 8x8, 4x4 and 2x2, a 32x32 one at
+32x32, 16x16 and 8x8.
+"""
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+from flax.typing import Dtype
+
+from bnresearch.layers.registry import ModuleFactory
+from bnresearch.models.common import HE_NORMAL, check_positive_int, check_positive_ints
+
+
+class CNN(nn.Module):
+    """Convs have no bias: the normalization after them supplies the shift."""
+    num_classes: int
+    norm: ModuleFactory
+    activation: ModuleFactory
+    dtype: Dtype = jnp.float32
+    widths: Sequence[int] = (32, 64, 128)
+    convs_per_stage: int = 2
+
+    def __post_init__(self):
+        check_positive_int('cnn', 'num_classes', self.num_classes)
+        check_positive_ints('cnn', 'widths', self.widths)
+        check_positive_int('cnn', 'convs_per_stage', self.convs_per_stage)
+        super().__post_init__()
+
+    @nn.nowrap
+    def normalized_features(self) -> tuple[int, ...]:
+        """The channel counts the normalization layers see."""
+        return tuple(self.widths)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        for stage, width in enumerate(self.widths, start=1):
+            for conv in range(1, self.convs_per_stage + 1):
+                strides = 2 if stage > 1 and conv == 1 else 1
+                layer = f'stage{stage}_conv{conv}'
+                x = nn.Conv(width, (3, 3), strides=strides, padding=1, use_bias=False,
+                            kernel_init=HE_NORMAL, dtype=self.dtype, name=layer)(x)
+                x = self.norm(dtype=self.dtype, name=f'{layer}_norm')(x, train=train)
+                x = self.activation(name=f'{layer}_act')(x)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(jnp.float32)

@@ -1,0 +1,28 @@
+"""Quickstart: a small CNN with batch norm on the 8x8 handwritten digits scikit-learn ships.
+
+    python launch.py --config configs/quickstart.py --workdir runs/quickstart
+
+About 97% test accuracy in well under a minute on 2 CPU cores (no network needed).
+
+The arg picks common variants, e.g. `configs/quickstart.py:model=resnet20,norm=group`:
+  dataset, model, norm, activation: names as in the README.
+"""
+from bnresearch.config.arg import parse_arg
+from bnresearch.config.defaults import base_config
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, dataset="digits", model="cnn", norm="batch", activation="relu")
+    config = base_config()
+    config.dataset.name = arg.dataset
+    config.model.name = arg.model
+    config.model.norm = arg.norm
+    config.model.activation = arg.activation
+    config.batch_size = 64
+    config.base_batch_size = 64
+    config.base_lr = 0.05
+    config.train_duration = "30 epochs"
+    config.schedule.warmup = "1 epochs"
+    config.log_every = "1 epochs"
+    config.eval_every = "5 epochs"
+    return config

@@ -1,0 +1,52 @@
+"""Runs one experiment from a config.
+
+    python launch.py --config configs/quickstart.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
+
+Running the same command on the same workdir resumes from the latest checkpoint. With
+--coordinator_address, --num_processes and --process_id the run spans several processes
+(hosts of a GPU cluster or TPU pod) through jax.distributed.
+"""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from bnresearch.errors import UsageError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, with an optional :ARG (see the file's docstring).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of this run's files and checkpoints.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for a multi-process run.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in that run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _start_distributed() -> None:
+    import jax
+    # CPU devices of different processes talk through gloo (by default they cannot talk at
+    # all); the setting only concerns CPU devices, so it is harmless on GPU and TPU hosts.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.get_absl_handler().use_absl_log_file = False
+    if _COORDINATOR.value:
+        _start_distributed()
+    from bnresearch.train.loop import train_and_evaluate  # after jax.distributed, as it asks
+    try:
+        status = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    logging.info("finished with status %s; files in %s", status, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
