@@ -6,6 +6,7 @@ Running the same command on the same workdir resumes from the latest checkpoint.
 --coordinator_address, --num_processes and --process_id the run spans several processes
 (hosts of a GPU cluster or TPU pod) through jax.distributed.
 """
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -33,10 +34,21 @@ def _start_distributed() -> None:
                                process_id=_PROCESS_ID.value)
 
 
+def _show_progress_only() -> None:
+    """The console gets bnresearch's progress lines; libraries speak only to warn."""
+    logging.set_verbosity(logging.WARNING)  # absl's level: orbax and grain log through it
+    handler = std_logging.StreamHandler()
+    handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    progress = std_logging.getLogger("bnresearch")
+    progress.addHandler(handler)
+    progress.setLevel(std_logging.INFO)
+    progress.propagate = False
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_handler().use_absl_log_file = False
+    _show_progress_only()
     if _COORDINATOR.value:
         _start_distributed()
     from bnresearch.train.loop import train_and_evaluate  # after jax.distributed, as it asks
@@ -45,7 +57,8 @@ def main(argv):
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    logging.info("finished with status %s; files in %s", status, _WORKDIR.value)
+    std_logging.getLogger("bnresearch").info("finished with status %s; files in %s", status,
+                                             _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ References:
   layer: Ba, Kiros & Hinton, "Layer Normalization", 2016, arXiv:1607.06450.
   group: Wu & He, "Group Normalization", ECCV 2018, arXiv:1803.08494.
 """
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -48,6 +50,9 @@ def _mean_and_variance(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, 
 class Normalization(nn.Module):
     """Base of every normalization: the output dtype and a build-time channel-count check."""
     dtype: Dtype = jnp.float32
+    # Whether the layer ends with a learned per-channel shift; the conv or dense layer before it
+    # then needs no bias of its own.
+    adds_bias: ClassVar[bool] = True
 
     @nn.nowrap
     def check_features(self, num_features: int) -> None:
@@ -170,7 +175,8 @@ class GroupNorm(Normalization):
         num_features = x.shape[-1]
         num_groups = self.group_count(num_features)
         scale, bias = _scale_and_bias(self, num_features)
-        grouped = x.astype(jnp.float32).reshape(*x.shape[:-1], num_groups, num_features // num_groups)
+        group_size = num_features // num_groups
+        grouped = x.astype(jnp.float32).reshape(*x.shape[:-1], num_groups, group_size)
         # Reduce over the spatial axes and the channels within a group, not over the group axis.
         mean, var = _mean_and_variance(grouped, (*range(1, grouped.ndim - 2), grouped.ndim - 1))
         normalized = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
@@ -179,6 +185,7 @@ class GroupNorm(Normalization):
 
 class Identity(Normalization):
     """No normalization: passes the input through, cast to ``dtype``; no parameters."""
+    adds_bias: ClassVar[bool] = False
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         del train
@@ -194,7 +201,7 @@ NORMALIZATIONS: dict[str, ModuleFactory] = {
 
 
 def get_normalization(name: str, **options) -> ModuleFactory:
-    """A factory for normalization `name` with `options` bound, called as ``norm(name=..., dtype=...)``.
+    """Normalization `name` with `options` bound: a factory called as ``norm(name=..., dtype=...)``.
 
     Unknown names and options, and invalid option values, raise ValueError here. ``dtype`` is not
     an option: the model sets it to its own compute dtype.
@@ -205,5 +212,14 @@ def get_normalization(name: str, **options) -> ModuleFactory:
 
 
 def check_normalization_features(norm: ModuleFactory, num_features: int) -> None:
-    """Raises ValueError if the normalization `norm` makes cannot normalize `num_features` channels."""
+    """Raises ValueError if the normalizations `norm` makes cannot take `num_features` channels."""
     norm(parent=None).check_features(num_features)
+
+
+def needs_bias_before(norm: ModuleFactory) -> bool:
+    """Whether a conv or dense layer followed by `norm` should have a bias.
+
+    Without it a model run with norm='none' would have no shift at all, a confound when it is
+    the baseline a normalization is compared against.
+    """
+    return not norm(parent=None).adds_bias

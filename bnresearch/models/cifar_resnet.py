@@ -8,13 +8,15 @@ Where a block changes shape the shortcut is either
   'pad': the paper's option A for CIFAR, parameter-free: subsample by taking every second pixel
     (the pixels the stride-2 conv centers on) and zero-pad the new channels; or
   'projection': option B, a strided 1x1 conv followed by the normalization.
-Elsewhere it is the identity. Convs have no bias (a normalization follows each).
+Elsewhere it is the identity. Convs have a bias only where the normalization after them adds none
+(norm='none').
 """
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 from flax.typing import Dtype
 
+from bnresearch.layers.normalization import needs_bias_before
 from bnresearch.layers.registry import ModuleFactory
 from bnresearch.models.common import HE_NORMAL, check_positive_int
 
@@ -34,11 +36,11 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         # padding=1 on both sides, as in the paper's code base, rather than 'SAME', which pads a
         # stride-2 conv on the high side only.
-        y = nn.Conv(self.features, (3, 3), strides=self.strides, padding=1, use_bias=False,
+        y = nn.Conv(self.features, (3, 3), strides=self.strides, padding=1, use_bias=needs_bias_before(self.norm),
                     kernel_init=HE_NORMAL, dtype=self.dtype, name='conv1')(x)
         y = self.norm(dtype=self.dtype, name='norm1')(y, train=train)
         y = self.activation(name='act1')(y)
-        y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, kernel_init=HE_NORMAL,
+        y = nn.Conv(self.features, (3, 3), padding=1, use_bias=needs_bias_before(self.norm), kernel_init=HE_NORMAL,
                     dtype=self.dtype, name='conv2')(y)
         y = self.norm(dtype=self.dtype, name='norm2')(y, train=train)
         return self.activation(name='act2')(y + self._shortcut(x, train))
@@ -50,7 +52,7 @@ class BasicBlock(nn.Module):
         if self.shortcut == 'pad':
             x = x[:, ::self.strides, ::self.strides, :]
             return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.features - x.shape[-1])))
-        x = nn.Conv(self.features, (1, 1), strides=self.strides, use_bias=False,
+        x = nn.Conv(self.features, (1, 1), strides=self.strides, use_bias=needs_bias_before(self.norm),
                     kernel_init=HE_NORMAL, dtype=self.dtype, name='shortcut_conv')(x)
         return self.norm(dtype=self.dtype, name='shortcut_norm')(x, train=train)
 
@@ -79,7 +81,7 @@ class CifarResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(STAGE_WIDTHS[0], (3, 3), padding=1, use_bias=False, kernel_init=HE_NORMAL,
+        x = nn.Conv(STAGE_WIDTHS[0], (3, 3), padding=1, use_bias=needs_bias_before(self.norm), kernel_init=HE_NORMAL,
                     dtype=self.dtype, name='stem_conv')(x)
         x = self.norm(dtype=self.dtype, name='stem_norm')(x, train=train)
         x = self.activation(name='stem_act')(x)

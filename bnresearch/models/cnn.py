@@ -13,12 +13,13 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax.typing import Dtype
 
+from bnresearch.layers.normalization import needs_bias_before
 from bnresearch.layers.registry import ModuleFactory
 from bnresearch.models.common import HE_NORMAL, check_positive_int, check_positive_ints
 
 
 class CNN(nn.Module):
-    """Convs have no bias: the normalization after them supplies the shift."""
+    """Convs have a bias only where the normalization after them adds none (norm='none')."""
     num_classes: int
     norm: ModuleFactory
     activation: ModuleFactory
@@ -43,7 +44,7 @@ class CNN(nn.Module):
             for conv in range(1, self.convs_per_stage + 1):
                 strides = 2 if stage > 1 and conv == 1 else 1
                 layer = f'stage{stage}_conv{conv}'
-                x = nn.Conv(width, (3, 3), strides=strides, padding=1, use_bias=False,
+                x = nn.Conv(width, (3, 3), strides=strides, padding=1, use_bias=needs_bias_before(self.norm),
                             kernel_init=HE_NORMAL, dtype=self.dtype, name=layer)(x)
                 x = self.norm(dtype=self.dtype, name=f'{layer}_norm')(x, train=train)
                 x = self.activation(name=f'{layer}_act')(x)

@@ -8,12 +8,13 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax.typing import Dtype
 
+from bnresearch.layers.normalization import needs_bias_before
 from bnresearch.layers.registry import ModuleFactory
 from bnresearch.models.common import HE_NORMAL, check_positive_int, check_positive_ints
 
 
 class MLP(nn.Module):
-    """Hidden dense layers have no bias: the normalization after them supplies the shift."""
+    """Hidden dense layers have a bias only where the normalization after them adds none."""
     num_classes: int
     norm: ModuleFactory
     activation: ModuleFactory
@@ -34,7 +35,7 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = x.reshape(x.shape[0], -1)
         for layer, width in enumerate(self.hidden_sizes, start=1):
-            x = nn.Dense(width, use_bias=False, kernel_init=HE_NORMAL, dtype=self.dtype,
+            x = nn.Dense(width, use_bias=needs_bias_before(self.norm), kernel_init=HE_NORMAL, dtype=self.dtype,
                          name=f'dense{layer}')(x)
             x = self.norm(dtype=self.dtype, name=f'norm{layer}')(x, train=train)
             x = self.activation(name=f'act{layer}')(x)

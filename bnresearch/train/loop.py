@@ -28,6 +28,8 @@ from bnresearch.train.rundir import MetricsLog, RunDirectory
 from bnresearch.train.state import TrainState, create_train_state
 from bnresearch.errors import UsageError
 
+log = logging.getLogger(__name__)
+
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -85,7 +87,7 @@ class _Progress:
         steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)
         self._last_step, self._last_time = step, now
         eta = (self._total - step) / max(steps_per_s, 1e-9)
-        logging.info(
+        log.info(
             "step %d/%d | loss %.4f | accuracy %.4f | lr %.5g | %.0f images/s | ETA %s",
             step, self._total, scalars["train/loss"], scalars["train/accuracy"],
             scalars["train/lr"], steps_per_s * self._batch, _clock(eta))
@@ -131,7 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
     rundir = RunDirectory(workdir)
     rundir.check(config)
     if rundir.status().get("status") == "done":
-        logging.info("%s already finished at step %d; nothing to do", workdir,
+        log.info("%s already finished at step %d; nothing to do", workdir,
                      rundir.status()["step"])
         return "done"
 
@@ -165,7 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
     else:
         state, progress = checkpointer.restore(start_step, abstract_state, train_iterator)
         elapsed = progress["elapsed_s"]
-        logging.info("resumed from the checkpoint at step %d", start_step)
+        log.info("resumed from the checkpoint at step %d", start_step)
     rundir.record_environment(start_step)
     rundir.set_status("running", start_step, total_steps=plan.total_steps)
 
@@ -183,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
         out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=0,
     ).lower(abstract_state, batch_shapes).compile()
-    logging.info("compiled the train step in %.1f s", time.perf_counter() - compile_start)
+    log.info("compiled the train step in %.1f s", time.perf_counter() - compile_start)
     eval_step = jax.jit(functools.partial(steps.eval_step, model=model),
                         out_shardings=replicated(mesh))
 
@@ -211,19 +213,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
                 window, window_start = [], step + 1
                 metrics_log.write(step, scalars)
                 if diverged_at is not None:
-                    logging.warning("loss is not finite at step %d: the run diverged", diverged_at)
+                    log.warning("loss is not finite at step %d: the run diverged", diverged_at)
                     status, step = "diverged", diverged_at
                     break
                 progress_log.report(step, scalars)
             if _is_due(step, plan.eval_every, plan.total_steps):
                 eval_scalars = evaluate(eval_step, state, dataset, config.eval_batch_size, mesh)
                 metrics_log.write(step, eval_scalars)
-                logging.info("step %d | eval loss %.4f | eval accuracy %.4f", step,
+                log.info("step %d | eval loss %.4f | eval accuracy %.4f", step,
                              eval_scalars["eval/loss"], eval_scalars["eval/accuracy"])
             if must_save or preempted:
                 save(step)
             if preempted:
-                logging.warning("preempted: saved the checkpoint at step %d and stopping", step)
+                log.warning("preempted: saved the checkpoint at step %d and stopping", step)
                 status = "preempted"
                 break
         else:

@@ -1,0 +1,243 @@
+"""Normalizations against NumPy computations of their formulas (float64), plus invariances,
+global-batch statistics under sharding, bfloat16 compute and registry errors."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from bnresearch.layers import NORMALIZATIONS, check_normalization_features, get_normalization
+
+EPS = 1e-5
+CONV_SHAPE = (6, 4, 5, 8)  # (N, H, W, C)
+DENSE_SHAPE = (6, 8)       # (N, C)
+
+
+def random_input(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    # An offset and a per-channel spread, so that normalizing actually changes something.
+    return (3.0 + rng.normal(size=shape) * rng.uniform(0.5, 4.0, size=shape[-1])).astype(np.float32)
+
+
+def init_with_random_affine(module, x, seed=1):
+    """Variables of `module` with a non-trivial scale and bias, so the tests check they apply."""
+    variables = module.init(jax.random.key(0), x, train=True)
+    rng = np.random.default_rng(seed)
+    channels = x.shape[-1]
+    variables['params'] = {'scale': rng.uniform(0.5, 2.0, channels).astype(np.float32),
+                           'bias': rng.normal(size=channels).astype(np.float32)}
+    return variables
+
+
+def numpy_normalize(x, axes, scale, bias, mean=None, var=None):
+    x = np.asarray(x, np.float64)
+    if mean is None:
+        mean, var = x.mean(axes, keepdims=True), x.var(axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + EPS) * scale + bias
+
+
+def numpy_group_norm(x, num_groups, scale, bias):
+    x = np.asarray(x, np.float64)
+    grouped = x.reshape(*x.shape[:-1], num_groups, x.shape[-1] // num_groups)
+    axes = (*range(1, grouped.ndim - 2), grouped.ndim - 1)
+    mean, var = grouped.mean(axes, keepdims=True), grouped.var(axes, keepdims=True)
+    return ((grouped - mean) / np.sqrt(var + EPS)).reshape(x.shape) * scale + bias
+
+
+# --- batch norm -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize('shape', [CONV_SHAPE, DENSE_SHAPE])
+def test_batch_norm_train_eval_and_running_statistics(shape):
+    momentum = 0.8
+    bn = get_normalization('batch', momentum=momentum)()
+    first, second = random_input(shape, seed=0), random_input(shape, seed=1) * 0.5 - 1.0
+    variables = init_with_random_affine(bn, first)
+    scale, bias = variables['params']['scale'], variables['params']['bias']
+    axes = tuple(range(len(shape) - 1))
+    # init creates the running statistics (0, 1) without counting its forward pass as a step
+    np.testing.assert_array_equal(variables['batch_stats']['mean'], np.zeros(shape[-1]))
+    np.testing.assert_array_equal(variables['batch_stats']['var'], np.ones(shape[-1]))
+
+    running_mean, running_var = np.zeros(shape[-1]), np.ones(shape[-1])
+    for x in (first, second):
+        y, updates = bn.apply(variables, x, train=True, mutable=['batch_stats'])
+        np.testing.assert_allclose(y, numpy_normalize(x, axes, scale, bias), rtol=1e-5, atol=1e-5)
+        x64 = x.astype(np.float64)
+        running_mean = momentum * running_mean + (1 - momentum) * x64.mean(axes)
+        running_var = momentum * running_var + (1 - momentum) * x64.var(axes)  # biased
+        np.testing.assert_allclose(updates['batch_stats']['mean'], running_mean, rtol=1e-6)
+        np.testing.assert_allclose(updates['batch_stats']['var'], running_var, rtol=1e-6)
+        variables = {**variables, **updates}
+
+    x = random_input(shape, seed=2)
+    y = bn.apply(variables, x, train=False)  # no mutable collection needed: eval changes nothing
+    expected = numpy_normalize(x, axes, scale, bias, mean=running_mean, var=running_var)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_default_momentum_is_flax_convention():
+    bn = get_normalization('batch')()
+    x = random_input(DENSE_SHAPE)
+    variables = bn.init(jax.random.key(0), x, train=True)
+    _, updates = bn.apply(variables, x, train=True, mutable=['batch_stats'])
+    # 0.9 weighs the old value: PyTorch's momentum=0.1
+    np.testing.assert_allclose(updates['batch_stats']['mean'], 0.1 * x.astype(np.float64).mean(0),
+                               rtol=1e-6)
+
+
+def test_batch_norm_train_output_is_invariant_to_per_channel_affine_input():
+    bn = get_normalization('batch')()
+    x = random_input(CONV_SHAPE)
+    rng = np.random.default_rng(3)
+    gain = rng.uniform(0.5, 3.0, CONV_SHAPE[-1]).astype(np.float32)
+    shift = rng.normal(size=CONV_SHAPE[-1]).astype(np.float32) * 5
+    variables = init_with_random_affine(bn, x)
+    y, _ = bn.apply(variables, x, train=True, mutable=['batch_stats'])
+    y_affine, _ = bn.apply(variables, x * gain + shift, train=True, mutable=['batch_stats'])
+    np.testing.assert_allclose(y_affine, y, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_sharded_batch_uses_global_statistics():
+    devices = jax.devices()
+    assert len(devices) == 8, 'tests/conftest.py should simulate 8 CPU devices'
+    mesh = Mesh(np.array(devices), ('data',))
+    bn = get_normalization('batch')()
+    x = random_input((16, 3, 3, 4))
+    # Each device's two examples get a different offset, so per-device statistics would differ
+    # from global ones by a lot.
+    x = x + np.repeat(np.arange(8, dtype=np.float32) * 10, 2)[:, None, None, None]
+    variables = init_with_random_affine(bn, x)
+    step = jax.jit(lambda v, x: bn.apply(v, x, train=True, mutable=['batch_stats']))
+
+    x_sharded = jax.device_put(x, NamedSharding(mesh, P('data')))
+    assert len(x_sharded.sharding.device_set) == 8
+    y_sharded, stats_sharded = step(jax.device_put(variables, NamedSharding(mesh, P())),
+                                    x_sharded)
+    y_single, stats_single = step(jax.device_put(variables, devices[0]),
+                                  jax.device_put(x, devices[0]))
+
+    np.testing.assert_allclose(y_sharded, y_single, rtol=1e-5, atol=1e-5)
+    for key in ('mean', 'var'):
+        np.testing.assert_allclose(stats_sharded['batch_stats'][key],
+                                   stats_single['batch_stats'][key], rtol=1e-5)
+    axes = (0, 1, 2)
+    params = variables['params']
+    np.testing.assert_allclose(y_sharded, numpy_normalize(x, axes, params['scale'], params['bias']),
+                               rtol=1e-4, atol=1e-4)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(stats_sharded['batch_stats']['mean'], 0.1 * x64.mean(axes),
+                               rtol=1e-5)
+    np.testing.assert_allclose(stats_sharded['batch_stats']['var'], 0.9 + 0.1 * x64.var(axes),
+                               rtol=1e-5)
+
+
+# --- layer norm -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize('shape', [CONV_SHAPE, DENSE_SHAPE])
+@pytest.mark.parametrize('train', [True, False])
+def test_layer_norm_matches_numpy(shape, train):
+    ln = get_normalization('layer')()
+    x = random_input(shape)
+    variables = init_with_random_affine(ln, x)
+    assert 'batch_stats' not in variables
+    y = ln.apply(variables, x, train=train)
+    expected = numpy_normalize(x, tuple(range(1, len(shape))), variables['params']['scale'],
+                               variables['params']['bias'])
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_is_invariant_to_per_example_positive_scale():
+    ln = get_normalization('layer')()
+    x = random_input(CONV_SHAPE)
+    per_example = np.random.default_rng(4).uniform(0.5, 5.0, (CONV_SHAPE[0], 1, 1, 1))
+    variables = init_with_random_affine(ln, x)
+    scaled = (x * per_example).astype(np.float32)
+    np.testing.assert_allclose(ln.apply(variables, scaled, train=True),
+                               ln.apply(variables, x, train=True), rtol=1e-4, atol=1e-4)
+
+
+# --- group norm -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize('options, num_groups', [({}, 32), ({'num_groups': 4}, 4),
+                                                 ({'group_size': 16}, 4)])
+@pytest.mark.parametrize('spatial', [(3, 2), ()])
+def test_group_norm_matches_numpy(options, num_groups, spatial):
+    gn = get_normalization('group', **options)()
+    x = random_input((4, *spatial, 64))
+    variables = init_with_random_affine(gn, x)
+    assert 'batch_stats' not in variables
+    for train in (True, False):
+        expected = numpy_group_norm(x, num_groups, variables['params']['scale'],
+                                    variables['params']['bias'])
+        np.testing.assert_allclose(gn.apply(variables, x, train=train), expected,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_group_norm_with_one_group_is_layer_norm():
+    x = random_input(CONV_SHAPE)
+    gn = get_normalization('group', num_groups=1)()
+    ln = get_normalization('layer')()
+    variables = init_with_random_affine(gn, x)
+    np.testing.assert_allclose(gn.apply(variables, x, train=True),
+                               ln.apply(variables, x, train=True), rtol=1e-6, atol=1e-6)
+
+
+def test_group_norm_rejects_indivisible_channels():
+    with pytest.raises(ValueError, match='12 channels do not divide into num_groups=8'):
+        check_normalization_features(get_normalization('group', num_groups=8), 12)
+    gn = get_normalization('group', group_size=5)()
+    with pytest.raises(ValueError, match='8 channels do not divide into groups of group_size=5'):
+        gn.init(jax.random.key(0), random_input(DENSE_SHAPE), train=True)
+    with pytest.raises(ValueError, match='not both'):
+        get_normalization('group', num_groups=2, group_size=4)
+    with pytest.raises(ValueError, match='num_groups must be a positive int'):
+        get_normalization('group', num_groups=0)
+
+
+# --- none -----------------------------------------------------------------------------------
+
+def test_none_is_identity_without_variables():
+    x = random_input(CONV_SHAPE)
+    module = get_normalization('none')()
+    variables = module.init(jax.random.key(0), x, train=True)
+    assert not variables
+    np.testing.assert_array_equal(module.apply(variables, x, train=True), x)
+
+
+# --- every normalization --------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', list(NORMALIZATIONS))
+def test_bfloat16_compute_keeps_float32_variables(name):
+    options = {'num_groups': 4} if name == 'group' else {}
+    x = random_input(CONV_SHAPE)
+    norm32 = get_normalization(name, **options)()
+    norm16 = get_normalization(name, **options)(dtype=jnp.bfloat16)
+    variables = norm16.init(jax.random.key(0), x.astype(jnp.bfloat16), train=True)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+    for train in (True, False):
+        y16, updates = norm16.apply(variables, x.astype(jnp.bfloat16), train=train,
+                                    mutable=['batch_stats'])
+        assert y16.dtype == jnp.bfloat16
+        assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(updates))
+        y32, _ = norm32.apply(variables, x, train=train, mutable=['batch_stats'])
+        # bfloat16 rounding of the input (offset 3) and of the output: ~3 significant digits
+        np.testing.assert_allclose(np.asarray(y16, np.float32), y32, rtol=0.05, atol=0.1)
+
+
+def test_registry_names_valid_choices():
+    with pytest.raises(ValueError,
+                       match=re.escape('valid normalizations: batch, layer, group, none')):
+        get_normalization('batchnorm')
+    with pytest.raises(ValueError, match=re.escape("'num_groups' for normalization 'batch'; "
+                                                   'valid options: momentum, epsilon')):
+        get_normalization('batch', num_groups=4)
+    with pytest.raises(ValueError, match='valid options: num_groups, group_size, epsilon'):
+        get_normalization('group', dtype=jnp.float32)  # dtype is the model's to set
+    with pytest.raises(ValueError, match=re.escape('valid options: (none)')):
+        get_normalization('none', epsilon=1e-3)
+    with pytest.raises(ValueError, match=r'momentum must lie in \[0, 1\]'):
+        get_normalization('batch', momentum=1.5)
+    with pytest.raises(ValueError, match='epsilon must be > 0'):
+        get_normalization('layer', epsilon=0.0)
