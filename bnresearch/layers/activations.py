@@ -40,7 +40,7 @@ ACTIVATIONS: dict[str, ModuleFactory] = {
 def get_activation(name: str, **options) -> ModuleFactory:
     """A factory for activation `name` with `options` bound, called as ``activation(name=...)``.
 
-    Unknown names and options, and invalid option values, raise ValueError here.
+    Unknown names and options, and invalid option values, raise UsageError here.
     """
     factory = lookup('activation', ACTIVATIONS, name, options)
     factory(parent=None)  # a detached instance, built only so that bad option values raise now

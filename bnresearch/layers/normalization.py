@@ -24,13 +24,14 @@ import flax.linen as nn
 from flax.typing import Dtype
 
 from bnresearch.layers.registry import ModuleFactory, lookup
+from bnresearch.errors import UsageError
 
 DEFAULT_NUM_GROUPS = 32  # Wu & He's default
 
 
 def _check_epsilon(kind: str, epsilon: float) -> None:
     if not epsilon > 0:
-        raise ValueError(f'{kind}: epsilon must be > 0, got {epsilon!r}')
+        raise UsageError(f'{kind}: epsilon must be > 0, got {epsilon!r}')
 
 
 def _scale_and_bias(module: nn.Module, num_features: int) -> tuple[jax.Array, jax.Array]:
@@ -56,7 +57,7 @@ class Normalization(nn.Module):
 
     @nn.nowrap
     def check_features(self, num_features: int) -> None:
-        """Raises ValueError if this normalization cannot normalize `num_features` channels.
+        """Raises UsageError if this normalization cannot normalize `num_features` channels.
 
         Models call it from ``build_model`` for every width they normalize, so that a bad
         configuration fails when the model is built rather than at init. Most accept anything.
@@ -85,7 +86,7 @@ class BatchNorm(Normalization):
 
     def __post_init__(self):
         if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f'batch norm: momentum must lie in [0, 1], got {self.momentum!r}')
+            raise UsageError(f'batch norm: momentum must lie in [0, 1], got {self.momentum!r}')
         _check_epsilon('batch norm', self.epsilon)
         super().__post_init__()
 
@@ -143,25 +144,25 @@ class GroupNorm(Normalization):
 
     def __post_init__(self):
         if self.num_groups is not None and self.group_size is not None:
-            raise ValueError('group norm: give num_groups or group_size, not both')
+            raise UsageError('group norm: give num_groups or group_size, not both')
         for option in ('num_groups', 'group_size'):
             value = getattr(self, option)
             if value is not None and not (isinstance(value, int) and value > 0):
-                raise ValueError(f'group norm: {option} must be a positive int, got {value!r}')
+                raise UsageError(f'group norm: {option} must be a positive int, got {value!r}')
         _check_epsilon('group norm', self.epsilon)
         super().__post_init__()
 
     @nn.nowrap
     def group_count(self, num_features: int) -> int:
-        """The number of groups for `num_features` channels; ValueError if they do not divide."""
+        """The number of groups for `num_features` channels; UsageError if they do not divide."""
         if self.group_size is not None:
             if num_features % self.group_size:
-                raise ValueError(f'group norm: {num_features} channels do not divide into groups '
+                raise UsageError(f'group norm: {num_features} channels do not divide into groups '
                                  f'of group_size={self.group_size}')
             return num_features // self.group_size
         num_groups = self.num_groups or DEFAULT_NUM_GROUPS
         if num_features % num_groups:
-            raise ValueError(f'group norm: {num_features} channels do not divide into '
+            raise UsageError(f'group norm: {num_features} channels do not divide into '
                              f'num_groups={num_groups} groups; set num_groups or group_size')
         return num_groups
 
@@ -203,7 +204,7 @@ NORMALIZATIONS: dict[str, ModuleFactory] = {
 def get_normalization(name: str, **options) -> ModuleFactory:
     """Normalization `name` with `options` bound: a factory called as ``norm(name=..., dtype=...)``.
 
-    Unknown names and options, and invalid option values, raise ValueError here. ``dtype`` is not
+    Unknown names and options, and invalid option values, raise UsageError here. ``dtype`` is not
     an option: the model sets it to its own compute dtype.
     """
     factory = lookup('normalization', NORMALIZATIONS, name, options, reserved=('dtype',))
@@ -212,7 +213,7 @@ def get_normalization(name: str, **options) -> ModuleFactory:
 
 
 def check_normalization_features(norm: ModuleFactory, num_features: int) -> None:
-    """Raises ValueError if the normalizations `norm` makes cannot take `num_features` channels."""
+    """Raises UsageError if the normalizations `norm` makes cannot take `num_features` channels."""
     norm(parent=None).check_features(num_features)
 
 

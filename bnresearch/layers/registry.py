@@ -11,6 +11,7 @@ import functools
 from collections.abc import Callable, Collection, Mapping
 
 import flax.linen as nn
+from bnresearch.errors import UsageError
 
 ModuleFactory = Callable[..., nn.Module]
 
@@ -28,12 +29,12 @@ def option_names(entry: ModuleFactory, reserved: Collection[str] = ()) -> tuple[
 
 def lookup(kind: str, registry: Mapping[str, ModuleFactory], name: str, options: Mapping,
            reserved: Collection[str] = ()) -> functools.partial:
-    """The registry entry `name` with `options` bound; unknown names or options raise ValueError."""
+    """The registry entry `name` with `options` bound; unknown names or options raise UsageError."""
     if name not in registry:
-        raise ValueError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(registry)}")
+        raise UsageError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(registry)}")
     valid = option_names(registry[name], reserved)
     unknown = [option for option in options if option not in valid]
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for {kind} {name!r}; "
+        raise UsageError(f"unknown option(s) {', '.join(map(repr, unknown))} for {kind} {name!r}; "
                          f"valid options: {', '.join(valid) or '(none)'}")
     return functools.partial(registry[name], **options)

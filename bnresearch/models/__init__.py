@@ -19,6 +19,7 @@ from bnresearch.layers.registry import ModuleFactory, lookup
 from bnresearch.models.cifar_resnet import CifarResNet
 from bnresearch.models.cnn import CNN
 from bnresearch.models.mlp import MLP
+from bnresearch.errors import UsageError
 
 MODELS: dict[str, ModuleFactory] = {
     'mlp': MLP,
@@ -39,7 +40,7 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
     """Model `name` with the named normalization and activation everywhere.
 
     `dtype` is the compute dtype; parameters stay float32 and logits are float32. Raises a
-    one-line ValueError naming the valid choices for an unknown model, normalization, activation
+    one-line UsageError naming the valid choices for an unknown model, normalization, activation
     or option, for an invalid option value, and for a normalization that cannot handle one of the
     model's widths (e.g. group norm with a group count that does not divide it).
     """
@@ -47,7 +48,7 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
     norm_factory = get_normalization(norm, **(norm_kwargs or {}))
     activation_factory = get_activation(activation, **(activation_kwargs or {}))
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f'dtype must be a floating-point dtype, got {dtype!r}')
+        raise UsageError(f'dtype must be a floating-point dtype, got {dtype!r}')
     model = model(num_classes=num_classes, norm=norm_factory, activation=activation_factory,
                   dtype=dtype)
     for num_features in model.normalized_features():

@@ -19,6 +19,7 @@ from flax.typing import Dtype
 from bnresearch.layers.normalization import needs_bias_before
 from bnresearch.layers.registry import ModuleFactory
 from bnresearch.models.common import HE_NORMAL, check_positive_int
+from bnresearch.errors import UsageError
 
 STAGE_WIDTHS = (16, 32, 64)
 SHORTCUTS = ('pad', 'projection')
@@ -68,9 +69,9 @@ class CifarResNet(nn.Module):
     def __post_init__(self):
         check_positive_int('cifar resnet', 'num_classes', self.num_classes)
         if not (isinstance(self.depth, int) and self.depth >= 8 and (self.depth - 2) % 6 == 0):
-            raise ValueError(f'cifar resnet: depth must be 6n + 2 with n >= 1, got {self.depth!r}')
+            raise UsageError(f'cifar resnet: depth must be 6n + 2 with n >= 1, got {self.depth!r}')
         if self.shortcut not in SHORTCUTS:
-            raise ValueError(f'cifar resnet: unknown shortcut {self.shortcut!r}; '
+            raise UsageError(f'cifar resnet: unknown shortcut {self.shortcut!r}; '
                              f'valid shortcuts: {", ".join(SHORTCUTS)}')
         super().__post_init__()
 

@@ -2,6 +2,7 @@
 from collections.abc import Sequence
 
 import flax.linen as nn
+from bnresearch.errors import UsageError
 
 # He et al. 2015 ("Delving Deep into Rectifiers", arXiv:1502.01852) normal init, fan_in mode,
 # for every conv and hidden dense layer. fan_in keeps the variance of the forward activations
@@ -14,11 +15,11 @@ HE_NORMAL = nn.initializers.he_normal()
 
 def check_positive_int(model: str, option: str, value) -> None:
     if not (isinstance(value, int) and value > 0):
-        raise ValueError(f'{model}: {option} must be a positive int, got {value!r}')
+        raise UsageError(f'{model}: {option} must be a positive int, got {value!r}')
 
 
 def check_positive_ints(model: str, option: str, values: Sequence[int]) -> None:
     if not (isinstance(values, Sequence) and values
             and all(isinstance(value, int) and value > 0 for value in values)):
-        raise ValueError(f'{model}: {option} must be a non-empty sequence of positive ints, '
+        raise UsageError(f'{model}: {option} must be a non-empty sequence of positive ints, '
                          f'got {values!r}')
