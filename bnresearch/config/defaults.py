@@ -18,7 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.dataset.crop_padding = 4      # crop_flip: zero padding before the random crop
     config.dataset.image_size = 224      # resized_crop_flip: side of the square crop
     config.dataset.num_workers = 0       # grain worker processes (0: in the main process)
-    config.dataset.num_threads = 2       # grain threads decoding and augmenting
+    config.dataset.num_threads = 1       # grain threads per process (more compete for the GIL)
     config.dataset.prefetch = 2          # batches read ahead by grain
 
     config.model = ml_collections.ConfigDict()

@@ -1,0 +1,217 @@
+"""``load_dataset``: a dataset config in, a prepared dataset with its train and test sources out.
+
+Preparation happens on first use and once per data dir (see ``prepare``). Reading prepared data
+needs neither TensorFlow nor network: ``tfds`` data sources hand over the encoded images and
+``images.decode_image`` decodes them with PIL while batches are made.
+"""
+import dataclasses
+import functools
+import logging
+import os
+from typing import Any, Sequence
+
+import tensorflow_datasets as tfds
+
+from bnresearch.data.augment import Augmentation, make_augmentation
+from bnresearch.data.catalog import (
+    TFDS_DATASETS,
+    DatasetError,
+    DatasetSettings,
+    TfdsDatasetSpec,
+    imagefolder_path,
+    resolve_data_dir,
+)
+from bnresearch.data.imagefolder import ImageFolder, image_folder_config, scan_image_folder
+from bnresearch.data.prepare import prepare_once
+
+_log = logging.getLogger(__name__)
+
+# An image folder whose smallest side is above this gets ImageNet-style augmentation by default.
+SMALL_IMAGE_MAX_SIDE = 64
+FILE_FORMAT = tfds.core.FileFormat.ARRAY_RECORD
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and a training loop need to know about a dataset."""
+
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]  # (H, W, C) of the batches the model sees
+    num_train: int
+    num_test: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderOptions:
+    """How many processes and threads make batches, and how far ahead."""
+
+    num_workers: int
+    num_threads: int
+    prefetch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A prepared dataset and everything the pipeline needs to batch it.
+
+    The sources hold records {'image': encoded bytes, 'label': int, ...}; images decode to
+    ``channels`` channels, then ``augmentation`` applies, then per-channel ``mean``/``std``
+    (x/255 units) normalize.
+    """
+
+    info: DatasetInfo
+    train_source: Sequence[dict[str, Any]]
+    test_source: Sequence[dict[str, Any]]
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augmentation: Augmentation
+    loader: LoaderOptions
+
+
+@dataclasses.dataclass(frozen=True)
+class _PreparedData:
+    """A builder with data on disk and the facts that decide augmentation and batch shape."""
+
+    builder: tfds.core.DatasetBuilder
+    test_split: str
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    auto_augment: str
+    uniform_size: tuple[int, int] | None  # (H, W) shared by all images, None if sizes vary
+
+
+def load_dataset(dataset_config: Any) -> Dataset:
+    """Prepares the configured dataset if needed (once per data dir) and opens its splits.
+
+    Reads the fields listed in ``catalog.REQUIRED_CONFIG_FIELDS``; raises DatasetError for a
+    bad field, a folder that is not a dataset, or data that cannot be prepared here.
+    """
+    settings = DatasetSettings.from_config(dataset_config)
+    prepared = _prepare(settings.name, resolve_data_dir(settings.data_dir))
+    augment = prepared.auto_augment if settings.augment == "auto" else settings.augment
+    augmentation = make_augmentation(
+        augment, crop_padding=settings.crop_padding, image_size=settings.image_size
+    )
+    image_shape = _batch_image_shape(settings.name, augmentation, prepared)
+    # Records keep the encoded image; decoding happens in the pipeline, where it parallelizes.
+    undecoded = {"image": tfds.decode.SkipDecoding()}
+    builder = prepared.builder
+    train_source = builder.as_data_source("train", decoders=undecoded)
+    test_source = builder.as_data_source(prepared.test_split, decoders=undecoded)
+    info = DatasetInfo(
+        name=settings.name,
+        num_classes=builder.info.features["label"].num_classes,
+        image_shape=image_shape,
+        num_train=len(train_source),
+        num_test=len(test_source),
+    )
+    loader = LoaderOptions(settings.num_workers, settings.num_threads, settings.prefetch)
+    return Dataset(
+        info,
+        train_source,
+        test_source,
+        prepared.channels,
+        tuple(prepared.mean),
+        tuple(prepared.std),
+        augmentation,
+        loader,
+    )
+
+
+def _batch_image_shape(
+    name: str, augmentation: Augmentation, prepared: _PreparedData
+) -> tuple[int, int, int]:
+    if augmentation.output_size is not None:
+        return (augmentation.output_size, augmentation.output_size, prepared.channels)
+    if prepared.uniform_size is None:
+        raise DatasetError(
+            f"dataset {name!r} has images of differing sizes and augment {augmentation.name!r}"
+            " keeps sizes, so they cannot be batched; use augment='resized_crop_flip'"
+        )
+    return (*prepared.uniform_size, prepared.channels)
+
+
+def _prepare(name: str, data_dir: str) -> _PreparedData:
+    folder = imagefolder_path(name)
+    if folder is not None:
+        return _prepare_imagefolder(folder, data_dir)
+    if name == "digits":
+        return _prepare_digits(data_dir)
+    return _prepare_tfds(name, TFDS_DATASETS[name], data_dir)
+
+
+def _write_array_record(builder: tfds.core.DatasetBuilder) -> None:
+    builder.download_and_prepare(file_format=FILE_FORMAT)
+
+
+def _prepare_digits(data_dir: str) -> _PreparedData:
+    # Imported here: the builder pulls in scikit-learn (about 2 s), which only digits needs.
+    from bnresearch.data.digits import SklearnDigits  # pylint: disable=import-outside-toplevel
+
+    builder = prepare_once(lambda: SklearnDigits(data_dir=data_dir), _write_array_record)
+    metadata = builder.info.metadata
+    return _PreparedData(builder, "test", 1, metadata["mean"], metadata["std"], "none", (8, 8))
+
+
+def _prepare_imagefolder(folder: str, data_dir: str) -> _PreparedData:
+    config = image_folder_config(scan_image_folder(folder))
+    builder = prepare_once(lambda: ImageFolder(data_dir=data_dir, config=config), _write_array_record)
+    metadata = builder.info.metadata
+    uniform_size = tuple(metadata["uniform_size"]) if metadata["uniform_size"] else None
+    small = metadata["min_side"] <= SMALL_IMAGE_MAX_SIDE
+    auto_augment = "crop_flip" if small else "resized_crop_flip"
+    return _PreparedData(builder, "test", 3, metadata["mean"], metadata["std"], auto_augment, uniform_size)
+
+
+def _prepare_tfds(name: str, spec: TfdsDatasetSpec, data_dir: str) -> _PreparedData:
+    builder = prepare_once(
+        lambda: tfds.builder(spec.tfds_name, data_dir=data_dir),
+        functools.partial(_download_and_prepare, name=name, spec=spec, data_dir=data_dir),
+    )
+    formats = builder.info.available_file_formats()
+    if FILE_FORMAT not in formats:
+        raise DatasetError(
+            f"dataset {name!r} in {data_dir} is stored as {sorted(f.value for f in formats)}, but"
+            " random access needs array_record: convert it with `tfds convert_format` or use"
+            " another data_dir"
+        )
+    height, width, channels = builder.info.features["image"].shape
+    uniform_size = (height, width) if height and width else None
+    return _PreparedData(
+        builder, spec.test_split, channels, spec.mean, spec.std, spec.auto_augment, uniform_size
+    )
+
+
+def _download_and_prepare(
+    builder: tfds.core.DatasetBuilder, *, name: str, spec: TfdsDatasetSpec, data_dir: str
+) -> None:
+    manual_dir = os.path.join(data_dir, "downloads", "manual")
+    missing = [f for f in spec.manual_files if not os.path.exists(os.path.join(manual_dir, f))]
+    if missing:
+        raise DatasetError(
+            f"dataset {name!r} is not prepared in {data_dir} and TFDS cannot download it: put"
+            f" {' and '.join(missing)} (from image-net.org, after registering) in {manual_dir},"
+            f" or copy {os.path.join(data_dir, spec.tfds_name)} from a machine where it is prepared"
+        )
+    _log.info(
+        "Preparing %s in %s; without network TFDS retries downloads for minutes before failing",
+        name,
+        data_dir,
+    )
+    try:
+        builder.download_and_prepare(file_format=FILE_FORMAT)
+    except Exception as err:  # Network, checksum and disk errors all end the same way here.
+        raise DatasetError(
+            f"could not download and prepare dataset {name!r} in {data_dir}"
+            f" ({type(err).__name__}: {_first_line(err)}); prepare it on a machine with network"
+            f" (load_dataset there with the same name) and copy"
+            f" {os.path.join(data_dir, spec.tfds_name)} here, or use 'digits' or 'imagefolder:PATH'"
+        ) from err
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:300] if lines else "no message"

@@ -1,0 +1,165 @@
+"""Grain pipelines: an endless, checkpointable train iterator and a padded, masked eval pass.
+
+Train order. One global stream for all processes: epoch e is permutation e of the train split
+(grain reseeds its shuffle each epoch), epochs follow each other without gaps, and example
+position i is augmented with a generator seeded by (seed, i). Global batch k is positions
+[k*B, (k+1)*B); process p takes the contiguous slice [k*B + p*b, k*B + (p+1)*b), b = B/P. So
+concatenating the processes' batch k in process order gives the 1-process batch k exactly, same
+order and same augmentation, and the stream does not depend on num_workers or num_threads.
+Batches run across epoch boundaries: every B consecutive positions form a batch.
+
+Eval order. The test split in record order, padded to a whole number of global batches with
+zero images (label 0, mask 0.0) and split across processes the same way.
+"""
+import math
+
+import grain
+import numpy as np
+from absl import flags
+
+from bnresearch.data.augment import normalize
+from bnresearch.data.dataset import Dataset, LoaderOptions
+from bnresearch.data.images import decode_image
+
+
+def local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
+    """The per-process batch; raises ValueError unless the processes split it evenly."""
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(
+            f"process_index must be in [0, process_count), got {process_index} of {process_count}"
+        )
+    if batch_size < 1 or batch_size % process_count:
+        raise ValueError(
+            f"batch_size {batch_size} must be a positive multiple of process_count {process_count}"
+        )
+    return batch_size // process_count
+
+
+def derive_seeds(seed: int) -> tuple[int, int]:
+    """(shuffle seed, augmentation seed), both 32-bit, hashed from ``seed``.
+
+    Grain shuffles epoch e with seed + e, so raw seeds s and s + 1 would replay each other's
+    epochs shifted by one; hashing makes neighbouring seeds unrelated.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    shuffle_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
+    return int(shuffle_seed), int(augment_seed)
+
+
+class _TrainExample:
+    """Record -> augmented uint8 example, as a grain random map (rng seeded by position)."""
+
+    def __init__(self, dataset: Dataset):
+        self._channels = dataset.channels
+        self._augment = dataset.augmentation.train
+
+    def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+        image = decode_image(record["image"], self._channels)
+        return {"image": self._augment(image, rng), "label": np.int32(record["label"])}
+
+
+class _EvalExample:
+    """Record -> eval-transformed uint8 example with mask 1."""
+
+    def __init__(self, dataset: Dataset):
+        self._channels = dataset.channels
+        self._transform = dataset.augmentation.eval
+
+    def __call__(self, record: dict) -> dict:
+        image = decode_image(record["image"], self._channels)
+        return {"image": self._transform(image), "label": np.int32(record["label"]), "mask": np.float32(1)}
+
+
+class _PaddingExample:
+    """A zero image with label 0 and mask 0, filling the last eval batch."""
+
+    def __init__(self, dataset: Dataset):
+        self._shape = dataset.info.image_shape
+
+    def __call__(self, position: int) -> dict:
+        del position
+        return {"image": np.zeros(self._shape, np.uint8), "label": np.int32(0), "mask": np.float32(0)}
+
+
+class _NormalizedBatch:
+    """Stacks examples and normalizes the images once for the whole batch (vectorized)."""
+
+    def __init__(self, dataset: Dataset):
+        self._mean = np.asarray(dataset.mean)
+        self._std = np.asarray(dataset.std)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = {key: np.stack([example[key] for example in examples]) for key in examples[0]}
+        batch["image"] = normalize(batch["image"], self._mean, self._std)
+        return batch
+
+
+def _parallel(batches: grain.MapDataset, loader: LoaderOptions) -> grain.IterDataset:
+    # Threads overlap batch making with the training step (JAX, PIL and NumPy release the GIL);
+    # worker processes split batches round-robin and grain interleaves them back in order.
+    read_options = grain.ReadOptions(
+        num_threads=loader.num_threads, prefetch_buffer_size=loader.prefetch
+    )
+    batches = batches.to_iter_dataset(read_options)
+    if loader.num_workers:
+        # Grain reads an absl flag when it starts workers and fails if the program did not parse
+        # flags (only absl.app.run does); the defaults are what we want.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=loader.num_workers))
+    return batches
+
+
+def make_train_iterator(
+    dataset: Dataset,
+    *,
+    seed: int,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.DatasetIterator:
+    """Endless iterator of this process's {'image': float32 (b, H, W, C), 'label': int32 (b,)}.
+
+    b = batch_size // process_count. Deterministic given seed, batch_size and the process
+    layout. ``get_state``/``set_state`` (and orbax's grain.checkpoint.CheckpointSave/Restore)
+    resume exactly; the state's layout depends on num_workers, so resume with the same value.
+    """
+    batch = local_batch_size(batch_size, process_index, process_count)
+    shuffle_seed, augment_seed = derive_seeds(seed)
+    examples = (
+        grain.MapDataset.source(dataset.train_source)
+        .shuffle(seed=shuffle_seed)
+        .repeat()
+        .random_map(_TrainExample(dataset), seed=augment_seed)
+    )
+    # Batches of b consecutive positions; process p keeps every P-th starting at p, which is
+    # its contiguous share of each global batch.
+    batches = examples.batch(batch, drop_remainder=True, batch_fn=_NormalizedBatch(dataset))
+    return iter(_parallel(batches[process_index::process_count], dataset.loader))
+
+
+def make_eval_iterator(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.IterDataset:
+    """An iterable of {'image', 'label', 'mask'} batches of batch_size // process_count.
+
+    Each ``iter()`` is a fresh pass. Every process yields ceil(num_test / batch_size) batches;
+    over all processes and batches each test example appears once with mask 1.0, and the
+    padding of the last global batch has mask 0.0.
+    """
+    batch = local_batch_size(batch_size, process_index, process_count)
+    num_examples = len(dataset.test_source)
+    num_padding = math.ceil(num_examples / batch_size) * batch_size - num_examples
+    examples = grain.MapDataset.concatenate(
+        [
+            grain.MapDataset.source(dataset.test_source).map(_EvalExample(dataset)),
+            grain.MapDataset.range(num_padding).map(_PaddingExample(dataset)),
+        ]
+    )
+    batches = examples.batch(batch, drop_remainder=True, batch_fn=_NormalizedBatch(dataset))
+    return _parallel(batches[process_index::process_count], dataset.loader)

@@ -1,0 +1,55 @@
+"""Tiny experiments on digits, in-process or through launch.py, for the training tests."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+# A few dozen steps of the quickstart CNN: enough to exercise every periodic action.
+TINY_OVERRIDES = {
+    "batch_size": 32,
+    "base_batch_size": 32,
+    "eval_batch_size": 64,
+    "train_duration": "24 steps",
+    "log_every": "1 steps",
+    "eval_every": "12 steps",
+    "checkpoint.every": "6 steps",
+}
+
+
+def tiny_config(data_dir, **overrides):
+    sys.path.insert(0, str(REPO))
+    from configs import quickstart
+    config = quickstart.get_config()
+    config.dataset.data_dir = data_dir
+    for key, value in {**TINY_OVERRIDES, **overrides}.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    config.lock()
+    return config
+
+
+def launch(workdir, data_dir, *, devices=8, wait=True, **overrides):
+    """Runs launch.py in a fresh process; returns the CompletedProcess (or Popen if not wait)."""
+    flags = [f"--config.{key}={value}" for key, value in {**TINY_OVERRIDES, **overrides}.items()]
+    command = [sys.executable, str(REPO / "launch.py"), f"--config={REPO}/configs/quickstart.py",
+               f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}", *flags]
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def read_metrics(workdir):
+    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def read_status(workdir):
+    return json.loads((pathlib.Path(workdir) / "status.json").read_text())

@@ -1,0 +1,170 @@
+"""End-to-end behaviour of the training loop on digits: files, determinism, resume, divergence."""
+import json
+import os
+import pathlib
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from bnresearch.errors import UsageError
+from bnresearch.train.loop import train_and_evaluate
+from tests.train.runs import launch, read_metrics, read_status, tiny_config
+
+
+def train_losses(metrics):
+    return [(m["step"], m["train/loss"]) for m in metrics if "train/loss" in m]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("run") / "work"
+    assert train_and_evaluate(tiny_config(data_dir), str(workdir)) == "done"
+    return workdir
+
+
+def test_a_run_leaves_its_files(finished_run):
+    assert read_status(finished_run)["status"] == "done"
+    assert read_status(finished_run)["step"] == 24
+    metrics = read_metrics(finished_run)
+    assert [step for step, _ in train_losses(metrics)] == list(range(1, 25))
+    assert {"train/loss", "train/accuracy", "train/lr"} <= set(metrics[0])
+    evals = [m for m in metrics if "eval/accuracy" in m]
+    assert [m["step"] for m in evals] == [12, 24]
+    assert all(0.0 <= m["eval/accuracy"] <= 1.0 for m in evals)
+    config = json.loads((finished_run / "config.json").read_text())
+    assert config["dataset"]["name"] == "digits" and config["batch_size"] == 32
+    environment = json.loads((finished_run / "environment.json").read_text())
+    assert environment[0]["start_step"] == 0 and environment[0]["packages"]["jax"]
+    assert list(finished_run.glob("events.out.tfevents.*"))
+    # Checkpoints every 6 steps, the last 3 kept.
+    assert sorted(int(p.name) for p in (finished_run / "checkpoints").iterdir()
+                  if p.name.isdigit()) == [12, 18, 24]
+
+
+def test_training_learns(finished_run):
+    losses = [loss for _, loss in train_losses(read_metrics(finished_run))]
+    assert np.mean(losses[-4:]) < 0.6 * np.mean(losses[:4])
+
+
+def test_logged_lr_is_the_scheduled_one(finished_run):
+    # Quickstart: linear scaling (32/32), 1 epoch of warmup = 44 steps, so during these 24 steps
+    # the lr rises linearly as base_lr * (step + 1) / 44 with step counted from 0.
+    config = json.loads((finished_run / "config.json").read_text())
+    warmup = (1437 // 32)
+    for step, lr in [(m["step"], m["train/lr"]) for m in read_metrics(finished_run)
+                     if "train/lr" in m]:
+        assert lr == pytest.approx(config["base_lr"] * step / warmup, rel=1e-6)
+
+
+def test_same_config_and_seed_give_identical_metrics(finished_run, tmp_path, data_dir):
+    train_and_evaluate(tiny_config(data_dir), str(tmp_path / "again"))
+    assert read_metrics(tmp_path / "again") == read_metrics(finished_run)
+
+
+def test_another_seed_gives_other_numbers(finished_run, tmp_path, data_dir):
+    train_and_evaluate(tiny_config(data_dir, seed=1), str(tmp_path / "seed1"))
+    assert train_losses(read_metrics(tmp_path / "seed1")) != train_losses(
+        read_metrics(finished_run))
+
+
+def test_relaunching_a_finished_run_does_nothing(finished_run, data_dir):
+    before = (finished_run / "metrics.jsonl").read_bytes()
+    assert train_and_evaluate(tiny_config(data_dir), str(finished_run)) == "done"
+    assert (finished_run / "metrics.jsonl").read_bytes() == before
+
+
+def snapshot(directory):
+    return {p: p.read_bytes() for p in sorted(pathlib.Path(directory).rglob("*")) if p.is_file()}
+
+
+def test_another_experiment_is_refused_and_nothing_is_touched(finished_run, data_dir):
+    before = snapshot(finished_run)
+    with pytest.raises(UsageError, match=r"holds another experiment \(seed: 0 -> 5\)"):
+        train_and_evaluate(tiny_config(data_dir, seed=5), str(finished_run))
+    assert snapshot(finished_run) == before
+
+
+def test_batch_not_divisible_by_devices_is_refused(tmp_path, data_dir):
+    with pytest.raises(UsageError, match="batch_size=12 does not split over 8 devices"):
+        train_and_evaluate(tiny_config(data_dir, batch_size=12), str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
+
+
+def test_divergence_is_a_result(tmp_path, data_dir):
+    config = tiny_config(data_dir, base_lr=1e6, **{"model.norm": "none",
+                                                   "schedule.warmup": "0 steps"})
+    assert train_and_evaluate(config, str(tmp_path)) == "diverged"
+    status = read_status(tmp_path)
+    losses = train_losses(read_metrics(tmp_path))
+    first_bad = next(step for step, loss in losses if not np.isfinite(loss))
+    assert status == {"status": "diverged", "step": first_bad, "total_steps": 24,
+                      "wall_time_s": status["wall_time_s"]}
+    # No checkpoint holds a state past the divergence.
+    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert all(step < first_bad for step in saved)
+
+
+def wait_for_step(workdir, process, step, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        metrics_file = pathlib.Path(workdir) / "metrics.jsonl"
+        if metrics_file.exists():
+            lines = metrics_file.read_text().splitlines()
+            if lines and json.loads(lines[-1])["step"] >= step:
+                return
+        time.sleep(0.01)
+    raise TimeoutError(f"step {step} not reached")
+
+
+LONG = {"train_duration": "400 steps", "checkpoint.every": "25 steps", "eval_every": "100 steps"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_long_run(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("long") / "work"
+    result = launch(workdir, data_dir, **LONG)
+    assert result.returncode == 0, result.stderr
+    return read_metrics(workdir)
+
+
+def test_resume_after_sigkill_is_bitwise_exact(tmp_path, data_dir, uninterrupted_long_run):
+    process = launch(tmp_path, data_dir, wait=False, **LONG)
+    wait_for_step(tmp_path, process, 110)
+    process.kill()
+    process.wait()
+    assert read_status(tmp_path)["status"] == "running"  # killed, not finished
+    result = launch(tmp_path, data_dir, **LONG)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from the checkpoint at step" in result.stderr
+    assert read_metrics(tmp_path) == uninterrupted_long_run
+    assert read_status(tmp_path)["status"] == "done"
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir,
+                                                      uninterrupted_long_run):
+    process = launch(tmp_path, data_dir, wait=False, **LONG)
+    wait_for_step(tmp_path, process, 60)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    status = read_status(tmp_path)
+    assert status["status"] == "preempted" and 60 <= status["step"] < 400
+    assert (tmp_path / "checkpoints" / str(status["step"])).is_dir()
+    result = launch(tmp_path, data_dir, **LONG)
+    assert f"resumed from the checkpoint at step {status['step']}" in result.stderr
+    assert read_metrics(tmp_path) == uninterrupted_long_run
+
+
+def test_one_device_and_eight_devices_agree(tmp_path, data_dir):
+    overrides = {"train_duration": "5 steps", "eval_every": "0 steps"}
+    one = launch(tmp_path / "one", data_dir, devices=1, **overrides)
+    eight = launch(tmp_path / "eight", data_dir, devices=8, **overrides)
+    assert one.returncode == 0 and eight.returncode == 0, one.stderr + eight.stderr
+    environment = json.loads((tmp_path / "eight" / "environment.json").read_text())
+    assert environment[0]["device_count"] == 8
+    losses_one = [loss for _, loss in train_losses(read_metrics(tmp_path / "one"))]
+    losses_eight = [loss for _, loss in train_losses(read_metrics(tmp_path / "eight"))]
+    assert len(losses_one) == 5
+    np.testing.assert_allclose(losses_eight, losses_one, rtol=2e-5)
