@@ -61,5 +61,18 @@ def main(argv):
                                              _WORKDIR.value)
 
 
+def _parse_flags(argv):
+    """absl's parsing, but a bad override or config arg ends in one line, not a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+        text = str(error)
+        if "UsageError: " in text:  # raised by get_config(arg), wrapped in the file's traceback
+            text = text.rsplit("UsageError: ", 1)[1]
+        message = " ".join(text.replace("\\n", " ").replace("\\'", "").split()).strip("'\"")
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -39,7 +39,9 @@ def launch(workdir, data_dir, *, devices=8, wait=True, **overrides):
     flags = [f"--config.{key}={value}" for key, value in {**TINY_OVERRIDES, **overrides}.items()]
     command = [sys.executable, str(REPO / "launch.py"), f"--config={REPO}/configs/quickstart.py",
                f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}", *flags]
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    # Full XLA optimization: these runs are long enough that run time, not compile time, counts.
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": "0"}
     if not wait:
         return subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)

@@ -119,24 +119,24 @@ def wait_for_step(workdir, process, step, timeout=240):
     raise TimeoutError(f"step {step} not reached")
 
 
-LONG = {"train_duration": "400 steps", "checkpoint.every": "25 steps", "eval_every": "100 steps"}
+LONG = {"train_duration": "200 steps", "checkpoint.every": "20 steps", "eval_every": "50 steps"}
 
 
 @pytest.fixture(scope="module")
 def uninterrupted_long_run(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("long") / "work"
-    result = launch(workdir, data_dir, **LONG)
+    result = launch(workdir, data_dir, devices=1, **LONG)
     assert result.returncode == 0, result.stderr
     return read_metrics(workdir)
 
 
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path, data_dir, uninterrupted_long_run):
-    process = launch(tmp_path, data_dir, wait=False, **LONG)
-    wait_for_step(tmp_path, process, 110)
+    process = launch(tmp_path, data_dir, devices=1, wait=False, **LONG)
+    wait_for_step(tmp_path, process, 70)
     process.kill()
     process.wait()
     assert read_status(tmp_path)["status"] == "running"  # killed, not finished
-    result = launch(tmp_path, data_dir, **LONG)
+    result = launch(tmp_path, data_dir, devices=1, **LONG)
     assert result.returncode == 0, result.stderr
     assert "resumed from the checkpoint at step" in result.stderr
     assert read_metrics(tmp_path) == uninterrupted_long_run
@@ -145,14 +145,14 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path, data_dir, uninterrupted
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir,
                                                       uninterrupted_long_run):
-    process = launch(tmp_path, data_dir, wait=False, **LONG)
-    wait_for_step(tmp_path, process, 60)
+    process = launch(tmp_path, data_dir, devices=1, wait=False, **LONG)
+    wait_for_step(tmp_path, process, 30)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 0
     status = read_status(tmp_path)
-    assert status["status"] == "preempted" and 60 <= status["step"] < 400
+    assert status["status"] == "preempted" and 30 <= status["step"] < 200
     assert (tmp_path / "checkpoints" / str(status["step"])).is_dir()
-    result = launch(tmp_path, data_dir, **LONG)
+    result = launch(tmp_path, data_dir, devices=1, **LONG)
     assert f"resumed from the checkpoint at step {status['step']}" in result.stderr
     assert read_metrics(tmp_path) == uninterrupted_long_run
 

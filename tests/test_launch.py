@@ -1,0 +1,46 @@
+"""Bad input through the real command line: one clear line, a non-zero exit, nothing trained."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def launch(workdir, *flags):
+    command = [sys.executable, str(REPO / "launch.py"),
+               f"--config={REPO}/configs/quickstart.py", f"--workdir={workdir}", *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--config.dataset.name=cifar11"], "unknown dataset 'cifar11'"),
+    (["--config.model.name=resnet21"], "unknown model 'resnet21'; valid models: mlp, cnn,"),
+    (["--config.model.norm=batchnorm"], "unknown normalization 'batchnorm'"),
+    (["--config.optimizer.name=adamax"], "unknown optimizer.name 'adamax'"),
+    (["--config.lr_scaling=cubic"], "unknown lr_scaling 'cubic'"),
+    (["--config.batch_size=0"], "batch_size=0 must be a positive whole number"),
+    (["--config.train_duration=10"], "bad duration '10'"),
+])
+def test_bad_config_values_fail_in_one_line(tmp_path, data_dir, flags, message):
+    result = launch(tmp_path / "w", f"--config.dataset.data_dir={data_dir}", *flags)
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and message in last_line, result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_misspelt_override_names_the_field(tmp_path):
+    result = launch(tmp_path / "w", "--config.batch_sise=64")
+    assert result.returncode != 0
+    assert "batch_sise" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_an_unknown_config_arg_is_named(tmp_path):
+    command = [sys.executable, str(REPO / "launch.py"),
+               f"--config={REPO}/configs/quickstart.py:modle=cnn", f"--workdir={tmp_path}/w"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "unknown config arg 'modle'; valid: activation, dataset, model, norm" in result.stderr
