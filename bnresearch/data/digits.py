@@ -43,9 +43,8 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    # TFDS looks for a checksums file beside the builder's code through `importlib_resources`,
-    # which tfds 4.9.10 requires only on Python < 3.9 and which is not installed here. This
-    # builder downloads nothing, so there is no checksums file to find.
+    # TFDS looks for a checksums file beside a builder's code (through `importlib_resources`).
+    # This builder downloads nothing, so there is no checksums file to look for.
     code_path = None
 
     def _info(self) -> tfds.core.DatasetInfo:
