@@ -132,9 +132,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
     check_batch_size("eval_batch_size", config.eval_batch_size, mesh)
     rundir = RunDirectory(workdir)
     rundir.check(config)
-    if rundir.status().get("status") == "done":
-        log.info("%s already finished at step %d; nothing to do", workdir,
-                     rundir.status()["step"])
+    previous = rundir.status()
+    if previous.get("status") == "done":
+        log.info("%s already finished at step %d; nothing to do", workdir, previous["step"])
         return "done"
 
     dataset = data.load_dataset(config.dataset)
