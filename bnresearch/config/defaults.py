@@ -3,8 +3,15 @@
 Config files call `base_config()` and change what their experiment needs. The config is locked
 before overrides apply, so `--config.FIELD=VALUE` can change any field listed here and a
 misspelt field is an error naming the fields that exist.
+
+The option blocks of the model (``norm_kwargs``, ``activation_kwargs``, ``options``) list every
+option of every registered variant as a typed placeholder: None means "the variant's own
+default", and ``--config.model.norm_kwargs.num_groups=8`` works on the locked config. An option
+set for a variant that does not have it is refused when the model is built. A test keeps these
+lists equal to the registries' options.
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -24,10 +31,22 @@ def base_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.name = "cnn"            # mlp | cnn | resnet20 | resnet32 | ... | resnet110
     config.model.norm = "batch"          # batch | layer | group | none
-    config.model.norm_kwargs = ml_collections.ConfigDict()
+    config.model.norm_kwargs = ml_collections.ConfigDict({
+        "momentum": placeholder(float),    # running averages: weight on the OLD value
+        "epsilon": placeholder(float),
+        "num_groups": placeholder(int),    # group: G; or
+        "group_size": placeholder(int),    # group: C/G
+    })
     config.model.activation = "relu"     # relu | elu
-    config.model.activation_kwargs = ml_collections.ConfigDict()
-    config.model.options = ml_collections.ConfigDict()  # the model's own options, e.g. widths
+    config.model.activation_kwargs = ml_collections.ConfigDict({
+        "alpha": placeholder(float),       # elu
+    })
+    config.model.options = ml_collections.ConfigDict({  # the model's own options
+        "hidden_sizes": placeholder(tuple),  # mlp
+        "widths": placeholder(tuple),        # cnn
+        "convs_per_stage": placeholder(int), # cnn
+        "shortcut": placeholder(str),        # resnets: pad | projection
+    })
 
     config.batch_size = 128
     config.eval_batch_size = 512
@@ -52,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = 5e-4  # coupled L2, except adamw's decoupled decay
     config.optimizer.grad_clip_norm = 0.0  # global-norm clipping; 0 turns it off
 
+    config.label_smoothing = 0.0         # eps of (1 - eps) onehot + eps / K; 0 turns it off
     config.train_duration = "30 epochs"  # durations: "N steps" or "N epochs"
     config.compute_dtype = "float32"     # float32 | bfloat16 (for accelerators)
     config.log_every = "50 steps"

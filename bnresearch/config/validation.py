@@ -28,11 +28,7 @@ def _check_positive(field: str, value) -> None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
     data.check_dataset_name(config.dataset.name)
     # Building a flax module is lazy and cheap; it raises on unknown names and options.
-    models.build_model(
-        config.model.name, num_classes=2, norm=config.model.norm,
-        norm_kwargs=config.model.norm_kwargs.to_dict(), activation=config.model.activation,
-        activation_kwargs=config.model.activation_kwargs.to_dict(),
-        **config.model.options.to_dict())
+    models.model_from_config(config.model, num_classes=2)
     check_optimizer_name(config.optimizer.name)
     _check_choice("lr_scaling", config.lr_scaling, LR_SCALING_RULES)
     _check_choice("schedule.decay", config.schedule.decay, tuple(DECAYS))
@@ -42,6 +38,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                          ("base_batch_size", config.base_batch_size),
                          ("checkpoint.keep", config.checkpoint.keep)):
         _check_positive(field, value)
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise UsageError(f"label_smoothing={config.label_smoothing!r} must lie in [0, 1)")
     for duration in (config.train_duration, config.schedule.warmup, config.log_every,
                      config.eval_every, config.checkpoint.every, *config.schedule.boundaries):
         parse_duration(duration)

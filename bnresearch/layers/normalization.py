@@ -215,12 +215,3 @@ def get_normalization(name: str, **options) -> ModuleFactory:
 def check_normalization_features(norm: ModuleFactory, num_features: int) -> None:
     """Raises UsageError if the normalizations `norm` makes cannot take `num_features` channels."""
     norm(parent=None).check_features(num_features)
-
-
-def needs_bias_before(norm: ModuleFactory) -> bool:
-    """Whether a conv or dense layer followed by `norm` should have a bias.
-
-    Without it a model run with norm='none' would have no shift at all, a confound when it is
-    the baseline a normalization is compared against.
-    """
-    return not norm(parent=None).adds_bias

@@ -11,9 +11,11 @@ import functools
 
 import jax.numpy as jnp
 import flax.linen as nn
+import ml_collections
 from flax.typing import Dtype
 
 from bnresearch.layers.activations import get_activation
+from bnresearch.layers.kit import LayerKit
 from bnresearch.layers.normalization import check_normalization_features, get_normalization
 from bnresearch.layers.registry import ModuleFactory, lookup
 from bnresearch.models.cifar_resnet import CifarResNet
@@ -30,7 +32,7 @@ MODELS: dict[str, ModuleFactory] = {
 MODEL_NAMES = tuple(MODELS)
 
 # Fields every model has that build_model fills in itself rather than taking as model options.
-_BUILD_ARGUMENTS = ('num_classes', 'norm', 'activation', 'dtype')
+BUILD_ARGUMENTS = ('num_classes', 'layers')
 
 
 def build_model(name: str, *, num_classes: int, norm: str = 'batch',
@@ -44,13 +46,29 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
     or option, for an invalid option value, and for a normalization that cannot handle one of the
     model's widths (e.g. group norm with a group count that does not divide it).
     """
-    model = lookup('model', MODELS, name, model_options, reserved=_BUILD_ARGUMENTS)
-    norm_factory = get_normalization(norm, **(norm_kwargs or {}))
-    activation_factory = get_activation(activation, **(activation_kwargs or {}))
+    model = lookup('model', MODELS, name, model_options, reserved=BUILD_ARGUMENTS)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise UsageError(f'dtype must be a floating-point dtype, got {dtype!r}')
-    model = model(num_classes=num_classes, norm=norm_factory, activation=activation_factory,
-                  dtype=dtype)
+    layers = LayerKit(norm_factory=get_normalization(norm, **(norm_kwargs or {})),
+                      activation_factory=get_activation(activation, **(activation_kwargs or {})),
+                      dtype=dtype)
+    model = model(num_classes=num_classes, layers=layers)
     for num_features in model.normalized_features():
-        check_normalization_features(norm_factory, num_features)
+        check_normalization_features(layers.norm_factory, num_features)
     return model
+
+
+def set_options(options: ml_collections.ConfigDict) -> dict:
+    """The options a config actually sets: its option blocks hold a placeholder (None) for every
+    option of every variant, and None means "the variant's own default"."""
+    return {key: value for key, value in options.to_dict().items() if value is not None}
+
+
+def model_from_config(model_config: ml_collections.ConfigDict, *, num_classes: int,
+                      dtype: Dtype = jnp.float32) -> nn.Module:
+    """``build_model`` from the config's ``model`` block (name, norm, activation, their options)."""
+    return build_model(
+        model_config.name, num_classes=num_classes, norm=model_config.norm,
+        norm_kwargs=set_options(model_config.norm_kwargs), activation=model_config.activation,
+        activation_kwargs=set_options(model_config.activation_kwargs), dtype=dtype,
+        **set_options(model_config.options))

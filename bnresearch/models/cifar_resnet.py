@@ -9,16 +9,14 @@ Where a block changes shape the shortcut is either
     (the pixels the stride-2 conv centers on) and zero-pad the new channels; or
   'projection': option B, a strided 1x1 conv followed by the normalization.
 Elsewhere it is the identity. Convs have a bias only where the normalization after them adds none
-(norm='none').
+(norm='none'; see LayerKit.bias_before_norm).
 """
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
-from flax.typing import Dtype
 
-from bnresearch.layers.normalization import needs_bias_before
-from bnresearch.layers.registry import ModuleFactory
-from bnresearch.models.common import HE_NORMAL, check_positive_int
+from bnresearch.layers.kit import LayerKit
+from bnresearch.models.common import check_positive_int
 from bnresearch.errors import UsageError
 
 STAGE_WIDTHS = (16, 32, 64)
@@ -29,22 +27,19 @@ class BasicBlock(nn.Module):
     features: int
     strides: int
     shortcut: str
-    norm: ModuleFactory
-    activation: ModuleFactory
-    dtype: Dtype = jnp.float32
+    layers: LayerKit
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         # padding=1 on both sides, as in the paper's code base, rather than 'SAME', which pads a
         # stride-2 conv on the high side only.
-        y = nn.Conv(self.features, (3, 3), strides=self.strides, padding=1, use_bias=needs_bias_before(self.norm),
-                    kernel_init=HE_NORMAL, dtype=self.dtype, name='conv1')(x)
-        y = self.norm(dtype=self.dtype, name='norm1')(y, train=train)
-        y = self.activation(name='act1')(y)
-        y = nn.Conv(self.features, (3, 3), padding=1, use_bias=needs_bias_before(self.norm), kernel_init=HE_NORMAL,
-                    dtype=self.dtype, name='conv2')(y)
-        y = self.norm(dtype=self.dtype, name='norm2')(y, train=train)
-        return self.activation(name='act2')(y + self._shortcut(x, train))
+        y = self.layers.conv(self.features, (3, 3), strides=self.strides, padding=1,
+                             name='conv1')(x)
+        y = self.layers.norm(name='norm1')(y, train=train)
+        y = self.layers.activation(name='act1')(y)
+        y = self.layers.conv(self.features, (3, 3), padding=1, name='conv2')(y)
+        y = self.layers.norm(name='norm2')(y, train=train)
+        return self.layers.activation(name='act2')(y + self._shortcut(x, train))
 
     @nn.nowrap
     def _shortcut(self, x: jax.Array, train: bool) -> jax.Array:
@@ -53,16 +48,13 @@ class BasicBlock(nn.Module):
         if self.shortcut == 'pad':
             x = x[:, ::self.strides, ::self.strides, :]
             return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.features - x.shape[-1])))
-        x = nn.Conv(self.features, (1, 1), strides=self.strides, use_bias=needs_bias_before(self.norm),
-                    kernel_init=HE_NORMAL, dtype=self.dtype, name='shortcut_conv')(x)
-        return self.norm(dtype=self.dtype, name='shortcut_norm')(x, train=train)
+        x = self.layers.conv(self.features, (1, 1), strides=self.strides, name='shortcut_conv')(x)
+        return self.layers.norm(name='shortcut_norm')(x, train=train)
 
 
 class CifarResNet(nn.Module):
     num_classes: int
-    norm: ModuleFactory
-    activation: ModuleFactory
-    dtype: Dtype = jnp.float32
+    layers: LayerKit
     depth: int = 20
     shortcut: str = 'pad'
 
@@ -82,16 +74,15 @@ class CifarResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(STAGE_WIDTHS[0], (3, 3), padding=1, use_bias=needs_bias_before(self.norm), kernel_init=HE_NORMAL,
-                    dtype=self.dtype, name='stem_conv')(x)
-        x = self.norm(dtype=self.dtype, name='stem_norm')(x, train=train)
-        x = self.activation(name='stem_act')(x)
+        x = self.layers.conv(STAGE_WIDTHS[0], (3, 3), padding=1, role='first', name='stem_conv')(x)
+        x = self.layers.norm(name='stem_norm')(x, train=train)
+        x = self.layers.activation(name='stem_act')(x)
         blocks_per_stage = (self.depth - 2) // 6
         for stage, width in enumerate(STAGE_WIDTHS, start=1):
             for block in range(1, blocks_per_stage + 1):
                 strides = 2 if stage > 1 and block == 1 else 1
                 x = BasicBlock(features=width, strides=strides, shortcut=self.shortcut,
-                               norm=self.norm, activation=self.activation, dtype=self.dtype,
-                               name=f'stage{stage}_block{block}')(x, train=train)
+                               layers=self.layers, name=f'stage{stage}_block{block}')(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(jnp.float32)
+        logits = self.layers.dense(self.num_classes, use_bias=True, role='last', name='head')(x)
+        return logits.astype(jnp.float32)

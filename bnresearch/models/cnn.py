@@ -11,19 +11,14 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
-from flax.typing import Dtype
 
-from bnresearch.layers.normalization import needs_bias_before
-from bnresearch.layers.registry import ModuleFactory
-from bnresearch.models.common import HE_NORMAL, check_positive_int, check_positive_ints
+from bnresearch.layers.kit import LayerKit
+from bnresearch.models.common import check_positive_int, check_positive_ints
 
 
 class CNN(nn.Module):
-    """Convs have a bias only where the normalization after them adds none (norm='none')."""
     num_classes: int
-    norm: ModuleFactory
-    activation: ModuleFactory
-    dtype: Dtype = jnp.float32
+    layers: LayerKit
     widths: Sequence[int] = (32, 64, 128)
     convs_per_stage: int = 2
 
@@ -43,10 +38,12 @@ class CNN(nn.Module):
         for stage, width in enumerate(self.widths, start=1):
             for conv in range(1, self.convs_per_stage + 1):
                 strides = 2 if stage > 1 and conv == 1 else 1
+                role = 'first' if stage == conv == 1 else 'hidden'
                 layer = f'stage{stage}_conv{conv}'
-                x = nn.Conv(width, (3, 3), strides=strides, padding=1, use_bias=needs_bias_before(self.norm),
-                            kernel_init=HE_NORMAL, dtype=self.dtype, name=layer)(x)
-                x = self.norm(dtype=self.dtype, name=f'{layer}_norm')(x, train=train)
-                x = self.activation(name=f'{layer}_act')(x)
+                x = self.layers.conv(width, (3, 3), strides=strides, padding=1, role=role,
+                                     name=layer)(x)
+                x = self.layers.norm(name=f'{layer}_norm')(x, train=train)
+                x = self.layers.activation(name=f'{layer}_act')(x)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(jnp.float32)
+        logits = self.layers.dense(self.num_classes, use_bias=True, role='last', name='head')(x)
+        return logits.astype(jnp.float32)

@@ -6,19 +6,14 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
-from flax.typing import Dtype
 
-from bnresearch.layers.normalization import needs_bias_before
-from bnresearch.layers.registry import ModuleFactory
-from bnresearch.models.common import HE_NORMAL, check_positive_int, check_positive_ints
+from bnresearch.layers.kit import LayerKit
+from bnresearch.models.common import check_positive_int, check_positive_ints
 
 
 class MLP(nn.Module):
-    """Hidden dense layers have a bias only where the normalization after them adds none."""
     num_classes: int
-    norm: ModuleFactory
-    activation: ModuleFactory
-    dtype: Dtype = jnp.float32
+    layers: LayerKit
     hidden_sizes: Sequence[int] = (256, 256)
 
     def __post_init__(self):
@@ -35,8 +30,9 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = x.reshape(x.shape[0], -1)
         for layer, width in enumerate(self.hidden_sizes, start=1):
-            x = nn.Dense(width, use_bias=needs_bias_before(self.norm), kernel_init=HE_NORMAL, dtype=self.dtype,
-                         name=f'dense{layer}')(x)
-            x = self.norm(dtype=self.dtype, name=f'norm{layer}')(x, train=train)
-            x = self.activation(name=f'act{layer}')(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(jnp.float32)
+            role = 'first' if layer == 1 else 'hidden'
+            x = self.layers.dense(width, role=role, name=f'dense{layer}')(x)
+            x = self.layers.norm(name=f'norm{layer}')(x, train=train)
+            x = self.layers.activation(name=f'act{layer}')(x)
+        logits = self.layers.dense(self.num_classes, use_bias=True, role='last', name='head')(x)
+        return logits.astype(jnp.float32)

@@ -99,16 +99,15 @@ def _clock(seconds: float) -> str:
 
 
 def _summarize_train(window: list, first_step: int):
-    """Means over a logging window; also the first step whose loss was not finite, if any."""
+    """Means over a logging window (the lr: its last value); also the first step at which a
+    loss was not finite, if any."""
     fetched = jax.device_get(window)
-    losses = np.array([m["loss"] for m in fetched])
-    bad = np.flatnonzero(~np.isfinite(losses))
+    losses = np.array([[m[key] for key in ("loss", "aux_loss") if key in m] for m in fetched])
+    bad = np.flatnonzero(~np.all(np.isfinite(losses), axis=1))
     diverged_at = first_step + int(bad[0]) if bad.size else None
-    scalars = {
-        "train/loss": float(np.mean(losses)),
-        "train/accuracy": float(np.mean([m["accuracy"] for m in fetched])),
-        "train/lr": float(fetched[-1]["lr"]),
-    }
+    scalars = {f"train/{key}": float(np.mean([m[key] for m in fetched]))
+               for key in fetched[0] if key != "lr"}
+    scalars["train/lr"] = float(fetched[-1]["lr"])
     return scalars, diverged_at
 
 
@@ -139,37 +138,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
 
     dataset = data.load_dataset(config.dataset)
     plan = make_plan(config, dataset.info.num_train)
-    model = models.build_model(
-        config.model.name, num_classes=dataset.info.num_classes, norm=config.model.norm,
-        norm_kwargs=config.model.norm_kwargs.to_dict(), activation=config.model.activation,
-        activation_kwargs=config.model.activation_kwargs.to_dict(),
-        dtype=COMPUTE_DTYPES[config.compute_dtype], **config.model.options.to_dict())
+    model = models.model_from_config(config.model, num_classes=dataset.info.num_classes,
+                                     dtype=COMPUTE_DTYPES[config.compute_dtype])
     learning_rate_fn = make_schedule(plan.schedule)
     optimizer = make_optimizer(config.optimizer, learning_rate_fn)
     rundir.claim(config)  # only now: a config that fails to set up leaves the workdir untouched
-
-    # The state's shapes without computing it: a restore needs only these.
-    init = functools.partial(create_train_state, model, optimizer, dataset.info.image_shape)
-    state_shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
-    state_sharding = jax.tree.map(lambda _: replicated(mesh), state_shapes)
-    abstract_state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        state_shapes, state_sharding)
-
-    train_iterator = data.make_train_iterator(
-        dataset, seed=config.seed, batch_size=config.batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    checkpointer = Checkpointer(rundir.checkpoints.absolute(), keep=config.checkpoint.keep)
-    start_step = checkpointer.latest_step()
-    if start_step is None:
-        start_step, elapsed = 0, 0.0
-        state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
-    else:
-        state, progress = checkpointer.restore(start_step, abstract_state, train_iterator)
-        elapsed = progress["elapsed_s"]
-        log.info("resumed from the checkpoint at step %d", start_step)
-    rundir.record_environment(start_step)
-    rundir.set_status("running", start_step, total_steps=plan.total_steps)
 
     sharded_batch = batch_sharding(mesh)
     batch_shapes = {
@@ -177,10 +150,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
                                       jnp.float32, sharding=sharded_batch),
         "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=sharded_batch),
     }
+    # The state's shapes without computing it: a restore needs only these.
+    init = functools.partial(create_train_state, model, optimizer)
+    state_shapes = jax.eval_shape(init, jax.random.PRNGKey(0), batch_shapes["image"])
+    state_sharding = jax.tree.map(lambda _: replicated(mesh), state_shapes)
+    abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        state_shapes, state_sharding)
+
+    def make_train_iterator():
+        return data.make_train_iterator(
+            dataset, seed=config.seed, batch_size=config.batch_size,
+            process_index=jax.process_index(), process_count=jax.process_count())
+
+    train_iterator = make_train_iterator()
+    checkpointer = Checkpointer(rundir.checkpoints.absolute(), keep=config.checkpoint.keep)
+    start_step = checkpointer.latest_step()
+    if start_step is None:
+        start_step, elapsed = 0, 0.0
+        # Initialized on the first training batch, read from an iterator of its own so the
+        # training stream is untouched.
+        first_batch = global_batch(next(make_train_iterator()), mesh)
+        state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed),
+                                                            first_batch["image"])
+    else:
+        state, progress = checkpointer.restore(start_step, abstract_state, train_iterator)
+        elapsed = progress["elapsed_s"]
+        log.info("resumed from the checkpoint at step %d", start_step)
+    rundir.record_environment(start_step)
+    rundir.set_status("running", start_step, total_steps=plan.total_steps)
+
     compile_start = time.perf_counter()
     train_step = jax.jit(
         functools.partial(steps.train_step, model=model, optimizer=optimizer,
-                          learning_rate_fn=learning_rate_fn),
+                          learning_rate_fn=learning_rate_fn,
+                          label_smoothing=config.label_smoothing),
         in_shardings=(state_sharding, sharded_batch),
         out_shardings=(state_sharding, replicated(mesh)),
         donate_argnums=0,

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bnresearch.layers.variables import RNG_STREAM
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -16,11 +18,19 @@ class TrainState:
     rng: jax.Array           # base key; each step derives its own by folding in the step
 
 
-def create_train_state(model, optimizer: optax.GradientTransformation, image_shape, rng) -> TrainState:
-    """Initializes parameters on a single example; pure, so it can run under `jax.jit`."""
+def create_train_state(model, optimizer: optax.GradientTransformation, rng,
+                       images: jax.Array) -> TrainState:
+    """Initializes the model on a batch of real training images; pure, so it can run under jit.
+
+    The init pass is a training-mode forward, so data-dependent initializations (weight
+    normalization's, Salimans & Kingma 2016) see the activations training will see; our
+    normalizations do not count it as a step (their running statistics stay at their initial
+    values).
+    """
     init_rng, state_rng = jax.random.split(rng)
-    dummy = jnp.zeros((1, *image_shape), jnp.float32)
-    variables = model.init({"params": init_rng, "dropout": init_rng}, dummy, train=False)
+    params_rng, stochastic_rng = jax.random.split(init_rng)
+    variables = model.init({"params": params_rng, RNG_STREAM: stochastic_rng}, images,
+                           train=True)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),

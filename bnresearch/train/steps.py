@@ -3,46 +3,72 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bnresearch.layers.variables import ANALYSIS, AUX_LOSS, RNG_STREAM, STATE, TRAIN_MUTABLE
 from bnresearch.train.state import TrainState
 
 
-def _variables(params, batch_stats):
-    return {"params": params, "batch_stats": batch_stats}
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
+    """Per-example cross-entropy against one-hot targets smoothed to (1 - eps) onehot + eps/K
+    (Szegedy et al. 2016, arXiv:1512.00567); eps = 0 is the plain loss."""
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
 
 
-def train_step(state: TrainState, batch: dict, *, model, optimizer, learning_rate_fn):
-    """One SGD step on a (globally sharded) batch; returns the new state and scalar metrics."""
+def _sown_scalars(collection) -> dict[str, list[jax.Array]]:
+    """Sown values grouped by their name (the last key of their path), over all layers."""
+    grouped = {}
+    for path, value in jax.tree_util.tree_leaves_with_path(collection):
+        name = next(key.key for key in reversed(path) if isinstance(key, jax.tree_util.DictKey))
+        grouped.setdefault(name, []).append(value)
+    return grouped
+
+
+def train_step(state: TrainState, batch: dict, *, model, optimizer, learning_rate_fn,
+               label_smoothing: float = 0.0):
+    """One SGD step on a (globally sharded) batch; returns the new state and scalar metrics.
+
+    The objective is the mean cross-entropy plus the auxiliary losses layers sow; ``loss`` in
+    the metrics is the cross-entropy alone (comparable across models), ``aux_loss`` the rest.
+    """
     step_rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
-        logits, new_model_state = model.apply(
-            _variables(params, state.batch_stats), batch["image"], train=True,
-            mutable=["batch_stats"], rngs={"dropout": step_rng})
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, (logits, new_model_state)
+        logits, sown = model.apply(
+            {"params": params, STATE: state.batch_stats}, batch["image"], train=True,
+            mutable=TRAIN_MUTABLE, rngs={RNG_STREAM: step_rng})
+        data_loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
+        aux_losses = jax.tree.leaves(sown.get(AUX_LOSS, {}))
+        aux_loss = sum(aux_losses, jnp.zeros((), jnp.float32))
+        return data_loss + aux_loss, (data_loss, aux_loss, logits, sown)
 
-    (loss, (logits, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    grads, (data_loss, aux_loss, logits, sown) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = state.replace(
         step=state.step + 1,
         params=optax.apply_updates(state.params, updates),
-        batch_stats=new_model_state.get("batch_stats", state.batch_stats),
+        batch_stats=sown.get(STATE, state.batch_stats),
         opt_state=opt_state,
     )
     metrics = {
-        "loss": loss,
+        "loss": data_loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
         # The optimizer's step count equals state.step, so this is the lr it just applied.
         "lr": learning_rate_fn(state.step),
     }
+    if jax.tree.leaves(sown.get(AUX_LOSS, {})):
+        metrics["aux_loss"] = aux_loss
+    for name, values in _sown_scalars(sown.get(ANALYSIS, {})).items():
+        metrics[name] = jnp.mean(jnp.stack([jnp.asarray(v, jnp.float32) for v in values]))
     return new_state, metrics
 
 
 def eval_step(state: TrainState, batch: dict, *, model):
     """Sums of loss and correct predictions over the real (mask 1) examples of a padded batch."""
-    logits = model.apply(_variables(state.params, state.batch_stats), batch["image"], train=False)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    logits = model.apply({"params": state.params, STATE: state.batch_stats}, batch["image"],
+                         train=False)
+    losses = cross_entropy(logits, batch["label"], label_smoothing=0.0)
     correct = jnp.argmax(logits, -1) == batch["label"]
     mask = batch["mask"]
     return {

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bnresearch.layers import ACTIVATIONS, NORMALIZATIONS, get_activation, get_normalization
+from bnresearch.layers.kit import LayerKit
 from bnresearch.models import MODEL_NAMES, build_model
 from bnresearch.models.cifar_resnet import BasicBlock
 
@@ -109,8 +110,9 @@ def test_bfloat16_compute_with_float32_params_and_logits(name):
 
 
 def test_pad_shortcut_is_strided_identity_with_zero_channels():
-    block = BasicBlock(features=8, strides=2, shortcut='pad', norm=get_normalization('none'),
-                       activation=get_activation('relu'))
+    layers = LayerKit(norm_factory=get_normalization('none'),
+                      activation_factory=get_activation('relu'))
+    block = BasicBlock(features=8, strides=2, shortcut='pad', layers=layers)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, 4)), jnp.float32)
     variables = block.init(jax.random.key(0), x, train=True)
     assert set(variables['params']) == {'conv1', 'conv2'}  # option A has no parameters

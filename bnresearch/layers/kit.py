@@ -1,0 +1,102 @@
+"""The layers a model is built from, bundled: weight layers (conv, dense), normalization,
+activation and compute dtype.
+
+Models never construct ``nn.Conv``, ``nn.Dense`` or a normalization themselves: they call the
+factories of the ``LayerKit`` they are given. That is what lets a config swap, in every model at
+once, the normalization and activation (by name) and the weight layers themselves (weight
+normalization reparametrizes them; quantized networks binarize them).
+
+A weight-layer factory is called as
+``kit.conv(features, kernel_size, strides=..., padding=..., use_bias=..., role=..., name=...)`` or
+``kit.dense(features, use_bias=..., role=..., name=...)`` and returns a module to apply to the
+input. ``role`` says where the layer sits: ``'first'`` (it sees the input images), ``'last'`` (it
+produces the logits) or ``'hidden'``. Quantized networks keep the first and last layers in full
+precision by convention, and the plain last layer keeps LeCun-normal init (variance 1/fan_in), the
+usual choice for logits.
+"""
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+from flax.typing import Dtype
+
+from bnresearch.layers.registry import ModuleFactory
+
+ROLES = ('first', 'hidden', 'last')
+
+# He et al. 2015 ("Delving Deep into Rectifiers", arXiv:1502.01852) normal init, fan_in mode.
+# fan_in keeps the variance of the forward activations constant through ReLU layers, which is
+# what matters when a model runs with norm='none' (with a normalization after each layer the
+# weight scale is divided out anyway). JAX draws from a truncated normal rescaled to 2 / fan_in.
+HE_NORMAL = nn.initializers.he_normal()
+LECUN_NORMAL = nn.initializers.lecun_normal()
+
+WeightLayerFactory = Callable[..., nn.Module]
+
+
+def plain_conv(features: int, kernel_size: Sequence[int], *, strides: int = 1,
+               padding='SAME', use_bias: bool = True, role: str = 'hidden',
+               dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Module:
+    """``nn.Conv`` with He-normal init; float32 parameters, computing in ``dtype``."""
+    del role  # every plain conv is initialized alike
+    return nn.Conv(features, tuple(kernel_size), strides=strides, padding=padding,
+                   use_bias=use_bias, kernel_init=HE_NORMAL, dtype=dtype, name=name)
+
+
+def plain_dense(features: int, *, use_bias: bool = True, role: str = 'hidden',
+                dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Module:
+    """``nn.Dense``: He-normal init for hidden layers, LeCun-normal for the logits layer."""
+    kernel_init = LECUN_NORMAL if role == 'last' else HE_NORMAL
+    return nn.Dense(features, use_bias=use_bias, kernel_init=kernel_init, dtype=dtype,
+                    name=name)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerKit:
+    """Factories for every layer a model builds, and the dtype they compute in.
+
+    ``norm_factory`` and ``activation_factory`` come from the registries, ``conv_factory`` and
+    ``dense_factory`` are weight-layer factories as described in the module docstring. Models
+    call the methods, which bind the dtype and the bias rule. Parameters are float32 whatever
+    ``dtype`` is.
+    """
+    norm_factory: ModuleFactory
+    activation_factory: ModuleFactory
+    conv_factory: WeightLayerFactory = plain_conv
+    dense_factory: WeightLayerFactory = plain_dense
+    dtype: Dtype = jnp.float32
+
+    def conv(self, features: int, kernel_size: Sequence[int], *, name: str, strides: int = 1,
+             padding='SAME', use_bias: bool | None = None, role: str = 'hidden') -> nn.Module:
+        """A conv from the kit's factory. ``use_bias=None``: a bias exactly when the
+        normalization that follows adds none (see ``bias_before_norm``)."""
+        if use_bias is None:
+            use_bias = self.bias_before_norm
+        return self.conv_factory(features, kernel_size, strides=strides, padding=padding,
+                                 use_bias=use_bias, role=role, dtype=self.dtype, name=name)
+
+    def dense(self, features: int, *, name: str, use_bias: bool | None = None,
+              role: str = 'hidden') -> nn.Module:
+        """A dense layer from the kit's factory; ``use_bias`` as in ``conv``."""
+        if use_bias is None:
+            use_bias = self.bias_before_norm
+        return self.dense_factory(features, use_bias=use_bias, role=role, dtype=self.dtype,
+                                  name=name)
+
+    def norm(self, *, name: str) -> nn.Module:
+        """A normalization, applied as ``norm(x, train=...)``."""
+        return self.norm_factory(dtype=self.dtype, name=name)
+
+    def activation(self, *, name: str) -> nn.Module:
+        return self.activation_factory(name=name)
+
+    @property
+    def bias_before_norm(self) -> bool:
+        """Whether a weight layer followed by the kit's normalization needs its own bias.
+
+        A normalization that ends with a learned shift makes a bias before it redundant (the
+        mean subtraction removes it). Without one, a model run with norm='none' would have no
+        shift at all, a confound when it is the baseline a normalization is compared against.
+        """
+        return not self.norm_factory(parent=None).adds_bias

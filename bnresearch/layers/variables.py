@@ -1,0 +1,23 @@
+"""The variable collections and the random stream a layer may use, beyond its parameters.
+
+- ``batch_stats``: state that persists across steps (running statistics, step counters of
+  normalizations). Part of the TrainState and of every checkpoint.
+- ``aux_loss``: scalars a layer adds to the training objective with
+  ``self.sow(AUX_LOSS, name, value)`` (e.g. the Gaussian negative log-likelihood of
+  "batchless" normalization). The train step adds their sum to the loss and logs it as
+  ``train/aux_loss``.
+- ``analysis``: scalars a layer reports without changing training, with
+  ``self.sow(ANALYSIS, name, value)``; the train step logs the mean of each name over the layers
+  as ``train/<name>``.
+
+Both sown collections are rebuilt from scratch at every step and exist only in training mode.
+Randomness at train time (dropout, stochastic depth, stochastic quantizers) comes from one
+stream, ``self.make_rng(RNG_STREAM)``, which flax splits per call site; the train step seeds it
+from (seed, step), so a resumed run draws exactly what an uninterrupted one draws.
+"""
+STATE = "batch_stats"
+AUX_LOSS = "aux_loss"
+ANALYSIS = "analysis"
+RNG_STREAM = "dropout"
+
+TRAIN_MUTABLE = (STATE, AUX_LOSS, ANALYSIS)
