@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.norm_kwargs = ml_collections.ConfigDict({
         "momentum": placeholder(float),    # running averages: weight on the OLD value
         "epsilon": placeholder(float),
+        "scale_init": placeholder(float),  # initial gain (gamma) of every normalization with one
         "num_groups": placeholder(int),    # group: G; or
         "group_size": placeholder(int),    # group: C/G
     })
@@ -69,6 +70,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer.b2 = 0.999
     config.optimizer.eps = 1e-8
     config.optimizer.weight_decay = 5e-4  # coupled L2, except adamw's decoupled decay
+    config.optimizer.weight_decay_on = "all"  # all | kernels (exempts norm parameters, biases)
+    # Per parameter group (kernel | scale | bias, see bnresearch/optim/groups.py): the group's lr
+    # is the scheduled lr times its multiplier, e.g. scale=0.01 for gamma at lr/100.
+    config.optimizer.lr_multipliers = ml_collections.ConfigDict(
+        {"kernel": 1.0, "scale": 1.0, "bias": 1.0})
     config.optimizer.grad_clip_norm = 0.0  # global-norm clipping; 0 turns it off
 
     config.label_smoothing = 0.0         # eps of (1 - eps) onehot + eps / K; 0 turns it off

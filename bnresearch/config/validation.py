@@ -8,7 +8,7 @@ import ml_collections
 from bnresearch import data, models
 from bnresearch.config.durations import parse_duration
 from bnresearch.config.learning_rate import LR_SCALING_RULES
-from bnresearch.optim.optimizers import check_optimizer_name
+from bnresearch.optim.optimizers import check_optimizer_config
 from bnresearch.optim.schedules import DECAYS
 from bnresearch.errors import UsageError
 
@@ -29,7 +29,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     data.check_dataset_name(config.dataset.name)
     # Building a flax module is lazy and cheap; it raises on unknown names and options.
     models.model_from_config(config.model, num_classes=2)
-    check_optimizer_name(config.optimizer.name)
+    check_optimizer_config(config.optimizer)
     _check_choice("lr_scaling", config.lr_scaling, LR_SCALING_RULES)
     _check_choice("schedule.decay", config.schedule.decay, tuple(DECAYS))
     _check_choice("compute_dtype", config.compute_dtype, COMPUTE_DTYPE_NAMES)

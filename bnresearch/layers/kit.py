@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax.typing import Dtype
 
-from bnresearch.layers.registry import ModuleFactory
+from bnresearch.layers.registry import ModuleFactory, has_field
 
 ROLES = ('first', 'hidden', 'last')
 
@@ -84,8 +84,15 @@ class LayerKit:
         return self.dense_factory(features, use_bias=use_bias, role=role, dtype=self.dtype,
                                   name=name)
 
-    def norm(self, *, name: str) -> nn.Module:
-        """A normalization, applied as ``norm(x, train=...)``."""
+    def norm(self, *, name: str, zero_scale: bool = False) -> nn.Module:
+        """A normalization, applied as ``norm(x, train=...)``.
+
+        ``zero_scale``: start its gain at 0, as for the last normalization of a residual branch
+        (Goyal et al. 2017, arXiv:1706.02677), so each block starts as the identity. Ignored by
+        normalizations without a gain.
+        """
+        if zero_scale and has_field(self.norm_factory, 'scale_init'):
+            return self.norm_factory(dtype=self.dtype, scale_init=0.0, name=name)
         return self.norm_factory(dtype=self.dtype, name=name)
 
     def activation(self, *, name: str) -> nn.Module:

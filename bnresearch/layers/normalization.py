@@ -10,6 +10,10 @@ running statistics live in the ``'batch_stats'`` collection.
 Variances are biased (divide by the number of reduced elements) and computed in two passes,
 E[(x - E[x])^2], which unlike E[x^2] - E[x]^2 cannot cancel catastrophically.
 
+Every normalization with a learnable gain has a ``scale_init`` option (default 1): Davis & Frank
+2022 start every gamma below 1, and residual networks often start the last gamma of each block
+at 0 (``LayerKit.norm(..., zero_scale=True)``).
+
 References:
   batch: Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by Reducing
     Internal Covariate Shift", ICML 2015, arXiv:1502.03167.
@@ -35,8 +39,13 @@ def _check_epsilon(kind: str, epsilon: float) -> None:
 
 
 def _scale_and_bias(module: nn.Module, num_features: int) -> tuple[jax.Array, jax.Array]:
-    """The learnable per-channel affine transform, initialized to the identity."""
-    scale = module.param('scale', nn.initializers.ones, (num_features,), jnp.float32)
+    """The learnable per-channel affine transform: gain ``module.scale_init``, shift 0.
+
+    The gain is named ``scale`` in every normalization: parameter groups (per-group lr, weight
+    decay masks) find gammas by that name.
+    """
+    scale = module.param('scale', nn.initializers.constant(module.scale_init), (num_features,),
+                         jnp.float32)
     bias = module.param('bias', nn.initializers.zeros, (num_features,), jnp.float32)
     return scale, bias
 
@@ -83,6 +92,7 @@ class BatchNorm(Normalization):
     """
     momentum: float = 0.9
     epsilon: float = 1e-5
+    scale_init: float = 1.0
 
     def __post_init__(self):
         if not 0.0 <= self.momentum <= 1.0:
@@ -116,6 +126,7 @@ class LayerNorm(Normalization):
     ``epsilon`` defaults to 1e-5 (PyTorch's default; Flax's own LayerNorm uses 1e-6).
     """
     epsilon: float = 1e-5
+    scale_init: float = 1.0
 
     def __post_init__(self):
         _check_epsilon('layer norm', self.epsilon)
@@ -141,6 +152,7 @@ class GroupNorm(Normalization):
     num_groups: int | None = None
     group_size: int | None = None
     epsilon: float = 1e-5
+    scale_init: float = 1.0
 
     def __post_init__(self):
         if self.num_groups is not None and self.group_size is not None:

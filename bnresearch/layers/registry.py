@@ -27,6 +27,12 @@ def option_names(entry: ModuleFactory, reserved: Collection[str] = ()) -> tuple[
                  if f.init and f.name not in excluded)
 
 
+def has_field(entry: ModuleFactory, field: str) -> bool:
+    """Whether the module an entry builds has `field`, whether or not the entry fixes it."""
+    module_class = entry.func if isinstance(entry, functools.partial) else entry
+    return any(f.name == field for f in dataclasses.fields(module_class))
+
+
 def lookup(kind: str, registry: Mapping[str, ModuleFactory], name: str, options: Mapping,
            reserved: Collection[str] = ()) -> functools.partial:
     """The registry entry `name` with `options` bound; unknown names or options raise UsageError."""

@@ -1,7 +1,9 @@
-"""Optimizers by name, built from optax with weight decay and gradient clipping."""
+"""Optimizers by name, built from optax with weight decay, gradient clipping and per-group
+learning rates (see ``groups``)."""
 import ml_collections
 import optax
 
+from bnresearch.optim.groups import GROUPS, WEIGHT_DECAY_TARGETS, decay_mask, scale_by_group
 from bnresearch.optim.schedules import Schedule
 from bnresearch.errors import UsageError
 
@@ -26,7 +28,7 @@ def _adam(config, learning_rate):
 def _adamw(config, learning_rate):
     # Decoupled decay (Loshchilov & Hutter 2019), scaled by the scheduled lr as in optax/PyTorch.
     return optax.adamw(learning_rate, b1=config.b1, b2=config.b2, eps=config.eps,
-                       weight_decay=config.weight_decay)
+                       weight_decay=config.weight_decay, mask=decay_mask(config.weight_decay_on))
 
 
 OPTIMIZERS = {
@@ -39,23 +41,36 @@ OPTIMIZERS = {
 DECOUPLED_DECAY = frozenset({"adamw"})
 
 
-def check_optimizer_name(name: str) -> None:
-    if name not in OPTIMIZERS:
-        raise UsageError(f"unknown optimizer.name {name!r}; valid: {', '.join(OPTIMIZERS)}")
+def check_optimizer_config(config: ml_collections.ConfigDict) -> None:
+    """Raises UsageError for an unknown name, decay target or parameter group."""
+    if config.name not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer.name {config.name!r}; valid: {', '.join(OPTIMIZERS)}")
+    if config.weight_decay_on not in WEIGHT_DECAY_TARGETS:
+        raise UsageError(f"unknown optimizer.weight_decay_on {config.weight_decay_on!r}; valid: "
+                         f"{', '.join(WEIGHT_DECAY_TARGETS)}")
+    unknown = sorted(set(config.lr_multipliers) - set(GROUPS))
+    if unknown:
+        raise UsageError(f"unknown optimizer.lr_multipliers group(s) {', '.join(unknown)}; "
+                         f"valid: {', '.join(GROUPS)}")
 
 
 def make_optimizer(config: ml_collections.ConfigDict,
                    learning_rate: Schedule) -> optax.GradientTransformation:
-    """Clip the raw gradient, add coupled L2 decay (except for decoupled optimizers), then step.
+    """Clip the raw gradient, add coupled L2 decay (except for decoupled optimizers), step, then
+    scale each parameter group's step by its lr multiplier.
 
-    `config` is the `optimizer` block: name, momentum, b1, b2, eps, weight_decay, grad_clip_norm
-    (0 turns clipping off).
+    `config` is the `optimizer` block: name, momentum, b1, b2, eps, weight_decay,
+    weight_decay_on (all | kernels), lr_multipliers (per group), grad_clip_norm (0: off).
     """
-    check_optimizer_name(config.name)
+    check_optimizer_config(config)
     transforms = []
     if config.grad_clip_norm > 0:
         transforms.append(optax.clip_by_global_norm(config.grad_clip_norm))
     if config.weight_decay > 0 and config.name not in DECOUPLED_DECAY:
-        transforms.append(optax.add_decayed_weights(config.weight_decay))
+        transforms.append(optax.add_decayed_weights(config.weight_decay,
+                                                    mask=decay_mask(config.weight_decay_on)))
     transforms.append(OPTIMIZERS[config.name](config, learning_rate))
+    multipliers = {group: config.lr_multipliers.get(group, 1.0) for group in GROUPS}
+    if any(multiplier != 1.0 for multiplier in multipliers.values()):
+        transforms.append(scale_by_group(multipliers))
     return optax.chain(*transforms)

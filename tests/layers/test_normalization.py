@@ -241,3 +241,17 @@ def test_registry_names_valid_choices():
         get_normalization('batch', momentum=1.5)
     with pytest.raises(ValueError, match='epsilon must be > 0'):
         get_normalization('layer', epsilon=0.0)
+
+
+@pytest.mark.parametrize('name', ['batch', 'layer', 'group'])
+def test_scale_init_sets_the_initial_gain_and_zero_scale_overrides_it(name):
+    from bnresearch.layers.kit import LayerKit
+    x = random_input(CONV_SHAPE)
+    options = {'num_groups': 2} if name == 'group' else {}
+    norm = get_normalization(name, scale_init=0.1, **options)
+    variables = norm().init(jax.random.key(0), x, train=True)
+    np.testing.assert_array_equal(variables['params']['scale'], np.full(CONV_SHAPE[-1], 0.1, np.float32))
+    kit = LayerKit(norm_factory=norm, activation_factory=None)
+    zeroed = kit.norm(name='n', zero_scale=True)
+    assert zeroed.scale_init == 0.0
+    assert kit.norm(name='n').scale_init == 0.1

@@ -15,8 +15,8 @@ LR = 0.1
 
 def opt_config(name, weight_decay=0.0, grad_clip_norm=0.0):
     return ml_collections.ConfigDict(dict(name=name, momentum=0.9, b1=0.9, b2=0.999, eps=1e-8,
-                                          weight_decay=weight_decay,
-                                          grad_clip_norm=grad_clip_norm))
+                                          weight_decay=weight_decay, weight_decay_on="all",
+                                          lr_multipliers={}, grad_clip_norm=grad_clip_norm))
 
 
 def run_two_steps(config):
