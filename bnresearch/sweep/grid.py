@@ -12,11 +12,13 @@ A config module defines its sweep next to `get_config`:
 
 Each point is a dict of overrides with the dotted names of `--config.FIELD=VALUE`. A grid is a
 plain list of such dicts, so lists written by hand combine with these helpers. Standard library
-only: config modules import this, and the sweep's parent process never imports JAX.
+only (and the error class): config modules import this, and the sweep's parent process never imports JAX.
 """
 import builtins
 import itertools
 from typing import Any, Iterable, Sequence
+
+from bnresearch.errors import UsageError
 
 Point = dict[str, Any]
 
@@ -36,7 +38,7 @@ def _merge(points: Sequence[Point]) -> Point:
     for point in points:
         shared = merged.keys() & point.keys()
         if shared:
-            raise ValueError(f"two factors of a sweep both set {', '.join(sorted(shared))}")
+            raise UsageError(f"two factors of a sweep both set {', '.join(sorted(shared))}")
         merged.update(point)
     return merged
 
@@ -50,5 +52,5 @@ def zip(*grids: Sequence[Point]) -> list[Point]:  # noqa: A001 (grid.zip reads l
     """Points paired position by position, e.g. a batch size with its own learning rate."""
     lengths = {len(grid) for grid in grids}
     if len(lengths) > 1:
-        raise ValueError(f"grid.zip needs grids of one length, got {sorted(lengths)}")
+        raise UsageError(f"grid.zip needs grids of one length, got {sorted(lengths)}")
     return [_merge(points) for points in builtins.zip(*grids)]
