@@ -57,10 +57,10 @@ def learning_curves(variants: list[Variant], sweep_dir, path) -> None:
     handles, labels = accuracy_axis.get_legend_handles_labels()
     if not handles:
         handles, labels = loss_axis.get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), frameon=False,
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False,
                   fontsize="small")
     figure.suptitle("mean over seeds, band: ± one standard deviation", fontsize="small")
-    rows = math.ceil(len(labels) / 3)
+    rows = math.ceil(len(labels) / 4)
     figure.tight_layout(rect=(0, 0.06 * rows, 1, 0.97))
     figure.savefig(path, dpi=_DPI)
     plt.close(figure)

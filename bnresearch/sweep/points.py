@@ -7,7 +7,8 @@ launch) and DIR/logs/<name>.exit.json (how its last launch ended). A point is
     done, diverged  finished: never launched again
     failed          its last launch exited with an error: launched again only on --retry_failed
     preempted       stopped by a signal after saving: the next launch resumes
-    running         launched and not ended (or killed without a word): the next launch resumes
+    interrupted     ended by a signal before it could save: the next launch resumes or restarts
+    running         launched and not ended (or killed with its parent): the next launch resumes
     pending         never launched
 """
 import json
@@ -53,8 +54,11 @@ def state(sweep_dir, point: Point) -> str:
     status = read_json(run_dir(sweep_dir, point) / "status.json").get("status")
     if status in FINISHED:
         return status
-    if read_json(exit_path(sweep_dir, point)).get("exit_code", 0) > 0 or status == "failed":
+    exit_code = read_json(exit_path(sweep_dir, point)).get("exit_code")
+    if (exit_code or 0) > 0 or status == "failed":
         return "failed"
+    if exit_code is not None and exit_code < 0 and status in (None, "running"):
+        return "interrupted"  # a signal ended it before it could save (e.g. while compiling)
     return status or "pending"
 
 

@@ -26,13 +26,13 @@ def _ended(sweep_dir, point: Point, exit_code: int, seconds: float) -> None:
     state = point_files.state(sweep_dir, point)
     run = summarize_run(point_files.run_dir(sweep_dir, point))
     if state == "failed":
-        _say(f"FAILED  {point.name} (exit {exit_code}): {point_files.error_of(sweep_dir, point)}"
+        _say(f"{'FAILED':<11} {point.name} (exit {exit_code}): {point_files.error_of(sweep_dir, point)}"
              f"  [log: {point_files.log_path(sweep_dir, point)}]")
         return
     details = f"step {run.step}/{run.total_steps}" if run.total_steps else ""
     if run.best_accuracy is not None:
         details += f", best eval accuracy {run.best_accuracy:.4f}"
-    _say(f"{state:<8}{point.name}: {details} ({text.duration(seconds)})")
+    _say(f"{state:<11} {point.name}: {details} ({text.duration(seconds)})")
 
 
 def _hold_lock(sweep_dir: pathlib.Path):
@@ -77,7 +77,7 @@ def launch_sweep(sweep: Sweep, sweep_dir, *, parallel: int = 1, retry_failed: bo
              + f"; logs in {sweep_dir / point_files.LOGS}")
         completed = run_local(
             sweep, sweep_dir, to_run, slots,
-            on_start=lambda point, slot: _say(f"start   {point.name} on {slot.label}"),
+            on_start=lambda point, slot: _say(f"{'start':<11} {point.name} on {slot.label}"),
             on_end=lambda point, code, seconds: _ended(sweep_dir, point, code, seconds))
     elif to_run:
         from bnresearch.sweep.slurm import run_submitit

@@ -14,7 +14,7 @@ from bnresearch.report.make import make_report
 from tests.sweep.sweeps import REPO
 
 VARIANTS = {"batch_size=16": ["batch_size=16,seed=0", "batch_size=16,seed=1"],
-            "batch_size=32": ["batch_size=32,seed=0", "batch_size=32,seed=1"]}
+            "batch_size=32": ["batch_size=32,seed=0"]}
 
 
 def evals(run_dir):
@@ -34,8 +34,11 @@ def expected_row(workdir, points, target):
     reached = np.array([s for s in reached if s is not None], dtype=float)
     wall = np.array([json.loads((workdir / p / "status.json").read_text())["wall_time_s"]
                      for p in points])
-    return {"final_accuracy_mean": final.mean(), "final_accuracy_std": final.std(ddof=1),
-            "best_accuracy_mean": best.mean(), "best_accuracy_std": best.std(ddof=1),
+    def std(values):  # over seeds, ddof=1; none for a single seed
+        return values.std(ddof=1) if values.size > 1 else None
+
+    return {"final_accuracy_mean": final.mean(), "final_accuracy_std": std(final),
+            "best_accuracy_mean": best.mean(), "best_accuracy_std": std(best),
             "steps_to_target_mean": reached.mean() if reached.size else None,
             "reached_target": reached.size, "wall_time_s_mean": wall.mean()}
 
@@ -53,7 +56,7 @@ def test_report_numbers_are_those_of_the_metrics_files(finished_sweep):
     assert list(rows) == [*VARIANTS, "norm=no_such_norm"]
     for variant, points in VARIANTS.items():
         row, expected = rows[variant], expected_row(workdir, points, target)
-        assert (row["points"], row["done"], row["diverged"]) == ("2", "2", "0")
+        assert (row["points"], row["done"], row["diverged"]) == (str(len(points)),) * 2 + ("0",)
         assert int(row["batch_size"]) == int(variant.split("=")[1])
         for key, value in expected.items():
             if value is None:
