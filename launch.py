@@ -95,7 +95,7 @@ def _check_flags() -> None:
     if not _SWEEP.value:
         given = [f"--{name}" for name, flag in sweep_only.items() if flag.present]
         if given:
-            raise UsageError(f"{', '.join(given)} only apply to a sweep; add --sweep")
+            raise UsageError(f"{', '.join(given)}: for sweeps only; add --sweep")
     elif _COORDINATOR.value:
         raise UsageError("--coordinator_address is for one run over several processes, "
                          "not for --sweep")

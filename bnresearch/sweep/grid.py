@@ -12,7 +12,8 @@ A config module defines its sweep next to `get_config`:
 
 Each point is a dict of overrides with the dotted names of `--config.FIELD=VALUE`. A grid is a
 plain list of such dicts, so lists written by hand combine with these helpers. Standard library
-only (and the error class): config modules import this, and the sweep's parent process never imports JAX.
+only (and the error class): config modules import this, and the sweep's parent process never
+imports JAX.
 """
 import builtins
 import itertools

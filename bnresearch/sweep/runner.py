@@ -26,7 +26,8 @@ def _ended(sweep_dir, point: Point, exit_code: int, seconds: float) -> None:
     state = point_files.state(sweep_dir, point)
     run = summarize_run(point_files.run_dir(sweep_dir, point))
     if state == "failed":
-        _say(f"{'FAILED':<11} {point.name} (exit {exit_code}): {point_files.error_of(sweep_dir, point)}"
+        error = point_files.error_of(sweep_dir, point)
+        _say(f"{'FAILED':<11} {point.name} (exit {exit_code}): {error}"
              f"  [log: {point_files.log_path(sweep_dir, point)}]")
         return
     details = f"step {run.step}/{run.total_steps}" if run.total_steps else ""

@@ -10,6 +10,7 @@ and submitit requeues the job, which resumes from that checkpoint. `--executor s
 runs the same jobs through submitit's local executor: the SLURM code path without a cluster.
 """
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -37,6 +38,9 @@ _SAVE_GRACE_S = 80  # SLURM's notice comes 90 s before the end; the point saves 
 def check_settings(executor: str, settings: dict) -> None:
     if executor not in EXECUTORS:
         raise UsageError(f"unknown executor {executor!r}; valid: local, {', '.join(EXECUTORS)}")
+    if executor == "slurm" and shutil.which("sbatch") is None:
+        raise UsageError("--executor slurm submits with sbatch, which this machine lacks: "
+                         "launch from a SLURM login node (or try --executor submitit_local)")
     for key, value in settings.items():
         if key not in SETTINGS:
             raise UsageError(f"unknown SLURM setting {key!r}; valid: {', '.join(SETTINGS)}")

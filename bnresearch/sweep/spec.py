@@ -94,7 +94,8 @@ def _field_type(config: ml_collections.ConfigDict, field: str):
             where = ".".join(walked) or "the config"
             valid = ", ".join(sorted(node.keys())) if isinstance(
                 node, ml_collections.ConfigDict) else "(none: it is not a group)"
-            raise UsageError(f"unknown config field {field!r}; fields of {where}: {valid or '(none)'}")
+            raise UsageError(
+                f"unknown config field {field!r}; fields of {where}: {valid or '(none)'}")
         node = node[part]
         walked.append(part)
     return config_path.get_type(field, config)

@@ -16,7 +16,7 @@ HEADERS = ["point", "status", "step", "best eval acc", "wall time"]
 
 def _row(name: str, state: str, run_dir) -> list[str]:
     run = summarize_run(run_dir)
-    step = f"{run.step}/{run.total_steps}" if run.total_steps else (str(run.step) if run.step else "")
+    step = f"{run.step}/{run.total_steps}" if run.total_steps else str(run.step or "")
     return [name, state, step, text.number(run.best_accuracy), text.duration(run.wall_time_s)]
 
 

@@ -10,7 +10,6 @@ same bits: the metrics must be identical, not merely close.
 """
 import json
 import os
-import pathlib
 import socket
 import subprocess
 import sys

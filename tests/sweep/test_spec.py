@@ -103,7 +103,8 @@ def test_a_typo_in_a_sweep_is_refused_before_anything_is_written(tmp_path):
 def test_override_text_parses_back_to_the_value():
     """What the points' command lines say is what their configs get, for every kind of field."""
     overrides = {"seed": 3, "base_lr": 0.1, "optimizer.eps": 1e-05, "dataset.name": "digits",
-                 "schedule.boundaries": ("1 epochs", "2 epochs"), "model.options.hidden_sizes": [8, 4]}
+                 "schedule.boundaries": ("1 epochs", "2 epochs"),
+                 "model.options.hidden_sizes": [8, 4]}
     config = locked_config()
     for field, value in overrides.items():
         check_override(config, field, value)
