@@ -60,6 +60,20 @@ def _extra_options(text: str) -> dict:
     return options
 
 
+def _wait_for_exit(pid: int, timeout_s: float) -> None:
+    """Reaps `pid` within `timeout_s` (else gives up: the point resumes from its previous
+    checkpoint). Not Popen.wait: this runs in a signal handler that interrupted __call__'s
+    Popen.wait, which holds the lock Popen.wait would need."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.2)
+
+
 class PointJob(submitit.helpers.Checkpointable):
     """What one SLURM job runs: the point's launch.py, its output appended to the point's log."""
 
@@ -83,10 +97,7 @@ class PointJob(submitit.helpers.Checkpointable):
         """Called by submitit on SLURM's notice: the point saves and stops; the job requeues."""
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout=_SAVE_GRACE_S)
-            except subprocess.TimeoutExpired:
-                pass  # requeued anyway: the point resumes from its previous checkpoint
+            _wait_for_exit(self._process.pid, _SAVE_GRACE_S)
         return submitit.helpers.DelayedSubmission(PointJob(self.command, self.sweep_dir,
                                                            self.point))
 

@@ -144,3 +144,18 @@ def test_the_sweep_parent_and_the_report_import_no_jax():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_slurm_settings_come_from_the_config_module_and_are_checked(tmp_path):
+    from bnresearch.sweep.slurm import check_settings
+    from bnresearch.sweep.spec import module_settings
+    module = tmp_path / "cluster.py"
+    module.write_text("def get_slurm(arg=None):\n"
+                      "    return {'partition': 'gpu', 'time': 60 if arg else 240}\n")
+    assert module_settings(str(module), "short", "get_slurm") == {"partition": "gpu", "time": 60}
+    assert module_settings(TINY, None, "get_slurm") == {}
+    check_settings("submitit_local", {"partition": "gpu", "mem_gb": 16, "options": "qos=high"})
+    with pytest.raises(UsageError, match="unknown SLURM setting 'gpus'; valid: partition, time"):
+        check_settings("submitit_local", {"gpus": 1})
+    with pytest.raises(UsageError, match="SLURM setting time='4h' must be a int"):
+        check_settings("submitit_local", {"time": "4h"})
