@@ -32,13 +32,17 @@ def _shown_config(config_file: str) -> str:
     return str(path.relative_to(repo)) if path.is_relative_to(repo) else str(path)
 
 
+def check_target_accuracy(target_accuracy: float) -> None:
+    if not 0 < target_accuracy <= 1:
+        raise UsageError(f"target accuracy {target_accuracy} must be in (0, 1]")
+
+
 def make_report(sweep_dir, target_accuracy: float = DEFAULT_TARGET_ACCURACY) -> Report:
     sweep_dir = pathlib.Path(sweep_dir)
     sweep = read_sweep(sweep_dir)
     if sweep is None:
         raise UsageError(f"{sweep_dir} holds no sweep.json: a report needs a sweep directory")
-    if not 0 < target_accuracy <= 1:
-        raise UsageError(f"target accuracy {target_accuracy} must be in (0, 1]")
+    check_target_accuracy(target_accuracy)
     groups = variants(sweep, sweep_dir, target_accuracy)
     rows = [variant_row(variant) for variant in groups]
 

@@ -10,7 +10,7 @@ import fcntl
 import pathlib
 
 from bnresearch.errors import UsageError
-from bnresearch.report.make import make_report
+from bnresearch.report.make import check_target_accuracy, make_report
 from bnresearch.report.runs import FINISHED, summarize_run
 from bnresearch.report import text
 from bnresearch.sweep import points as point_files
@@ -54,6 +54,8 @@ def launch_sweep(sweep: Sweep, sweep_dir, *, parallel: int = 1, retry_failed: bo
                  target_accuracy: float | None = None) -> int:
     """Runs what is left of `sweep` in `sweep_dir`; returns 0 when every point has finished."""
     sweep_dir = pathlib.Path(sweep_dir)
+    if target_accuracy is not None:
+        check_target_accuracy(target_accuracy)  # now, not after the training
     slots = device_slots(parallel) if executor == "local" else None  # bad --parallel: no files
     if executor != "local":
         from bnresearch.sweep.slurm import check_settings  # submitit only when asked for

@@ -46,7 +46,9 @@ def check_settings(executor: str, settings: dict) -> None:
             raise UsageError(f"unknown SLURM setting {key!r}; valid: {', '.join(SETTINGS)}")
         if not isinstance(value, SETTINGS[key]) and not (
                 SETTINGS[key] is float and isinstance(value, int)):
-            raise UsageError(f"SLURM setting {key}={value!r} must be a {SETTINGS[key].__name__}")
+            expected = SETTINGS[key].__name__
+            article = "an" if expected[0] in "aeiou" else "a"
+            raise UsageError(f"SLURM setting {key}={value!r} must be {article} {expected}")
     _extra_options(settings.get("options", ""))
 
 

@@ -116,7 +116,8 @@ def check_override(config: ml_collections.ConfigDict, field: str, value) -> None
         ok = declared in _SCALARS and isinstance(value, declared)
     if not ok:
         expected = getattr(declared, "__name__", str(declared))
-        raise UsageError(f"config field {field!r} takes a {expected}, got {value!r}")
+        article = "an" if expected[0] in "aeiou" else "a"
+        raise UsageError(f"config field {field!r} takes {article} {expected}, got {value!r}")
 
 
 def expand(config_file: str, arg: str | None, config: ml_collections.ConfigDict,

@@ -79,8 +79,8 @@ def test_expansion_names_points_and_builds_their_commands(tmp_path):
     ("batch_sise", 32, "unknown config field 'batch_sise'; fields of the config: base_batch_size"),
     ("seed.x", 1, "unknown config field 'seed.x'; fields of seed: (none: it is not a group)"),
     ("model", "x", "config field 'model' is a group"),
-    ("batch_size", "32", "config field 'batch_size' takes a int, got '32'"),
-    ("batch_size", 32.0, "takes a int"),
+    ("batch_size", "32", "config field 'batch_size' takes an int, got '32'"),
+    ("batch_size", 32.0, "takes an int"),
     ("base_lr", True, "takes a float"),
     ("model.norm", None, "takes a str, got None"),
 ])
@@ -157,5 +157,5 @@ def test_slurm_settings_come_from_the_config_module_and_are_checked(tmp_path):
     check_settings("submitit_local", {"partition": "gpu", "mem_gb": 16, "options": "qos=high"})
     with pytest.raises(UsageError, match="unknown SLURM setting 'gpus'; valid: partition, time"):
         check_settings("submitit_local", {"gpus": 1})
-    with pytest.raises(UsageError, match="SLURM setting time='4h' must be a int"):
+    with pytest.raises(UsageError, match="SLURM setting time='4h' must be an int"):
         check_settings("submitit_local", {"time": "4h"})
