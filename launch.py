@@ -1,10 +1,14 @@
-"""Runs one experiment from a config.
+"""Runs one experiment from a config, or a sweep of them.
 
     python launch.py --config configs/quickstart.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
+    python launch.py --config FILE[:ARG] --workdir DIR --sweep [--parallel N] [--retry_failed]
+    python launch.py --workdir DIR --status
 
 Running the same command on the same workdir resumes from the latest checkpoint. With
 --coordinator_address, --num_processes and --process_id the run spans several processes
-(hosts of a GPU cluster or TPU pod) through jax.distributed.
+(hosts of a GPU cluster or TPU pod) through jax.distributed. With --sweep, the config module's
+`get_sweep(arg)` lists the points; each runs as its own launch.py process in DIR/<name>/
+(bnresearch/sweep). The sweep's own process never imports JAX.
 """
 import logging as std_logging
 import sys
@@ -17,12 +21,30 @@ from bnresearch.errors import UsageError
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, with an optional :ARG (see the file's docstring).",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of this run's files and checkpoints.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of this run's (or sweep's) files.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for a multi-process run.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in that run.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+_SWEEP = flags.DEFINE_bool("sweep", False, "Run the config's get_sweep(arg): one run per point.")
+_PARALLEL = flags.DEFINE_integer(
+    "parallel", 1, "Sweep points run at once; local: the GPUs or CPU cores are split among them.")
+_RETRY_FAILED = flags.DEFINE_bool("retry_failed", False, "Launch failed sweep points again.")
+_STATUS = flags.DEFINE_bool("status", False, "Print the status of the sweep (or run) in --workdir.")
+_TARGET = flags.DEFINE_float("target_accuracy", None,
+                             "Eval accuracy of the report's 'steps to' column (default 0.9).")
+_EXECUTOR = flags.DEFINE_enum("executor", "local", ["local", "slurm", "submitit_local"],
+                              "Where sweep points run; submitit_local tests the SLURM path.")
+_SLURM = {
+    "partition": flags.DEFINE_string("slurm_partition", None, "SLURM partition."),
+    "time": flags.DEFINE_integer("slurm_time", None, "Time limit of one point's job, minutes."),
+    "gpus_per_point": flags.DEFINE_integer("gpus_per_point", None, "GPUs of one point's job."),
+    "cpus_per_point": flags.DEFINE_integer("cpus_per_point", None, "CPUs of one point's job."),
+    "mem_gb": flags.DEFINE_float("mem_gb", None, "Memory of one point's job, GB."),
+    "options": flags.DEFINE_string("slurm_options", None,
+                                   "More sbatch options, e.g. account=abc,qos=high."),
+}
 
 
 def _start_distributed() -> None:
@@ -45,14 +67,55 @@ def _show_progress_only() -> None:
     progress.propagate = False
 
 
+def _run_sweep() -> int:
+    """Expands and runs the sweep; imports no JAX (the points are separate processes)."""
+    from bnresearch.sweep import runner, spec
+    config_flag = flags.FLAGS["config"]
+    config_file, _, arg = config_flag.config_filename.partition(":")
+    arg = arg if ":" in config_flag.config_filename else None
+    sweep = spec.expand(config_file, arg, _CONFIG.value,
+                        dict(config_flags.get_override_values(config_flag)))
+    slurm = spec.module_settings(config_file, arg, "get_slurm")
+    slurm.update({key: flag.value for key, flag in _SLURM.items() if flag.present})
+    return runner.launch_sweep(sweep, _WORKDIR.value, parallel=_PARALLEL.value,
+                               retry_failed=_RETRY_FAILED.value, executor=_EXECUTOR.value,
+                               slurm=slurm, target_accuracy=_TARGET.value)
+
+
+def _check_flags() -> None:
+    if not _WORKDIR.value:
+        raise UsageError("--workdir is required")
+    if _STATUS.value:
+        return
+    if _CONFIG.value is None:
+        raise UsageError("--config is required (except with --status)")
+    sweep_only = {"parallel": _PARALLEL, "retry_failed": _RETRY_FAILED, "executor": _EXECUTOR,
+                  "target_accuracy": _TARGET,
+                  **{flag.name: flag for flag in _SLURM.values()}}
+    if not _SWEEP.value:
+        given = [f"--{name}" for name, flag in sweep_only.items() if flag.present]
+        if given:
+            raise UsageError(f"{', '.join(given)}: for sweeps only; add --sweep")
+    elif _COORDINATOR.value:
+        raise UsageError("--coordinator_address is for one run over several processes, "
+                         "not for --sweep")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     _show_progress_only()
-    if _COORDINATOR.value:
-        _start_distributed()
-    from bnresearch.train.loop import train_and_evaluate  # after jax.distributed, as it asks
     try:
+        _check_flags()
+        if _STATUS.value:
+            from bnresearch.sweep.status import status_text
+            print(status_text(_WORKDIR.value))
+            return
+        if _SWEEP.value:
+            sys.exit(_run_sweep())
+        if _COORDINATOR.value:
+            _start_distributed()
+        from bnresearch.train.loop import train_and_evaluate  # after jax.distributed, as it asks
         status = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -9,6 +9,7 @@ The arg picks common variants, e.g. `configs/quickstart.py:model=resnet20,norm=g
 """
 from bnresearch.config.arg import parse_arg
 from bnresearch.config.defaults import base_config
+from bnresearch.sweep import grid
 
 
 def get_config(arg=None):
@@ -26,3 +27,13 @@ def get_config(arg=None):
     config.log_every = "1 epochs"
     config.eval_every = "5 epochs"
     return config
+
+
+def get_sweep(arg=None):
+    """The normalizations compared, one seed each (README: Sweeps):
+
+        python launch.py --config configs/quickstart.py --workdir runs/norms --sweep --parallel 2
+    """
+    del arg  # the arg picks the base config; the sweep varies the normalization on top of it
+    return grid.product(grid.axis("model.norm", ["batch", "layer", "group", "none"]),
+                        grid.seeds(1))

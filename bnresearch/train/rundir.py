@@ -20,6 +20,7 @@ import sys
 import jax
 import ml_collections
 
+from bnresearch.config.compare import differences, summarize
 from bnresearch.errors import UsageError
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tensorflow-datasets",
@@ -33,15 +34,6 @@ class WorkdirError(UsageError):
 def _jsonable(config: ml_collections.ConfigDict) -> dict:
     # A JSON round trip turns tuples into lists, so stored and fresh configs compare equal.
     return json.loads(config.to_json())
-
-
-def _differences(old, new, prefix=""):
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            yield from _differences(old.get(key, "<absent>"), new.get(key, "<absent>"),
-                                    f"{prefix}{key}.")
-    elif old != new:
-        yield f"{prefix.rstrip('.')}: {old!r} -> {new!r}"
 
 
 def _code_version() -> str:
@@ -96,9 +88,9 @@ class RunDirectory:
         stored_file = self.path / "config.json"
         if stored_file.exists():
             stored = json.loads(stored_file.read_text())
-            differences = list(_differences(stored, _jsonable(config)))
-            if differences:
-                shown = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "")
+            changes = list(differences(stored, _jsonable(config)))
+            if changes:
+                shown = summarize(changes)
                 raise WorkdirError(
                     f"workdir {self.path} holds another experiment ({shown}); "
                     "use a new --workdir or the same config")

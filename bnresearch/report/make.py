@@ -1,0 +1,86 @@
+"""A sweep directory -> DIR/report.md, DIR/report.csv and DIR/*.png, and a terminal table."""
+import csv
+import dataclasses
+import math
+import pathlib
+
+from bnresearch.errors import UsageError
+from bnresearch.report import figures, text
+from bnresearch.report.table import variant_row, variants
+from bnresearch.sweep.naming import short_labels
+from bnresearch.sweep.spec import LAUNCH, read_sweep
+
+DEFAULT_TARGET_ACCURACY = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    table: str               # the comparison table, for a terminal
+    files: list[pathlib.Path]  # report.md, report.csv and the figures
+
+
+def _csv_value(value):
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def _shown_config(config_file: str) -> str:
+    path, repo = pathlib.Path(config_file), LAUNCH.parent
+    return str(path.relative_to(repo)) if path.is_relative_to(repo) else str(path)
+
+
+def check_target_accuracy(target_accuracy: float) -> None:
+    if not 0 < target_accuracy <= 1:
+        raise UsageError(f"target accuracy {target_accuracy} must be in (0, 1]")
+
+
+def make_report(sweep_dir, target_accuracy: float = DEFAULT_TARGET_ACCURACY) -> Report:
+    sweep_dir = pathlib.Path(sweep_dir)
+    sweep = read_sweep(sweep_dir)
+    if sweep is None:
+        raise UsageError(f"{sweep_dir} holds no sweep.json: a report needs a sweep directory")
+    check_target_accuracy(target_accuracy)
+    groups = variants(sweep, sweep_dir, target_accuracy)
+    rows = [variant_row(variant) for variant in groups]
+
+    csv_path = sweep_dir / "report.csv"
+    with csv_path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
+
+    figure_paths = [sweep_dir / "curves.png"]
+    figures.learning_curves(groups, sweep_dir, figure_paths[0])
+    labels = short_labels(f for v in groups for f in v.values)
+    for field in figures.numeric_fields(groups):
+        figure_paths.append(sweep_dir / f"final_accuracy_vs_{labels[field]}.png")
+        figures.final_accuracy_against(groups, field, figure_paths[-1])
+
+    target = f"steps to {target_accuracy:g}"
+    headers = ["variant", "done", "diverged", "final eval acc", "best eval acc", target,
+               "wall time"]
+    cells = [[r["variant"], f"{r['done']}/{r['points']}", str(r["diverged"]),
+              text.mean_std(r["final_accuracy_mean"], r["final_accuracy_std"]),
+              text.mean_std(r["best_accuracy_mean"], r["best_accuracy_std"]),
+              (text.mean_std(r["steps_to_target_mean"], r["steps_to_target_std"], 0)
+               + (f" ({r['reached_target']}/{r['done']})" if r["reached_target"] else ""))
+              if r["reached_target"] else "",
+              text.duration(r["wall_time_s_mean"])] for r in rows]
+
+    config = _shown_config(sweep.config_file) + (f":{sweep.arg}" if sweep.arg else "")
+    note = ("Mean ± sample standard deviation (ddof=1) over the seeds that finished; diverged "
+            f"points are counted, not averaged. Steps to {target_accuracy:g}: first evaluated "
+            "step at or above it (reached/finished). Wall time: mean training time of a point.")
+    markdown = [f"# Sweep report: {sweep_dir.name}", "",
+                f"Config `{config}`, {len(sweep.points)} points in {len(groups)} variants. "
+                f"Regenerate with `python -m bnresearch.report {sweep_dir.name} "
+                f"--target_accuracy={target_accuracy:g}`.", "",
+                text.markdown_table(headers, cells), "", note, ""]
+    markdown += [f"![{path.stem}]({path.name})\n" for path in figure_paths]
+    md_path = sweep_dir / "report.md"
+    md_path.write_text("\n".join(markdown))
+    return Report(text.table(headers, cells, right={1, 2, 5, 6}),
+                  [md_path, csv_path, *figure_paths])

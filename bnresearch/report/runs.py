@@ -1,0 +1,71 @@
+"""Reading run directories: status, metrics and what a person wants from them.
+
+Reads the files a run leaves (see bnresearch/train/rundir.py) and imports no training code, so
+status views and reports work anywhere the files are, during or after training.
+"""
+import dataclasses
+import json
+import math
+import pathlib
+
+FINISHED = ("done", "diverged")
+
+
+def read_json(path: pathlib.Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # absent, or mid-rename on a slow disk
+        return {}
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The records of metrics.jsonl; a last line cut by a kill mid-write is skipped."""
+    path = pathlib.Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def series(metrics: list[dict], key: str) -> list[tuple[int, float]]:
+    """(step, value) of every record holding `key`."""
+    return [(record["step"], record[key]) for record in metrics if key in record]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    status: str                 # done | diverged | running | preempted | failed | pending
+    step: int                   # last step with metrics (or the status's step)
+    total_steps: int | None
+    final_accuracy: float | None  # eval accuracy at the end of a finished run
+    best_accuracy: float | None   # best eval accuracy seen so far
+    wall_time_s: float | None     # training time of the run, summed over launches
+    steps_to_target: int | None   # first evaluated step with eval accuracy >= the target
+
+
+def summarize_run(run_dir, target_accuracy: float | None = None) -> RunSummary:
+    run_dir = pathlib.Path(run_dir)
+    status = read_json(run_dir / "status.json")
+    metrics = read_metrics(run_dir)
+    evals = [(step, value) for step, value in series(metrics, "eval/accuracy")
+             if math.isfinite(value)]
+    final = None
+    if status.get("status") == "done" and evals and evals[-1][0] == status.get("step"):
+        final = evals[-1][1]
+    reached = [step for step, value in evals
+               if target_accuracy is not None and value >= target_accuracy]
+    return RunSummary(
+        status=status.get("status", "pending"),
+        step=(status["step"] if status.get("status") in FINISHED
+              else max([record["step"] for record in metrics] + [status.get("step", 0)])),
+        total_steps=status.get("total_steps"),
+        final_accuracy=final,
+        best_accuracy=max((value for _, value in evals), default=None),
+        wall_time_s=status.get("wall_time_s"),
+        steps_to_target=reached[0] if reached else None,
+    )

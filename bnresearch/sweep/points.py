@@ -1,0 +1,66 @@
+"""Where a sweep's points stand, from their files alone.
+
+Each point has its run directory DIR/<name>/ (written by launch.py) and, outside it so the run
+directory stays a plain run directory, DIR/logs/<name>.log (its console output, appended per
+launch) and DIR/logs/<name>.exit.json (how its last launch ended). A point is
+
+    done, diverged  finished: never launched again
+    failed          its last launch exited with an error: launched again only on --retry_failed
+    preempted       stopped by a signal after saving: the next launch resumes
+    interrupted     ended by a signal before it could save: the next launch resumes or restarts
+    running         launched and not ended (or killed with its parent): the next launch resumes
+    pending         never launched
+"""
+import json
+import pathlib
+
+from bnresearch.report.runs import FINISHED, read_json
+from bnresearch.sweep.spec import Point
+
+LOGS = "logs"
+
+
+def log_path(sweep_dir, point: Point) -> pathlib.Path:
+    return pathlib.Path(sweep_dir) / LOGS / f"{point.name}.log"
+
+
+def exit_path(sweep_dir, point: Point) -> pathlib.Path:
+    return pathlib.Path(sweep_dir) / LOGS / f"{point.name}.exit.json"
+
+
+def run_dir(sweep_dir, point: Point) -> pathlib.Path:
+    return pathlib.Path(sweep_dir) / point.name
+
+
+def last_error(log: pathlib.Path) -> str:
+    """The `error: ...` line of a failed launch, else its last line."""
+    if not log.exists():
+        return ""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    return (errors or lines or [""])[-1]
+
+
+def record_exit(sweep_dir, point: Point, exit_code: int) -> None:
+    """Called when a launch of the point ends; a negative code is the signal that ended it."""
+    path = exit_path(sweep_dir, point)
+    record = {"exit_code": exit_code}
+    if exit_code > 0:
+        record["error"] = last_error(log_path(sweep_dir, point))
+    path.write_text(json.dumps(record) + "\n")
+
+
+def state(sweep_dir, point: Point) -> str:
+    status = read_json(run_dir(sweep_dir, point) / "status.json").get("status")
+    if status in FINISHED:
+        return status
+    exit_code = read_json(exit_path(sweep_dir, point)).get("exit_code")
+    if (exit_code or 0) > 0 or status == "failed":
+        return "failed"
+    if exit_code is not None and exit_code < 0 and status in (None, "running"):
+        return "interrupted"  # a signal ended it before it could save (e.g. while compiling)
+    return status or "pending"
+
+
+def error_of(sweep_dir, point: Point) -> str:
+    return read_json(exit_path(sweep_dir, point)).get("error", "")

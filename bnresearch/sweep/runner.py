@@ -1,0 +1,108 @@
+"""Launching a sweep: claim its directory, skip what is finished, run the rest, report.
+
+Idempotent: finished points (done or diverged) are never launched again; interrupted ones
+resume from their checkpoints (launch.py does that); failed ones are launched again only with
+retry_failed. A point that fails or diverges never stops the others.
+"""
+import collections
+import datetime
+import fcntl
+import pathlib
+
+from bnresearch.errors import UsageError
+from bnresearch.report.make import check_target_accuracy, make_report
+from bnresearch.report.runs import FINISHED, summarize_run
+from bnresearch.report import text
+from bnresearch.sweep import points as point_files
+from bnresearch.sweep.devices import device_slots
+from bnresearch.sweep.spec import Point, Sweep, claim
+
+
+def _say(message: str) -> None:
+    print(f"{datetime.datetime.now():%H:%M:%S} {message}", flush=True)
+
+
+def _ended(sweep_dir, point: Point, exit_code: int, seconds: float) -> None:
+    state = point_files.state(sweep_dir, point)
+    run = summarize_run(point_files.run_dir(sweep_dir, point))
+    if state == "failed":
+        error = point_files.error_of(sweep_dir, point)
+        _say(f"{'FAILED':<11} {point.name} (exit {exit_code}): {error}"
+             f"  [log: {point_files.log_path(sweep_dir, point)}]")
+        return
+    details = f"step {run.step}/{run.total_steps}" if run.total_steps else ""
+    if run.best_accuracy is not None:
+        details += f", best eval accuracy {run.best_accuracy:.4f}"
+    _say(f"{state:<11} {point.name}: {details} ({text.duration(seconds)})")
+
+
+def _hold_lock(sweep_dir: pathlib.Path):
+    """One launch at a time per sweep directory: two would train the same points at once."""
+    path = sweep_dir / point_files.LOGS / "launch.lock"
+    path.parent.mkdir(exist_ok=True)
+    handle = path.open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError(f"another launch is running the sweep in {sweep_dir}; wait for it "
+                         "to end or stop it first") from None
+    return handle
+
+
+def launch_sweep(sweep: Sweep, sweep_dir, *, parallel: int = 1, retry_failed: bool = False,
+                 executor: str = "local", slurm: dict | None = None,
+                 target_accuracy: float | None = None) -> int:
+    """Runs what is left of `sweep` in `sweep_dir`; returns 0 when every point has finished."""
+    sweep_dir = pathlib.Path(sweep_dir)
+    if target_accuracy is not None:
+        check_target_accuracy(target_accuracy)  # now, not after the training
+    slots = device_slots(parallel) if executor == "local" else None  # bad --parallel: no files
+    if executor != "local":
+        from bnresearch.sweep.slurm import check_settings  # submitit only when asked for
+        check_settings(executor, slurm or {})
+    claim(sweep, sweep_dir)
+    lock = _hold_lock(sweep_dir)  # noqa: F841  (held until this process exits)
+    states = {point.name: point_files.state(sweep_dir, point) for point in sweep.points}
+    to_run = [point for point in sweep.points if states[point.name] not in FINISHED
+              and (retry_failed or states[point.name] != "failed")]
+    counts = collections.Counter(states.values())
+    known = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s != "pending")
+    skipped = counts["failed"] if not retry_failed else 0
+    _say(f"sweep {sweep_dir}: {len(sweep.points)} points" + (f" ({known})" if known else "")
+         + f"; {len(to_run)} to run"
+         + (f"; {skipped} failed skipped (--retry_failed runs them)" if skipped else ""))
+
+    completed = True
+    if to_run and executor == "local":
+        from bnresearch.sweep.local import run_local
+        _say(f"{min(parallel, len(to_run))} at a time on "
+             + "; ".join(slot.label for slot in slots[:len(to_run)])
+             + f"; logs in {sweep_dir / point_files.LOGS}")
+        completed = run_local(
+            sweep, sweep_dir, to_run, slots,
+            on_start=lambda point, slot: _say(f"{'start':<11} {point.name} on {slot.label}"),
+            on_end=lambda point, code, seconds: _ended(sweep_dir, point, code, seconds))
+    elif to_run:
+        from bnresearch.sweep.slurm import run_submitit
+        completed = run_submitit(
+            sweep, sweep_dir, to_run, executor=executor, settings=slurm or {},
+            parallel=parallel, on_end=lambda point, code, seconds: _ended(sweep_dir, point, code,
+                                                                       seconds), say=_say)
+    return _finish(sweep, sweep_dir, completed, target_accuracy)
+
+
+def _finish(sweep: Sweep, sweep_dir: pathlib.Path, completed: bool, target_accuracy) -> int:
+    states = {point.name: point_files.state(sweep_dir, point) for point in sweep.points}
+    unfinished = [name for name, state in states.items() if state not in FINISHED]
+    if any(state == "done" for state in states.values()):
+        report = make_report(sweep_dir, *([target_accuracy] if target_accuracy else []))
+        print("\n" + report.table + "\n")
+        print("report: " + ", ".join(str(path) for path in report.files), flush=True)
+    if not unfinished:
+        _say(f"all {len(states)} points finished")
+        return 0
+    counts = collections.Counter(states[name] for name in unfinished)
+    _say(("stopped early; " if not completed else "")
+         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+         + f" of {len(states)} points; status: python launch.py --workdir {sweep_dir} --status")
+    return 1

@@ -1,0 +1,211 @@
+"""A sweep as data: a config, its `get_sweep(arg)` points checked against it, and their names.
+
+`DIR/sweep.json` records the sweep a directory holds: the config file and arg, the overrides
+given on the sweep's command line (they apply to every point), the resolved base config, and the
+points with their run names. Each point runs as
+
+    launch.py --config FILE[:ARG] --workdir DIR/<name> --config.FIELD=VALUE ...
+
+so a point is exactly a single run that anyone can relaunch by hand.
+"""
+import dataclasses
+import importlib.util
+import json
+import pathlib
+import sys
+
+import ml_collections
+from ml_collections.config_flags import config_path
+
+from bnresearch.config.compare import differences, summarize
+from bnresearch.errors import UsageError
+from bnresearch.sweep.naming import unique_names
+
+SWEEP_FILE = "sweep.json"
+LAUNCH = pathlib.Path(__file__).resolve().parents[2] / "launch.py"
+_SCALARS = (bool, int, float, str)
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    name: str        # its run directory under the sweep directory
+    overrides: dict  # dotted config field -> value
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    config_file: str        # absolute path of the config module
+    arg: str | None         # the :ARG of --config, passed to get_config and get_sweep
+    common_overrides: dict  # --config.FIELD=VALUE of the sweep's own command line
+    base_config: dict       # get_config(arg) with the common overrides, as JSON
+    points: tuple[Point, ...]
+
+    def to_json(self) -> dict:
+        return _json_roundtrip({
+            "config_file": self.config_file, "arg": self.arg,
+            "common_overrides": self.common_overrides, "base_config": self.base_config,
+            "points": [{"name": p.name, "overrides": p.overrides} for p in self.points]})
+
+    @classmethod
+    def from_json(cls, value: dict) -> "Sweep":
+        return cls(value["config_file"], value["arg"], value["common_overrides"],
+                   value["base_config"],
+                   tuple(Point(p["name"], p["overrides"]) for p in value["points"]))
+
+    def command(self, point: Point, sweep_dir: pathlib.Path) -> list[str]:
+        config = self.config_file + (f":{self.arg}" if self.arg is not None else "")
+        overrides = {**self.common_overrides, **point.overrides}
+        return [sys.executable, str(LAUNCH), f"--config={config}",
+                f"--workdir={pathlib.Path(sweep_dir).resolve() / point.name}",
+                *(f"--config.{field}={flag_text(value)}" for field, value in overrides.items())]
+
+
+def _json_roundtrip(value):
+    # Tuples become lists, as they will be when read back from sweep.json.
+    return json.loads(json.dumps(value))
+
+
+def flag_text(value) -> str:
+    """The text of --config.FIELD=TEXT that ml_collections parses back to `value`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return repr(tuple(value))
+    return str(value)
+
+
+def _load_module(config_file: str):
+    path = pathlib.Path(config_file)
+    if not path.is_file():
+        raise UsageError(f"config file {config_file} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_sweep_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _field_type(config: ml_collections.ConfigDict, field: str):
+    """The declared type of a dotted field; a one-line error naming the valid fields if none."""
+    node, walked = config, []
+    for part in field.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            where = ".".join(walked) or "the config"
+            valid = ", ".join(sorted(node.keys())) if isinstance(
+                node, ml_collections.ConfigDict) else "(none: it is not a group)"
+            raise UsageError(
+                f"unknown config field {field!r}; fields of {where}: {valid or '(none)'}")
+        node = node[part]
+        walked.append(part)
+    return config_path.get_type(field, config)
+
+
+def check_override(config: ml_collections.ConfigDict, field: str, value) -> None:
+    """Refuses an override that `--config.FIELD=VALUE` could not set to exactly `value`."""
+    declared = _field_type(config, field)
+    if isinstance(declared, type) and issubclass(declared, ml_collections.ConfigDict):
+        raise UsageError(f"config field {field!r} is a group; set its fields, e.g. {field}.NAME")
+    if declared is tuple:
+        ok = isinstance(value, (tuple, list)) and all(isinstance(v, _SCALARS) for v in value)
+    elif declared is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif declared is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = declared in _SCALARS and isinstance(value, declared)
+    if not ok:
+        expected = getattr(declared, "__name__", str(declared))
+        article = "an" if expected[0] in "aeiou" else "a"
+        raise UsageError(f"config field {field!r} takes {article} {expected}, got {value!r}")
+
+
+def expand(config_file: str, arg: str | None, config: ml_collections.ConfigDict,
+           common_overrides: dict) -> Sweep:
+    """The sweep of `config_file`'s get_sweep(arg), every point checked against `config`."""
+    module = _load_module(config_file)
+    get_sweep = getattr(module, "get_sweep", None)
+    if get_sweep is None:
+        raise UsageError(f"{config_file} defines no get_sweep(arg); add one returning a list of "
+                         "override dicts (see bnresearch/sweep/grid.py)")
+    raw_points = list(get_sweep(arg) if arg is not None else get_sweep())
+    if not raw_points:
+        raise UsageError(f"get_sweep of {config_file} returned no points")
+    seen = {}
+    for index, overrides in enumerate(raw_points):
+        if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
+            raise UsageError(f"sweep point {index} is {overrides!r}; each point must be a dict "
+                             "of dotted config fields, e.g. {'model.norm': 'group'}")
+        for field, value in overrides.items():
+            if field in common_overrides:
+                raise UsageError(f"--config.{field} on the command line conflicts with the "
+                                 f"sweep, which sets it in point {index} {overrides}")
+            try:
+                check_override(config, field, value)
+            except UsageError as error:
+                raise UsageError(f"sweep point {index} {overrides}: {error}") from None
+        key = json.dumps(_json_roundtrip(overrides), sort_keys=True)
+        if key in seen:
+            raise UsageError(f"sweep points {seen[key]} and {index} are the same: {overrides}")
+        seen[key] = index
+    names = unique_names(raw_points)
+    return Sweep(
+        config_file=str(pathlib.Path(config_file).resolve()), arg=arg,
+        common_overrides=_json_roundtrip(common_overrides),
+        base_config=json.loads(config.to_json()),
+        points=tuple(Point(name, _json_roundtrip(p)) for name, p in zip(names, raw_points)))
+
+
+def module_settings(config_file: str, arg: str | None, function_name: str) -> dict:
+    """The dict of an optional function of the config module, e.g. get_slurm(arg); {} if none."""
+    function = getattr(_load_module(config_file), function_name, None)
+    if function is None:
+        return {}
+    settings = function(arg) if arg is not None else function()
+    if not isinstance(settings, dict):
+        raise UsageError(f"{function_name} of {config_file} must return a dict, got {settings!r}")
+    return dict(settings)
+
+
+def read_sweep(sweep_dir) -> Sweep | None:
+    path = pathlib.Path(sweep_dir) / SWEEP_FILE
+    return Sweep.from_json(json.loads(path.read_text())) if path.exists() else None
+
+
+def _point_changes(old: list[dict], new: list[dict]) -> list[str]:
+    old = {p["name"]: p["overrides"] for p in old}
+    new = {p["name"]: p["overrides"] for p in new}
+    changes = []
+    for verb, names in (("removed", old.keys() - new.keys()), ("added", new.keys() - old.keys()),
+                        ("changed", {n for n in old.keys() & new.keys() if old[n] != new[n]})):
+        if names:
+            shown = sorted(names)
+            changes.append(f"points {verb}: {', '.join(shown[:3])}"
+                           + (f" and {len(shown) - 3} more" if len(shown) > 3 else ""))
+    return changes
+
+
+def claim(sweep: Sweep, sweep_dir) -> None:
+    """Writes DIR/sweep.json for a new sweep; refuses DIR if it holds anything else.
+
+    Reads only until it is sure: a refused launch touches nothing.
+    """
+    sweep_dir = pathlib.Path(sweep_dir)
+    stored = read_sweep(sweep_dir)
+    if stored is not None:
+        old, new = stored.to_json(), sweep.to_json()
+        old.pop("config_file"), new.pop("config_file")  # the same config moved is the same sweep
+        changes = _point_changes(old.pop("points"), new.pop("points"))
+        changes += list(differences(old, new))
+        if changes:
+            raise UsageError(f"{sweep_dir} holds another sweep ({summarize(changes)}); "
+                             "use a new --workdir or the same config, arg and overrides")
+        return
+    if (sweep_dir / "config.json").exists():
+        raise UsageError(f"{sweep_dir} holds a single run, not a sweep; use a new --workdir")
+    if sweep_dir.exists() and any(sweep_dir.iterdir()):
+        raise UsageError(f"{sweep_dir} is not empty and holds no {SWEEP_FILE}; use a new --workdir")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    temporary = sweep_dir / (SWEEP_FILE + ".tmp")
+    temporary.write_text(json.dumps(sweep.to_json(), indent=2) + "\n")
+    temporary.replace(sweep_dir / SWEEP_FILE)

@@ -1,0 +1,138 @@
+"""launch.py --sweep end to end: points as processes, failures, idempotent relaunch, signals,
+the status view, and the SLURM code path through submitit's local executor."""
+import json
+import re
+import signal
+import time
+
+import numpy as np
+
+from bnresearch.report.runs import read_metrics
+from tests.sweep.sweeps import launch_sweep, snapshot, status_view
+
+GOOD = ["batch_size=16,seed=0", "batch_size=16,seed=1", "batch_size=32,seed=0"]
+BAD = "norm=no_such_norm"
+
+
+def read_status(run_dir):
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def test_a_failing_point_leaves_the_others_done(finished_sweep):
+    workdir, result = finished_sweep
+    assert result.returncode == 1, result.stdout + result.stderr
+    for name in GOOD:
+        assert read_status(workdir / name) == {**read_status(workdir / name), "status": "done",
+                                               "step": 6}
+    assert re.search(rf"FAILED      {BAD} \(exit 2\): error: unknown normalization 'no_such_norm'",
+                     result.stdout)
+    assert not (workdir / BAD).exists()  # refused before it claimed a run directory
+    assert json.loads((workdir / "logs" / f"{BAD}.exit.json").read_text())["exit_code"] == 2
+    # Two at a time, each on its own core of the two.
+    headers = [(workdir / "logs" / f"{n}.log").read_text().splitlines()[0] for n in GOOD]
+    assert {re.search(r"on (CPU cores \d)", h).group(1) for h in headers} == {
+        "CPU cores 0", "CPU cores 1"}
+    assert "report: " in result.stdout and "curves.png" in result.stdout
+
+
+def test_relaunch_trains_nothing_and_retries_failures_only_when_asked(finished_sweep,
+                                                                      prepared_data_dir):
+    workdir, _ = finished_sweep
+    before = snapshot(workdir)
+    again = launch_sweep(workdir, prepared_data_dir, "--parallel=2")
+    assert again.returncode == 1
+    assert "4 points (3 done, 1 failed); 0 to run; 1 failed skipped" in again.stdout
+    # Every launch of a point appends a header to its log: unchanged files = nothing launched.
+    assert snapshot(workdir) == before
+
+    retried = launch_sweep(workdir, prepared_data_dir, "--retry_failed")
+    assert retried.returncode == 1
+    logs = {path.name: path.read_text().count("\n==== ") + path.read_text().startswith("====")
+            for path in (workdir / "logs").glob("*.log")}
+    assert logs == {**{f"{name}.log": 1 for name in GOOD}, f"{BAD}.log": 2}
+    for name in GOOD:
+        assert snapshot(workdir / name) == {p: b for p, b in before.items()
+                                            if p.is_relative_to(workdir / name)}
+
+
+def test_another_sweep_in_the_same_directory_is_refused(finished_sweep, prepared_data_dir):
+    workdir, _ = finished_sweep
+    before = snapshot(workdir)
+    result = launch_sweep(workdir, prepared_data_dir, arg="one")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"error: {workdir} holds another sweep (points "
+                                            "removed:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(workdir) == before
+
+
+def test_status_view_shows_each_point(finished_sweep):
+    workdir, _ = finished_sweep
+    result = status_view(workdir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{workdir}: 4 points: 3 done, 1 failed"
+    for name in GOOD:
+        best = max(m["eval/accuracy"] for m in read_metrics(workdir / name) if "eval/accuracy" in m)
+        row = next(line for line in lines if line.startswith(name + " "))
+        assert row.split()[1:4] == ["done", "6/6", f"{best:.4f}"], row
+        assert row.endswith(" s")
+    assert next(line for line in lines if line.startswith(BAD + " ")).split()[1] == "failed"
+    assert any("error: unknown normalization 'no_such_norm'" in line for line in lines)
+
+
+def test_sigterm_stops_the_points_with_a_checkpoint_and_a_relaunch_resumes(tmp_path,
+                                                                         prepared_data_dir):
+    long = ["--config.train_duration=400 steps", "--config.eval_every=0 steps",
+            "--config.log_every=10 steps"]
+    process = launch_sweep(tmp_path, prepared_data_dir, *long, arg="one", wait=False)
+    metrics = tmp_path / "seed=3" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text()) and time.time() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 1, output
+    status = read_status(tmp_path / "seed=3")
+    assert status["status"] == "preempted" and 0 < status["step"] < 400, output
+    assert (tmp_path / "seed=3" / "checkpoints" / str(status["step"])).is_dir()
+    assert "stopped early; 1 preempted of 1 points" in output
+
+    result = launch_sweep(tmp_path, prepared_data_dir, *long, arg="one")
+    assert result.returncode == 0, result.stdout
+    log = (tmp_path / "logs" / "seed=3.log").read_text()
+    assert f"resumed from the checkpoint at step {status['step']}" in log
+    assert read_status(tmp_path / "seed=3")["status"] == "done"
+    steps = [m["step"] for m in read_metrics(tmp_path / "seed=3") if "train/loss" in m]
+    # Logged every 10 steps, and at the step where the preemption saved.
+    assert steps == sorted(set(range(10, 401, 10)) | {status["step"]})
+
+
+def test_the_submitit_local_executor_runs_the_slurm_code_path(tmp_path, prepared_data_dir):
+    result = launch_sweep(tmp_path, prepared_data_dir, "--executor=submitit_local",
+                          "--slurm_time=10", arg="one")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "submitted 1 submitit_local job(s)" in result.stdout
+    assert read_status(tmp_path / "seed=3")["status"] == "done"
+    log = (tmp_path / "logs" / "seed=3.log").read_text()
+    assert log.startswith("==== submitit job ") and "finished with status done" in log
+    assert json.loads((tmp_path / "logs" / "seed=3.exit.json").read_text()) == {"exit_code": 0}
+    # submitit pickled the job and its result in its own folder.
+    assert list((tmp_path / "logs" / "submitit").glob("*_result.pkl"))
+    eval_accuracy = [m["eval/accuracy"] for m in read_metrics(tmp_path / "seed=3")
+                     if "eval/accuracy" in m]
+    assert len(eval_accuracy) == 2 and np.all(np.isfinite(eval_accuracy))
+
+
+def test_tensorboard_on_the_sweep_directory_shows_every_point(finished_sweep):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    workdir, _ = finished_sweep
+    runs = EventMultiplexer().AddRunsFromDirectory(str(workdir))
+    runs.Reload()
+    assert sorted(runs.Runs()) == GOOD  # the failed point never started training
+    for name in GOOD:
+        last = runs.Tensors(name, "eval/accuracy")[-1]
+        final = [m for m in read_metrics(workdir / name) if "eval/accuracy" in m][-1]
+        assert last.step == final["step"] == 6
+        assert last.tensor_proto.float_val[0] == np.float32(final["eval/accuracy"])

@@ -1,0 +1,91 @@
+"""The report of a finished sweep against the metrics files it came from.
+
+Lives next to the sweep tests to share their finished sweep (bnresearch/report reads it).
+"""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bnresearch.report.make import make_report
+from tests.sweep.sweeps import REPO
+
+VARIANTS = {"batch_size=16": ["batch_size=16,seed=0", "batch_size=16,seed=1"],
+            "batch_size=32": ["batch_size=32,seed=0"]}
+
+
+def evals(run_dir):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["eval/accuracy"]) for r in records if "eval/accuracy" in r]
+
+
+def read_csv(path):
+    with path.open() as file:
+        return {row["variant"]: row for row in csv.DictReader(file)}
+
+
+def expected_row(workdir, points, target):
+    final = np.array([evals(workdir / p)[-1][1] for p in points])
+    best = np.array([max(a for _, a in evals(workdir / p)) for p in points])
+    reached = [next((s for s, a in evals(workdir / p) if a >= target), None) for p in points]
+    reached = np.array([s for s in reached if s is not None], dtype=float)
+    wall = np.array([json.loads((workdir / p / "status.json").read_text())["wall_time_s"]
+                     for p in points])
+    def std(values):  # over seeds, ddof=1; none for a single seed
+        return values.std(ddof=1) if values.size > 1 else None
+
+    return {"final_accuracy_mean": final.mean(), "final_accuracy_std": std(final),
+            "best_accuracy_mean": best.mean(), "best_accuracy_std": std(best),
+            "steps_to_target_mean": reached.mean() if reached.size else None,
+            "reached_target": reached.size, "wall_time_s_mean": wall.mean()}
+
+
+def test_report_numbers_are_those_of_the_metrics_files(finished_sweep):
+    workdir, _ = finished_sweep
+    # A target between the accuracies the runs reached, so some points reach it and some not.
+    all_evals = [a for points in VARIANTS.values() for p in points for _, a in evals(workdir / p)]
+    target = float(np.median(all_evals))
+    result = subprocess.run([sys.executable, "-m", "bnresearch.report", str(workdir),
+                             f"--target_accuracy={target}"], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(workdir / "report.csv")
+    assert list(rows) == [*VARIANTS, "norm=no_such_norm"]
+    for variant, points in VARIANTS.items():
+        row, expected = rows[variant], expected_row(workdir, points, target)
+        assert (row["points"], row["done"], row["diverged"]) == (str(len(points)),) * 2 + ("0",)
+        assert int(row["batch_size"]) == int(variant.split("=")[1])
+        for key, value in expected.items():
+            if value is None:
+                assert row[key] == ""
+            else:
+                assert float(row[key]) == pytest.approx(value, rel=1e-12), key
+    failed = rows["norm=no_such_norm"]
+    assert (failed["done"], failed["final_accuracy_mean"], failed["batch_size"]) == ("0", "", "32")
+    # The table a terminal shows, and the markdown one, hold the same numbers.
+    expected = expected_row(workdir, VARIANTS["batch_size=16"], target)
+    shown = f"{expected['final_accuracy_mean']:.4f} ± {expected['final_accuracy_std']:.4f}"
+    assert shown in result.stdout
+    assert f"| batch_size=16 | 2/2 | 0 | {shown} |" in (workdir / "report.md").read_text()
+
+
+def test_report_figures_are_pngs_and_linked_from_the_markdown(finished_sweep):
+    workdir, _ = finished_sweep
+    report = make_report(workdir)
+    names = [path.name for path in report.files]
+    assert names == ["report.md", "report.csv", "curves.png", "final_accuracy_vs_batch_size.png"]
+    markdown = (workdir / "report.md").read_text()
+    for name in names[2:]:
+        assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in markdown
+
+
+def test_a_directory_without_a_sweep_is_refused_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bnresearch.report", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == f"error: {tmp_path} holds no sweep.json: a report needs a sweep " \
+                            "directory\n"
