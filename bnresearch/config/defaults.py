@@ -38,9 +38,15 @@ def base_config() -> ml_collections.ConfigDict:
         "num_groups": placeholder(int),    # group: G; or
         "group_size": placeholder(int),    # group: C/G
     })
-    config.model.activation = "relu"     # relu | elu
+    # relu | leaky_relu | prelu | elu | selu | gelu_exact | gelu_tanh | swish | silu | tanh |
+    # sigmoid | hard_tanh
+    config.model.activation = "relu"
     config.model.activation_kwargs = ml_collections.ConfigDict({
-        "alpha": placeholder(float),       # elu
+        "negative_slope": placeholder(float),  # leaky_relu (0.01)
+        "slope_init": placeholder(float),      # prelu: initial per-channel slope (0.25)
+        "alpha": placeholder(float),           # elu (1.0)
+        "beta": placeholder(float),            # swish: (initial) beta (1.0)
+        "learnable_beta": placeholder(bool),   # swish: learn beta (False)
     })
     config.model.options = ml_collections.ConfigDict({  # the model's own options
         "hidden_sizes": placeholder(tuple),  # mlp

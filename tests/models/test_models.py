@@ -69,20 +69,11 @@ def test_resnet_parameter_count(depth):
     assert count(variables['params']) == closed_form_resnet_params(depth, projection=True)
 
 
-@pytest.mark.parametrize('activation', list(ACTIVATIONS))
-@pytest.mark.parametrize('norm', list(NORMALIZATIONS))
-@pytest.mark.parametrize('name', MODEL_NAMES)
-def test_every_model_norm_activation_initializes_and_runs_in_train_mode(name, norm, activation):
-    model = build_model(name, num_classes=NUM_CLASSES, norm=norm,
-                        norm_kwargs=NORM_KWARGS.get(norm), activation=activation)
+def check_init_and_train_forward(model, norm, compute):
+    """Init in training mode, then (if `compute`) train- and eval-mode forwards; else only traced
+    (eval_shape runs the same code without computing)."""
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 1)), jnp.float32)
-
-    if name.startswith('resnet') and name != 'resnet20':
-        # Deeper instances of resnet20's code: tracing init, which runs the train-mode forward,
-        # covers them; computing would only cost time.
-        logits, variables = jax.eval_shape(
-            functools.partial(model.init_with_output, train=True), jax.random.key(0), x)
-    else:
+    if compute:
         variables = model.init(jax.random.key(0), x, train=True)
         logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
         assert np.all(np.isfinite(logits))
@@ -90,8 +81,31 @@ def test_every_model_norm_activation_initializes_and_runs_in_train_mode(name, no
             {'batch_stats': variables['batch_stats']} if norm == 'batch' else {})
         eval_logits = model.apply({**variables, **updates}, x, train=False)
         assert eval_logits.shape == logits.shape and np.all(np.isfinite(eval_logits))
+    else:
+        logits, variables = jax.eval_shape(
+            functools.partial(model.init_with_output, train=True), jax.random.key(0), x)
     assert logits.shape == (2, NUM_CLASSES) and logits.dtype == jnp.float32
     assert ('batch_stats' in variables) == (norm == 'batch')
+
+
+# Computed for the small models; deeper instances of the same code are traced only, which runs
+# the train-mode forward without the cost of computing it.
+COMPUTED = ('mlp', 'cnn', 'resnet20')
+
+
+@pytest.mark.parametrize('norm', list(NORMALIZATIONS))
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_every_model_and_norm_initializes_and_runs_in_train_mode(name, norm):
+    model = build_model(name, num_classes=NUM_CLASSES, norm=norm,
+                        norm_kwargs=NORM_KWARGS.get(norm))
+    check_init_and_train_forward(model, norm, compute=name in COMPUTED)
+
+
+@pytest.mark.parametrize('activation', list(ACTIVATIONS))
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_every_model_and_activation_initializes_and_runs_in_train_mode(name, activation):
+    model = build_model(name, num_classes=NUM_CLASSES, activation=activation)
+    check_init_and_train_forward(model, 'batch', compute=name == 'cnn')
 
 
 @pytest.mark.parametrize('name', ['mlp', 'cnn', 'resnet20'])
@@ -152,8 +166,8 @@ def test_build_errors_name_the_valid_choices():
         build_model('cnn', num_classes=10, norm='batchnorm')
     with pytest.raises(ValueError, match='valid options: momentum, epsilon'):
         build_model('cnn', num_classes=10, norm_kwargs={'moment': 0.9})
-    with pytest.raises(ValueError, match='valid activations: relu, elu'):
-        build_model('cnn', num_classes=10, activation='swish')
+    with pytest.raises(ValueError, match='valid activations: relu, leaky_relu, prelu, elu'):
+        build_model('cnn', num_classes=10, activation='gelu')
     with pytest.raises(ValueError, match='widths must be a non-empty sequence of positive ints'):
         build_model('cnn', num_classes=10, widths=())
     with pytest.raises(ValueError, match='num_classes must be a positive int'):
