@@ -16,7 +16,7 @@ LATENT_KERNEL = "latent_kernel"  # the parameter name quantized layers give clip
 
 
 def _is_latent(path) -> bool:
-    return getattr(path[-1], "key", None) == LATENT_KERNEL
+    return bool(path) and getattr(path[-1], "key", None) == LATENT_KERNEL
 
 
 def clip_latent_weights(bound: float = 1.0) -> optax.GradientTransformation:

@@ -2,10 +2,12 @@
 update passes untouched, and it is the last step of the optimizer chain."""
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
 from bnresearch.optim.constraints import LATENT_KERNEL, clip_latent_weights
+from bnresearch.optim.optimizers import make_optimizer
 
 RNG = np.random.default_rng(0)
 
@@ -47,3 +49,18 @@ def test_latent_weights_inside_the_window_stay_inside_whatever_the_update():
     new = np.asarray(optax.apply_updates(params, clipped)[LATENT_KERNEL])
     assert new.min() >= -1 and new.max() <= 1
 
+
+def test_make_optimizer_ends_with_the_clip():
+    config = ml_collections.ConfigDict({
+        'name': 'sgd', 'momentum': 0.9, 'b1': 0.9, 'b2': 0.999, 'eps': 1e-8,
+        'weight_decay': 0.0, 'weight_decay_on': 'all', 'grad_clip_norm': 0.0,
+        'lr_multipliers': {'kernel': 1.0, 'scale': 1.0, 'bias': 1.0}})
+    optimizer = make_optimizer(config, lambda step: 1.0)
+    params = tree()
+    grads = jax.tree.map(lambda p: jnp.full(p.shape, -5.0), params)  # a step of +5 everywhere
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    new = optax.apply_updates(params, updates)
+    latent = np.asarray(new['quantized'][LATENT_KERNEL])
+    assert latent.max() <= 1.0
+    np.testing.assert_allclose(latent, 1.0, atol=1.2e-7)  # p + (1 - p): within an ulp of 1
+    np.testing.assert_allclose(new['plain']['kernel'], params['plain']['kernel'] + 5, rtol=1e-6)
