@@ -58,7 +58,8 @@ WeightLayerFactory = Callable[..., nn.Module]
 
 def check_weight_init(weight_init: str | None) -> None:
     if weight_init is not None and weight_init not in WEIGHT_INITS:
-        raise UsageError(f'unknown weight_init {weight_init!r}; valid: {", ".join(WEIGHT_INITS)}')
+        raise UsageError(f'unknown model.weight_init {weight_init!r}; valid: '
+                         f'{", ".join(WEIGHT_INITS)}')
 
 
 def kernel_initializer(weight_init: str | None, role: str, layer: str):

@@ -85,19 +85,20 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
         raise UsageError(f'dtype must be a floating-point dtype, got {dtype!r}')
     if self_normalizing:
         if activation != 'selu':
-            raise UsageError(f"self_normalizing needs activation 'selu', got {activation!r}")
+            raise UsageError(f"model.self_normalizing needs model.activation 'selu', got "
+                              f"{activation!r}")
         if weight_init not in (None, 'lecun_normal'):
-            raise UsageError(f'self_normalizing uses lecun_normal init; weight_init='
+            raise UsageError(f'model.self_normalizing uses lecun_normal init; model.weight_init='
                              f'{weight_init!r} contradicts it')
         weight_init = 'lecun_normal'
     rates = dict(dropout or {})
     unknown = sorted(set(rates) - set(DROPOUT_PLACEMENTS))
     if unknown:
-        raise UsageError(f'unknown dropout placement(s) {", ".join(unknown)}; valid: '
+        raise UsageError(f'unknown model.dropout placement(s) {", ".join(unknown)}; valid: '
                          f'{", ".join(DROPOUT_PLACEMENTS)}')
     for placement in DROPOUT_PLACEMENTS:
-        check_drop_rate(f'dropout.{placement}', rates.setdefault(placement, 0.0))
-    check_drop_rate('stochastic_depth', stochastic_depth)
+        check_drop_rate(f'model.dropout.{placement}', rates.setdefault(placement, 0.0))
+    check_drop_rate('model.stochastic_depth', stochastic_depth)
     spec = quantization_spec(**(quantization or {}))
     if spec.method == 'none':
         conv_factory, dense_factory = plain_weight_layers(weight_init)
@@ -110,8 +111,8 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
                       alpha_dropout=self_normalizing, stochastic_depth_rate=stochastic_depth)
     model = model(num_classes=num_classes, layers=layers)
     if stochastic_depth and not getattr(model, 'has_residual_blocks', False):
-        raise UsageError(f'stochastic_depth needs a model with residual blocks; {name!r} has '
-                         f'none')
+        raise UsageError(f'model.stochastic_depth needs a model with residual blocks; {name!r} '
+                         f'has none')
     for num_features in model.normalized_features():
         check_normalization_features(layers.norm_factory, num_features)
     return model
