@@ -169,11 +169,12 @@ def quantize_gradient(x: jax.Array, key: jax.Array, bits: int) -> jax.Array:
 
 
 def _quantize_gradient_backward(bits, key, g):
+    levels = 2**bits - 1
     per_example = tuple(range(1, g.ndim))
     max_abs = jnp.max(jnp.abs(g), axis=per_example, keepdims=True)
-    safe_max = jnp.where(max_abs > 0, max_abs, 1)  # an all-zero gradient stays zero
-    noise = jax.random.uniform(key, g.shape, g.dtype, -0.5, 0.5) / (2**bits - 1)
-    levels = 2**bits - 1
+    # no 0/0 for an example whose gradient is all zero; multiplied by max_abs = 0, it stays 0
+    safe_max = jnp.where(max_abs > 0, max_abs, 1)
+    noise = jax.random.uniform(key, g.shape, g.dtype, -0.5, 0.5) / levels
     quantized = jnp.round((g / (2 * safe_max) + 0.5 + noise) * levels) / levels
     return (2 * max_abs * (quantized - 0.5), None)
 

@@ -86,7 +86,7 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
     if self_normalizing:
         if activation != 'selu':
             raise UsageError(f"model.self_normalizing needs model.activation 'selu', got "
-                              f"{activation!r}")
+                             f"{activation!r}")
         if weight_init not in (None, 'lecun_normal'):
             raise UsageError(f'model.self_normalizing uses lecun_normal init; model.weight_init='
                              f'{weight_init!r} contradicts it')

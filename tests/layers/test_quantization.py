@@ -161,7 +161,8 @@ def test_dorefa_k_bit_weights(bits):
 def test_dorefa_gradient_quantization(bits):
     x = jnp.asarray(RNG.normal(size=(3, 2, 2, 5)), jnp.float32)  # 3 examples
     g = jnp.asarray(RNG.normal(size=x.shape), jnp.float32)
-    quantized_grad = lambda key: jax.grad(lambda x: jnp.sum(g * q.quantize_gradient(x, key, bits)))(x)
+    quantized_grad = lambda key: jax.grad(
+        lambda x: jnp.sum(g * q.quantize_gradient(x, key, bits)))(x)
     np.testing.assert_array_equal(q.quantize_gradient(x, jax.random.key(0), bits), x)  # forward
     first = np.asarray(quantized_grad(jax.random.key(1)))
     np.testing.assert_array_equal(first, quantized_grad(jax.random.key(1)))

@@ -304,7 +304,8 @@ def test_weight_decay_on_kernels_decays_latent_kernels_but_not_slopes_gains_or_b
     ('cnn', {'stochastic_depth': 0.5}, "stochastic_depth needs a model with residual blocks; "
                                        "'cnn' has none"),
     ('resnet20', {'stochastic_depth': 1.0}, 'stochastic_depth must lie in [0, 1)'),
-    ('cnn', {'dropout': {'input': 0.2}}, 'unknown model.dropout placement(s) input; valid: hidden, head'),
+    ('cnn', {'dropout': {'input': 0.2}},
+     'unknown model.dropout placement(s) input; valid: hidden, head'),
     ('cnn', {'dropout': {'head': -0.1}}, 'dropout.head must lie in [0, 1)'),
     ('mlp', {'self_normalizing': True}, "self_normalizing needs model.activation 'selu'"),
     ('mlp', {'self_normalizing': True, 'activation': 'selu', 'weight_init': 'he_normal'},
