@@ -11,7 +11,7 @@ pixels and the logits layer stays full precision, followed by a batch norm. Glor
 init and no weight decay, as in the paper.
 
 Measured (2 CPU cores shared with other jobs, data already prepared): 99.2% test accuracy after
-40 epochs (880 steps) in 56 s. `:model=bnn_vgg`: 97.5% in 2 min 28 s.
+40 epochs (880 steps) in 34-56 s. `:model=bnn_vgg`: 97.5% in about 2 min.
 
 The arg picks the network: `configs/bnn_digits.py:model=bnn_vgg` trains the paper's ConvNet
 (widths scaled down to 32-64-128 and dense 256 for 8x8 inputs).

@@ -11,7 +11,7 @@ the paper. Gradients stay full precision; `:gradient_bits=4` quantizes them too 
 k-bit gradients).
 
 Measured (2 CPU cores shared with other jobs, data already prepared): 97.8% test accuracy after
-30 epochs (660 steps) in 1 min 44 s.
+30 epochs (660 steps) in 1-2 min.
 """
 from bnresearch.config.arg import parse_arg
 from bnresearch.config.defaults import base_config
