@@ -29,7 +29,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.dataset.prefetch = 2          # batches read ahead by grain
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "cnn"            # mlp | cnn | resnet20 | resnet32 | ... | resnet110
+    # mlp | cnn | resnet20 ... resnet110 (CIFAR) | preact_resnet20, 56, 110 (basic), 164, 1001
+    # (bottleneck) | wrn | resnet18, 34, 50, 101, 152 (ImageNet) | vgg11, 13, 16, 19 | inception |
+    # bnn_mlp | bnn_vgg  (see README, "Model zoo")
+    config.model.name = "cnn"
     config.model.norm = "batch"          # batch | layer | group | none
     config.model.norm_kwargs = ml_collections.ConfigDict({
         "momentum": placeholder(float),    # running averages: weight on the OLD value
@@ -38,15 +41,55 @@ def base_config() -> ml_collections.ConfigDict:
         "num_groups": placeholder(int),    # group: G; or
         "group_size": placeholder(int),    # group: C/G
     })
-    config.model.activation = "relu"     # relu | elu
+    # relu | leaky_relu | prelu | elu | selu | gelu_exact | gelu_tanh | swish | silu | tanh |
+    # sigmoid | hard_tanh
+    config.model.activation = "relu"
     config.model.activation_kwargs = ml_collections.ConfigDict({
-        "alpha": placeholder(float),       # elu
+        "negative_slope": placeholder(float),  # leaky_relu (0.01)
+        "slope_init": placeholder(float),      # prelu: initial per-channel slope (0.25)
+        "alpha": placeholder(float),           # elu (1.0)
+        "beta": placeholder(float),            # swish: (initial) beta (1.0)
+        "learnable_beta": placeholder(bool),   # swish: learn beta (False)
     })
     config.model.options = ml_collections.ConfigDict({  # the model's own options
-        "hidden_sizes": placeholder(tuple),  # mlp
-        "widths": placeholder(tuple),        # cnn
+        "hidden_sizes": placeholder(tuple),  # mlp, bnn_mlp; bnn_vgg: its dense layers
+        "widths": placeholder(tuple),        # cnn; bnn_vgg: its three conv stages
         "convs_per_stage": placeholder(int), # cnn
-        "shortcut": placeholder(str),        # resnets: pad | projection
+        "shortcut": placeholder(str),        # CIFAR resnets: pad | projection
+        # every residual model: start the last norm's gain of each block at 0
+        "zero_init_residual": placeholder(bool),
+        "depth": placeholder(int),           # wrn: 6n + 4 (28)
+        "width": placeholder(int),           # wrn: widening factor k (10)
+        "stem": placeholder(str),            # ImageNet resnets: imagenet | cifar (small inputs)
+        "classifier_width": placeholder(int),  # vgg: hidden dense width (512); 0: one dense
+        "base_width": placeholder(int),      # inception: w (32)
+        "factorized_kernel": placeholder(int),  # inception: n of the 1xn, nx1 convs (7)
+    })
+    # Kernel init of every weight layer: he_normal | lecun_normal | glorot_uniform; None: He-normal
+    # (LeCun-normal for a dense logits layer), or lecun_normal when self_normalizing.
+    config.model.weight_init = placeholder(str)
+    # Self-normalizing network (Klambauer et al. 2017): needs activation=selu; LeCun-normal init
+    # for every weight layer and alpha-dropout in place of every dropout.
+    config.model.self_normalizing = False
+    config.model.dropout = ml_collections.ConfigDict({
+        "hidden": 0.0,  # drop rate inside the network (each model documents where)
+        "head": 0.0,    # drop rate right before the classifier
+    })
+    # Stochastic depth (Huang et al. 2016), residual models: 1 - p_L, the drop probability of the
+    # last block, with block l of L surviving with p_l = 1 - (l / L) * stochastic_depth; 0: off.
+    config.model.stochastic_depth = 0.0
+    config.model.quantization = ml_collections.ConfigDict({
+        "method": "none",  # none | binaryconnect | bnn | xnor | qnn | dorefa
+        # Bits of weights, activations (inputs of quantized layers) and gradients, 1-32 (32: full
+        # precision); None: the method's default (W, A, G): binaryconnect (1, 32, 32),
+        # bnn and xnor (1, 1, 32), qnn (2, 2, 32), dorefa (1, 2, 32).
+        "weight_bits": placeholder(int),
+        "activation_bits": placeholder(int),
+        "gradient_bits": placeholder(int),   # dorefa only
+        "stochastic": False,      # binaryconnect: stochastic binarization; qnn: stochastic rounding
+        "input_scale": False,     # xnor: scale by K, the local mean |input| (XNOR-Net)
+        "quantize_first": False,  # quantize the layer that sees the images too
+        "quantize_last": False,   # quantize the logits layer too
     })
 
     config.batch_size = 128

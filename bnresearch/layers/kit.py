@@ -13,15 +13,27 @@ input. ``role`` says where the layer sits: ``'first'`` (it sees the input images
 produces the logits) or ``'hidden'``. Quantized networks keep the first and last layers in full
 precision by convention, and the plain last layer keeps LeCun-normal init (variance 1/fan_in), the
 usual choice for logits.
+
+Initialization is a choice of the weight-layer factories (``weight_init``, see
+``kernel_initializer``): He-normal by default, LeCun-normal everywhere for self-normalizing (SELU)
+networks, Glorot-uniform as in the binarized-network papers.
+
+The kit also holds the train-time regularizers a model places: dropout at the model's ``'hidden'``
+and ``'head'`` placements (alpha-dropout in self-normalizing networks) and stochastic depth on
+residual branches (``bnresearch/layers/regularization.py``).
 """
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 from flax.typing import Dtype
 
+from bnresearch.errors import UsageError
 from bnresearch.layers.registry import ModuleFactory, has_field
+from bnresearch.layers.regularization import (AlphaDropout, Dropout, StochasticDepth,
+                                              linear_survival)
 
 ROLES = ('first', 'hidden', 'last')
 
@@ -32,24 +44,58 @@ ROLES = ('first', 'hidden', 'last')
 HE_NORMAL = nn.initializers.he_normal()
 LECUN_NORMAL = nn.initializers.lecun_normal()
 
+# By name, for the config's model.weight_init. LeCun-normal (variance 1/fan_in) is what SELU's
+# fixed point assumes (Klambauer et al. 2017, arXiv:1706.02515); Glorot-uniform (Glorot & Bengio
+# 2010) is the init of the BinaryConnect and BNN papers.
+WEIGHT_INITS = {
+    'he_normal': HE_NORMAL,
+    'lecun_normal': LECUN_NORMAL,
+    'glorot_uniform': nn.initializers.glorot_uniform(),
+}
+
 WeightLayerFactory = Callable[..., nn.Module]
+
+
+def check_weight_init(weight_init: str | None) -> None:
+    if weight_init is not None and weight_init not in WEIGHT_INITS:
+        raise UsageError(f'unknown model.weight_init {weight_init!r}; valid: '
+                         f'{", ".join(WEIGHT_INITS)}')
+
+
+def kernel_initializer(weight_init: str | None, role: str, layer: str):
+    """The kernel init of a weight layer: `weight_init` by name for every layer, or, for None,
+    He-normal except LeCun-normal for a dense logits layer (`layer` is 'conv' or 'dense')."""
+    if weight_init is None:
+        return LECUN_NORMAL if role == 'last' and layer == 'dense' else HE_NORMAL
+    return WEIGHT_INITS[weight_init]
 
 
 def plain_conv(features: int, kernel_size: Sequence[int], *, strides: int = 1,
                padding='SAME', use_bias: bool = True, role: str = 'hidden',
-               dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Module:
-    """``nn.Conv`` with He-normal init; float32 parameters, computing in ``dtype``."""
-    del role  # every plain conv is initialized alike
+               dtype: Dtype = jnp.float32, name: str | None = None,
+               weight_init: str | None = None) -> nn.Module:
+    """``nn.Conv`` initialized by ``kernel_initializer``; float32 parameters, computing in
+    ``dtype``."""
     return nn.Conv(features, tuple(kernel_size), strides=strides, padding=padding,
-                   use_bias=use_bias, kernel_init=HE_NORMAL, dtype=dtype, name=name)
+                   use_bias=use_bias, kernel_init=kernel_initializer(weight_init, role, 'conv'),
+                   dtype=dtype, name=name)
 
 
 def plain_dense(features: int, *, use_bias: bool = True, role: str = 'hidden',
-                dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Module:
-    """``nn.Dense``: He-normal init for hidden layers, LeCun-normal for the logits layer."""
-    kernel_init = LECUN_NORMAL if role == 'last' else HE_NORMAL
-    return nn.Dense(features, use_bias=use_bias, kernel_init=kernel_init, dtype=dtype,
+                dtype: Dtype = jnp.float32, name: str | None = None,
+                weight_init: str | None = None) -> nn.Module:
+    """``nn.Dense`` initialized by ``kernel_initializer``."""
+    return nn.Dense(features, use_bias=use_bias,
+                    kernel_init=kernel_initializer(weight_init, role, 'dense'), dtype=dtype,
                     name=name)
+
+
+def plain_weight_layers(weight_init: str | None = None) -> tuple[WeightLayerFactory,
+                                                                   WeightLayerFactory]:
+    """The full-precision conv and dense factories with `weight_init` bound."""
+    check_weight_init(weight_init)
+    return (functools.partial(plain_conv, weight_init=weight_init),
+            functools.partial(plain_dense, weight_init=weight_init))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +106,22 @@ class LayerKit:
     ``dense_factory`` are weight-layer factories as described in the module docstring. Models
     call the methods, which bind the dtype and the bias rule. Parameters are float32 whatever
     ``dtype`` is.
+
+    ``hidden_dropout`` and ``head_dropout`` are the drop rates at a model's two dropout
+    placements (each model documents where its ``'hidden'`` ones are; ``'head'`` is right before
+    the classifier); ``alpha_dropout`` swaps dropout for alpha-dropout.
+    ``stochastic_depth_rate`` is 1 - p_L, the drop probability of the last residual block
+    (0: off).
     """
     norm_factory: ModuleFactory
     activation_factory: ModuleFactory
     conv_factory: WeightLayerFactory = plain_conv
     dense_factory: WeightLayerFactory = plain_dense
     dtype: Dtype = jnp.float32
+    hidden_dropout: float = 0.0
+    head_dropout: float = 0.0
+    alpha_dropout: bool = False
+    stochastic_depth_rate: float = 0.0
 
     def conv(self, features: int, kernel_size: Sequence[int], *, name: str, strides: int = 1,
              padding='SAME', use_bias: bool | None = None, role: str = 'hidden') -> nn.Module:
@@ -97,6 +153,18 @@ class LayerKit:
 
     def activation(self, *, name: str) -> nn.Module:
         return self.activation_factory(name=name)
+
+    def dropout(self, *, name: str, placement: str) -> nn.Module:
+        """Dropout at `placement` ('hidden' or 'head'), applied as ``dropout(x, train=...)``;
+        the identity where the config sets no rate for that placement."""
+        rate = {'hidden': self.hidden_dropout, 'head': self.head_dropout}[placement]
+        return (AlphaDropout if self.alpha_dropout else Dropout)(rate=rate, name=name)
+
+    def stochastic_depth(self, *, name: str, block: int, num_blocks: int) -> nn.Module:
+        """Stochastic depth for residual block `block` (from 1) of `num_blocks`, applied to the
+        branch as ``drop(branch, train=...)``, with the linear survival rule."""
+        survival = linear_survival(block, num_blocks, self.stochastic_depth_rate)
+        return StochasticDepth(survival=survival, name=name)
 
     @property
     def bias_before_norm(self) -> bool:

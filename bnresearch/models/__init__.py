@@ -6,6 +6,10 @@ up-front check of a configuration as well. A model family is one module class in
 registering it (or a ``functools.partial`` that fixes some of its fields) below is all it takes.
 Every model is called as ``model.apply(variables, x, train=...)`` on channels-last images and
 returns float32 logits of shape (N, num_classes).
+
+Beyond the normalization and activation, ``build_model`` assembles the rest of the ``LayerKit``
+from the config: the weight init, quantized weight layers, dropout rates at the model's two
+placements, stochastic depth, and the self-normalizing (SELU) switch.
 """
 import functools
 
@@ -15,19 +19,40 @@ import ml_collections
 from flax.typing import Dtype
 
 from bnresearch.layers.activations import get_activation
-from bnresearch.layers.kit import LayerKit
+from bnresearch.layers.kit import LayerKit, plain_weight_layers
 from bnresearch.layers.normalization import check_normalization_features, get_normalization
+from bnresearch.layers.quantization import quantization_spec, quantized_weight_layers
 from bnresearch.layers.registry import ModuleFactory, lookup
+from bnresearch.layers.regularization import DROPOUT_PLACEMENTS, check_drop_rate
+from bnresearch.models.bnn import BinarizedMLP, BinarizedVGG
 from bnresearch.models.cifar_resnet import CifarResNet
 from bnresearch.models.cnn import CNN
+from bnresearch.models.inception import InceptionNet
 from bnresearch.models.mlp import MLP
+from bnresearch.models.preact_resnet import PreActResNet, WideResNet
+from bnresearch.models.resnet import ResNet
+from bnresearch.models.vgg import VGG
 from bnresearch.errors import UsageError
 
 MODELS: dict[str, ModuleFactory] = {
     'mlp': MLP,
     'cnn': CNN,
+    # CIFAR ResNets (He et al. 2016a, section 4.2)
     **{f'resnet{depth}': functools.partial(CifarResNet, depth=depth)
        for depth in (20, 32, 44, 56, 110)},
+    # CIFAR pre-activation ResNets (He et al. 2016b)
+    **{f'preact_resnet{depth}': functools.partial(PreActResNet, depth=depth, block='basic')
+       for depth in (20, 56, 110)},
+    **{f'preact_resnet{depth}': functools.partial(PreActResNet, depth=depth, block='bottleneck')
+       for depth in (164, 1001)},
+    'wrn': WideResNet,  # WRN-depth-width: options depth (28) and width (10)
+    # ImageNet ResNets (He et al. 2016a, table 1)
+    **{f'resnet{depth}': functools.partial(ResNet, depth=depth)
+       for depth in (18, 34, 50, 101, 152)},
+    **{f'vgg{depth}': functools.partial(VGG, depth=depth) for depth in (11, 13, 16, 19)},
+    'inception': InceptionNet,
+    'bnn_mlp': BinarizedMLP,
+    'bnn_vgg': BinarizedVGG,
 }
 MODEL_NAMES = tuple(MODELS)
 
@@ -37,22 +62,57 @@ BUILD_ARGUMENTS = ('num_classes', 'layers')
 
 def build_model(name: str, *, num_classes: int, norm: str = 'batch',
                 norm_kwargs: dict | None = None, activation: str = 'relu',
-                activation_kwargs: dict | None = None, dtype: Dtype = jnp.float32,
-                **model_options) -> nn.Module:
+                activation_kwargs: dict | None = None, weight_init: str | None = None,
+                self_normalizing: bool = False, dropout: dict | None = None,
+                stochastic_depth: float = 0.0, quantization: dict | None = None,
+                dtype: Dtype = jnp.float32, **model_options) -> nn.Module:
     """Model `name` with the named normalization and activation everywhere.
 
-    `dtype` is the compute dtype; parameters stay float32 and logits are float32. Raises a
-    one-line UsageError naming the valid choices for an unknown model, normalization, activation
-    or option, for an invalid option value, and for a normalization that cannot handle one of the
-    model's widths (e.g. group norm with a group count that does not divide it).
+    `weight_init`: by name (see ``bnresearch/layers/kit.py``), None for the default.
+    `self_normalizing`: Klambauer et al.'s SELU network: needs activation 'selu', and sets
+    LeCun-normal init for every weight layer and alpha-dropout for every dropout.
+    `dropout`: drop rates at the 'hidden' and 'head' placements. `stochastic_depth`: 1 - p_L
+    (residual models only). `quantization`: the options of ``quantization_spec`` (method, bits,
+    ...). `dtype` is the compute dtype; parameters stay float32 and logits are float32.
+
+    Raises a one-line UsageError naming the valid choices for an unknown model, normalization,
+    activation, init, quantization method or option, for an invalid option value or combination,
+    and for a normalization that cannot handle one of the model's widths (e.g. group norm with
+    a group count that does not divide it).
     """
     model = lookup('model', MODELS, name, model_options, reserved=BUILD_ARGUMENTS)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise UsageError(f'dtype must be a floating-point dtype, got {dtype!r}')
+    if self_normalizing:
+        if activation != 'selu':
+            raise UsageError(f"model.self_normalizing needs model.activation 'selu', got "
+                             f"{activation!r}")
+        if weight_init not in (None, 'lecun_normal'):
+            raise UsageError(f'model.self_normalizing uses lecun_normal init; model.weight_init='
+                             f'{weight_init!r} contradicts it')
+        weight_init = 'lecun_normal'
+    rates = dict(dropout or {})
+    unknown = sorted(set(rates) - set(DROPOUT_PLACEMENTS))
+    if unknown:
+        raise UsageError(f'unknown model.dropout placement(s) {", ".join(unknown)}; valid: '
+                         f'{", ".join(DROPOUT_PLACEMENTS)}')
+    for placement in DROPOUT_PLACEMENTS:
+        check_drop_rate(f'model.dropout.{placement}', rates.setdefault(placement, 0.0))
+    check_drop_rate('model.stochastic_depth', stochastic_depth)
+    spec = quantization_spec(**(quantization or {}))
+    if spec.method == 'none':
+        conv_factory, dense_factory = plain_weight_layers(weight_init)
+    else:
+        conv_factory, dense_factory = quantized_weight_layers(spec, weight_init)
     layers = LayerKit(norm_factory=get_normalization(norm, **(norm_kwargs or {})),
                       activation_factory=get_activation(activation, **(activation_kwargs or {})),
-                      dtype=dtype)
+                      conv_factory=conv_factory, dense_factory=dense_factory, dtype=dtype,
+                      hidden_dropout=rates['hidden'], head_dropout=rates['head'],
+                      alpha_dropout=self_normalizing, stochastic_depth_rate=stochastic_depth)
     model = model(num_classes=num_classes, layers=layers)
+    if stochastic_depth and not getattr(model, 'has_residual_blocks', False):
+        raise UsageError(f'model.stochastic_depth needs a model with residual blocks; {name!r} '
+                         f'has none')
     for num_features in model.normalized_features():
         check_normalization_features(layers.norm_factory, num_features)
     return model
@@ -66,9 +126,12 @@ def set_options(options: ml_collections.ConfigDict) -> dict:
 
 def model_from_config(model_config: ml_collections.ConfigDict, *, num_classes: int,
                       dtype: Dtype = jnp.float32) -> nn.Module:
-    """``build_model`` from the config's ``model`` block (name, norm, activation, their options)."""
+    """``build_model`` from the config's ``model`` block (see ``bnresearch/config/defaults.py``)."""
     return build_model(
         model_config.name, num_classes=num_classes, norm=model_config.norm,
         norm_kwargs=set_options(model_config.norm_kwargs), activation=model_config.activation,
-        activation_kwargs=set_options(model_config.activation_kwargs), dtype=dtype,
+        activation_kwargs=set_options(model_config.activation_kwargs),
+        weight_init=model_config.weight_init, self_normalizing=model_config.self_normalizing,
+        dropout=model_config.dropout.to_dict(), stochastic_depth=model_config.stochastic_depth,
+        quantization=set_options(model_config.quantization), dtype=dtype,
         **set_options(model_config.options))

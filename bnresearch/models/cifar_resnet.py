@@ -10,7 +10,14 @@ Where a block changes shape the shortcut is either
   'projection': option B, a strided 1x1 conv followed by the normalization.
 Elsewhere it is the identity. Convs have a bias only where the normalization after them adds none
 (norm='none'; see LayerKit.bias_before_norm).
+
+Options shared by the residual models: ``zero_init_residual`` starts the last normalization's
+gain of every block at 0 (Goyal et al. 2017, arXiv:1706.02677), so each block starts as the
+identity; stochastic depth (``model.stochastic_depth``) drops whole residual branches. Hidden
+dropout sits after the first activation of each block, between its two convs.
 """
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -28,6 +35,9 @@ class BasicBlock(nn.Module):
     strides: int
     shortcut: str
     layers: LayerKit
+    zero_init_residual: bool = False
+    index: int = 1       # this block's place among all blocks (from 1), for stochastic depth
+    num_blocks: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -37,8 +47,11 @@ class BasicBlock(nn.Module):
                              name='conv1')(x)
         y = self.layers.norm(name='norm1')(y, train=train)
         y = self.layers.activation(name='act1')(y)
+        y = self.layers.dropout(name='dropout', placement='hidden')(y, train=train)
         y = self.layers.conv(self.features, (3, 3), padding=1, name='conv2')(y)
-        y = self.layers.norm(name='norm2')(y, train=train)
+        y = self.layers.norm(name='norm2', zero_scale=self.zero_init_residual)(y, train=train)
+        y = self.layers.stochastic_depth(name='drop_block', block=self.index,
+                                         num_blocks=self.num_blocks)(y, train=train)
         return self.layers.activation(name='act2')(y + self._shortcut(x, train))
 
     @nn.nowrap
@@ -57,6 +70,8 @@ class CifarResNet(nn.Module):
     layers: LayerKit
     depth: int = 20
     shortcut: str = 'pad'
+    zero_init_residual: bool = False
+    has_residual_blocks: ClassVar[bool] = True
 
     def __post_init__(self):
         check_positive_int('cifar resnet', 'num_classes', self.num_classes)
@@ -78,11 +93,16 @@ class CifarResNet(nn.Module):
         x = self.layers.norm(name='stem_norm')(x, train=train)
         x = self.layers.activation(name='stem_act')(x)
         blocks_per_stage = (self.depth - 2) // 6
+        num_blocks = 3 * blocks_per_stage
         for stage, width in enumerate(STAGE_WIDTHS, start=1):
             for block in range(1, blocks_per_stage + 1):
                 strides = 2 if stage > 1 and block == 1 else 1
                 x = BasicBlock(features=width, strides=strides, shortcut=self.shortcut,
-                               layers=self.layers, name=f'stage{stage}_block{block}')(x, train=train)
+                               layers=self.layers, zero_init_residual=self.zero_init_residual,
+                               index=(stage - 1) * blocks_per_stage + block,
+                               num_blocks=num_blocks,
+                               name=f'stage{stage}_block{block}')(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
+        x = self.layers.dropout(name='head_dropout', placement='head')(x, train=train)
         logits = self.layers.dense(self.num_classes, use_bias=True, role='last', name='head')(x)
         return logits.astype(jnp.float32)

@@ -4,7 +4,8 @@ classifier. A small all-convolutional design in the spirit of Springenberg et al
 Simplicity: The All Convolutional Net", 2015, arXiv:1412.6806 (strided convs instead of pooling).
 
 With the default widths (32, 64, 128) an 8x8 input is seen at 8x8, 4x4 and 2x2, a 32x32 one at
-32x32, 16x16 and 8x8.
+32x32, 16x16 and 8x8. Hidden dropout follows every conv's activation, head dropout comes right
+before the classifier.
 """
 from collections.abc import Sequence
 
@@ -44,6 +45,9 @@ class CNN(nn.Module):
                                      name=layer)(x)
                 x = self.layers.norm(name=f'{layer}_norm')(x, train=train)
                 x = self.layers.activation(name=f'{layer}_act')(x)
+                x = self.layers.dropout(name=f'{layer}_dropout', placement='hidden')(
+                    x, train=train)
         x = jnp.mean(x, axis=(1, 2))
+        x = self.layers.dropout(name='head_dropout', placement='head')(x, train=train)
         logits = self.layers.dense(self.num_classes, use_bias=True, role='last', name='head')(x)
         return logits.astype(jnp.float32)

@@ -1,6 +1,8 @@
 """A multilayer perceptron: flatten, then (dense -> norm -> activation) per hidden layer, then a
 dense classifier. The smallest model on which to compare normalizations (batch norm was
-introduced on one, Ioffe & Szegedy 2015, arXiv:1502.03167)."""
+introduced on one, Ioffe & Szegedy 2015, arXiv:1502.03167). Hidden dropout follows each hidden
+activation, head dropout comes right before the classifier (Srivastava et al. 2014's places).
+"""
 from collections.abc import Sequence
 
 import jax
@@ -34,5 +36,7 @@ class MLP(nn.Module):
             x = self.layers.dense(width, role=role, name=f'dense{layer}')(x)
             x = self.layers.norm(name=f'norm{layer}')(x, train=train)
             x = self.layers.activation(name=f'act{layer}')(x)
+            x = self.layers.dropout(name=f'dropout{layer}', placement='hidden')(x, train=train)
+        x = self.layers.dropout(name='head_dropout', placement='head')(x, train=train)
         logits = self.layers.dense(self.num_classes, use_bias=True, role='last', name='head')(x)
         return logits.astype(jnp.float32)

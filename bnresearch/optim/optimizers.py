@@ -3,6 +3,7 @@ learning rates (see ``groups``)."""
 import ml_collections
 import optax
 
+from bnresearch.optim.constraints import clip_latent_weights
 from bnresearch.optim.groups import GROUPS, WEIGHT_DECAY_TARGETS, decay_mask, scale_by_group
 from bnresearch.optim.schedules import Schedule
 from bnresearch.errors import UsageError
@@ -57,7 +58,8 @@ def check_optimizer_config(config: ml_collections.ConfigDict) -> None:
 def make_optimizer(config: ml_collections.ConfigDict,
                    learning_rate: Schedule) -> optax.GradientTransformation:
     """Clip the raw gradient, add coupled L2 decay (except for decoupled optimizers), step, then
-    scale each parameter group's step by its lr multiplier.
+    scale each parameter group's step by its lr multiplier; last, clip the latent weights of
+    quantized layers to [-1, 1] (a no-op for models without them; see ``constraints``).
 
     `config` is the `optimizer` block: name, momentum, b1, b2, eps, weight_decay,
     weight_decay_on (all | kernels), lr_multipliers (per group), grad_clip_norm (0: off).
@@ -73,4 +75,5 @@ def make_optimizer(config: ml_collections.ConfigDict,
     multipliers = {group: config.lr_multipliers.get(group, 1.0) for group in GROUPS}
     if any(multiplier != 1.0 for multiplier in multipliers.values()):
         transforms.append(scale_by_group(multipliers))
+    transforms.append(clip_latent_weights())
     return optax.chain(*transforms)

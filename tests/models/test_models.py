@@ -1,6 +1,6 @@
-"""Model registry: shapes, parameter counts against the published ones and a closed-form count,
-every model x normalization x activation, bfloat16 compute, the option-A shortcut, and errors
-raised at build time."""
+"""Model registry: shapes, CIFAR ResNet parameter counts against the published ones and a
+closed-form count, every model family x normalization and x activation, bfloat16 compute, the
+option-A shortcut, and errors raised at build time. (The rest of the zoo: test_zoo.py.)"""
 import functools
 import re
 
@@ -11,15 +11,36 @@ import pytest
 
 from bnresearch.layers import ACTIVATIONS, NORMALIZATIONS, get_activation, get_normalization
 from bnresearch.layers.kit import LayerKit
-from bnresearch.models import MODEL_NAMES, build_model
+from bnresearch.models import MODEL_NAMES, MODELS, build_model
 from bnresearch.models.cifar_resnet import BasicBlock
 
 NUM_CLASSES = 10
 RESNET_DEPTHS = (20, 32, 44, 56, 110)
 # He et al. 2016, table 6 (option A shortcuts)
 PUBLISHED_RESNET_PARAMS = {20: 0.27e6, 32: 0.46e6, 44: 0.66e6, 56: 0.85e6, 110: 1.7e6}
-# group norm's default 32 groups do not divide the ResNets' 16-channel stage
-NORM_KWARGS = {'group': {'num_groups': 4}}
+# group norm's default 32 groups do not divide the ResNets' 16-channel stage, 4 not the 10
+# normalized logits of the BNN models
+NORM_KWARGS = {'group': {'num_groups': 2}}
+# One entry per model family, small where options allow (every norm and activation reaches every
+# layer through the kit, whatever the size), with the number of activations it applies, counted
+# from its description.
+FAMILIES = {
+    'mlp': ({}, 2),                              # one per hidden layer
+    'cnn': ({}, 6),                              # 3 stages x 2 convs
+    'resnet20': ({}, 19),                        # stem + 9 blocks x 2
+    'preact_resnet20': ({}, 19),                 # 9 blocks x 2 + the final one
+    'wrn': ({'depth': 10, 'width': 2}, 7),       # 3 blocks x 2 + the final one
+    'resnet18': ({}, 17),                        # stem + 8 blocks x 2
+    'resnet50': ({}, 49),                        # stem + 16 bottlenecks x 3
+    'vgg11': ({}, 9),                            # 8 convs + the classifier's hidden layer
+    # stem + 2 A modules x 7 convs + reduction 4 + 2 B modules x 10
+    'inception': ({'base_width': 4}, 39),
+    'bnn_mlp': ({'hidden_sizes': (32, 32)}, 2),
+    'bnn_vgg': ({'widths': (8, 16, 32), 'hidden_sizes': (32,)}, 7),  # 6 convs + 1 dense
+}
+# Traced in every test below but this one: 1001 layers cost seconds to trace; it is
+# preact_resnet164's code with more blocks.
+SLOW_TO_TRACE = ('preact_resnet1001',)
 
 
 def count(tree):
@@ -36,7 +57,7 @@ def abstract_init(name, input_shape, shortcut=None):
 
 
 @pytest.mark.parametrize('input_shape', [(2, 8, 8, 1), (2, 32, 32, 3)])
-@pytest.mark.parametrize('name', MODEL_NAMES)
+@pytest.mark.parametrize('name', [name for name in MODEL_NAMES if name not in SLOW_TO_TRACE])
 def test_output_shape(name, input_shape):
     logits, variables = abstract_init(name, input_shape)
     assert logits.shape == (2, NUM_CLASSES) and logits.dtype == jnp.float32
@@ -69,20 +90,11 @@ def test_resnet_parameter_count(depth):
     assert count(variables['params']) == closed_form_resnet_params(depth, projection=True)
 
 
-@pytest.mark.parametrize('activation', list(ACTIVATIONS))
-@pytest.mark.parametrize('norm', list(NORMALIZATIONS))
-@pytest.mark.parametrize('name', MODEL_NAMES)
-def test_every_model_norm_activation_initializes_and_runs_in_train_mode(name, norm, activation):
-    model = build_model(name, num_classes=NUM_CLASSES, norm=norm,
-                        norm_kwargs=NORM_KWARGS.get(norm), activation=activation)
+def check_init_and_train_forward(model, norm, compute):
+    """Init in training mode, then (if `compute`) train- and eval-mode forwards; else only traced
+    (eval_shape runs the same code without computing)."""
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 1)), jnp.float32)
-
-    if name.startswith('resnet') and name != 'resnet20':
-        # Deeper instances of resnet20's code: tracing init, which runs the train-mode forward,
-        # covers them; computing would only cost time.
-        logits, variables = jax.eval_shape(
-            functools.partial(model.init_with_output, train=True), jax.random.key(0), x)
-    else:
+    if compute:
         variables = model.init(jax.random.key(0), x, train=True)
         logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
         assert np.all(np.isfinite(logits))
@@ -90,8 +102,47 @@ def test_every_model_norm_activation_initializes_and_runs_in_train_mode(name, no
             {'batch_stats': variables['batch_stats']} if norm == 'batch' else {})
         eval_logits = model.apply({**variables, **updates}, x, train=False)
         assert eval_logits.shape == logits.shape and np.all(np.isfinite(eval_logits))
+    else:
+        logits, variables = jax.eval_shape(
+            functools.partial(model.init_with_output, train=True), jax.random.key(0), x)
     assert logits.shape == (2, NUM_CLASSES) and logits.dtype == jnp.float32
     assert ('batch_stats' in variables) == (norm == 'batch')
+
+
+# Computed for the small models; deeper instances of the same code are traced only, which runs
+# the train-mode forward without the cost of computing it.
+COMPUTED = ('mlp', 'cnn', 'resnet20')
+
+
+def test_families_cover_every_model_class():
+    classes = lambda names: {getattr(MODELS[n], 'func', MODELS[n]) for n in names}
+    assert classes(FAMILIES) == classes(MODEL_NAMES)
+
+
+@pytest.mark.parametrize('norm', list(NORMALIZATIONS))
+@pytest.mark.parametrize('name', list(FAMILIES))
+def test_every_model_and_norm_initializes_and_runs_in_train_mode(name, norm):
+    model = build_model(name, num_classes=NUM_CLASSES, norm=norm,
+                        norm_kwargs=NORM_KWARGS.get(norm), **FAMILIES[name][0])
+    check_init_and_train_forward(model, norm, compute=name in COMPUTED)
+
+
+@pytest.mark.parametrize('activation', list(ACTIVATIONS))
+def test_every_activation_runs_in_the_cnn(activation):
+    model = build_model('cnn', num_classes=NUM_CLASSES, activation=activation)
+    check_init_and_train_forward(model, 'batch', compute=True)
+
+
+@pytest.mark.parametrize('name', list(FAMILIES))
+def test_every_model_takes_its_activations_from_the_kit(name):
+    # PReLU has parameters: one slope vector per activation the model applies
+    options, num_activations = FAMILIES[name]
+    model = build_model(name, num_classes=NUM_CLASSES, activation='prelu', **options)
+    _, variables = jax.eval_shape(functools.partial(model.init_with_output, train=True),
+                                  jax.random.key(0), jnp.zeros((2, 8, 8, 1)))
+    slopes = [path for path, _ in jax.tree_util.tree_leaves_with_path(variables['params'])
+              if path[-1].key == 'slope']
+    assert len(slopes) == num_activations
 
 
 @pytest.mark.parametrize('name', ['mlp', 'cnn', 'resnet20'])
@@ -137,10 +188,11 @@ def test_model_options_reach_the_model():
 
 def test_build_errors_name_the_valid_choices():
     with pytest.raises(ValueError, match=re.escape(
-            'valid models: mlp, cnn, resnet20, resnet32, resnet44, resnet56, resnet110')):
-        build_model('resnet18', num_classes=10)
+            'valid models: mlp, cnn, resnet20, resnet32, resnet44, resnet56, resnet110, '
+            'preact_resnet20')):
+        build_model('resnet19', num_classes=10)
     with pytest.raises(ValueError, match=re.escape("'depth' for model 'resnet20'; "
-                                                   'valid options: shortcut')):
+                                                   'valid options: shortcut, zero_init_residual')):
         build_model('resnet20', num_classes=10, depth=32)
     with pytest.raises(ValueError, match='valid options: widths, convs_per_stage'):
         build_model('cnn', num_classes=10, hidden_sizes=(8,))
@@ -152,8 +204,8 @@ def test_build_errors_name_the_valid_choices():
         build_model('cnn', num_classes=10, norm='batchnorm')
     with pytest.raises(ValueError, match='valid options: momentum, epsilon'):
         build_model('cnn', num_classes=10, norm_kwargs={'moment': 0.9})
-    with pytest.raises(ValueError, match='valid activations: relu, elu'):
-        build_model('cnn', num_classes=10, activation='swish')
+    with pytest.raises(ValueError, match='valid activations: relu, leaky_relu, prelu, elu'):
+        build_model('cnn', num_classes=10, activation='gelu')
     with pytest.raises(ValueError, match='widths must be a non-empty sequence of positive ints'):
         build_model('cnn', num_classes=10, widths=())
     with pytest.raises(ValueError, match='num_classes must be a positive int'):

@@ -1,0 +1,147 @@
+"""Real train steps on a real digits batch: every activation and every quantizer trains the spine's
+CNN (small widths), the configs of the quantized networks build and train, and label smoothing
+works end to end through the loop. The full accuracy runs are the configs' own (see their
+docstrings); these guard them cheaply."""
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnresearch import data
+from bnresearch.layers import ACTIVATIONS
+from bnresearch.models import build_model, model_from_config
+from bnresearch.optim.optimizers import make_optimizer
+from bnresearch.train.loop import train_and_evaluate
+from bnresearch.train.state import create_train_state
+from bnresearch.train.steps import train_step
+from tests.train.runs import REPO, read_metrics, read_status, tiny_config
+
+STEPS = 4
+TINY_CNN = {'widths': (8, 16), 'convs_per_stage': 2}
+
+
+@pytest.fixture(scope='module')
+def digits_batch(data_dir):
+    config = tiny_config(data_dir)
+    dataset = data.load_dataset(config.dataset)
+    batch = next(data.make_train_iterator(dataset, seed=0, batch_size=32))
+    return jax.tree.map(jnp.asarray, batch)
+
+
+def optimizer_config(name='momentum'):
+    config = tiny_config('unused').optimizer.copy_and_resolve_references()
+    config.unlock()
+    config.name = name
+    return config
+
+
+def train_a_few_steps(model, optimizer_settings, batch, learning_rate):
+    """STEPS jitted train steps on the same real batch; the losses and both states."""
+    optimizer = make_optimizer(optimizer_settings, lambda step: learning_rate)
+    state = create_train_state(model, optimizer, jax.random.key(0), batch['image'])
+    step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer,
+                                     learning_rate_fn=lambda step: learning_rate))
+    first, losses = state, []
+    for _ in range(STEPS):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics['loss']))
+    return first, state, losses
+
+
+def check_training(first, last, losses):
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0]  # the same batch again and again: it must fit it better
+    changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), first.params, last.params)
+    assert all(jax.tree.leaves(changed))  # every parameter got a gradient and moved
+    for path, leaf in jax.tree_util.tree_leaves_with_path(last.params):
+        if path[-1].key == 'latent_kernel':
+            assert np.abs(np.asarray(leaf)).max() <= 1
+
+
+@pytest.mark.parametrize('activation', list(ACTIVATIONS))
+def test_every_activation_trains_the_cnn(activation, digits_batch):
+    options = {'learnable_beta': True} if activation == 'swish' else {}
+    model = build_model('cnn', num_classes=10, activation=activation, activation_kwargs=options,
+                        **TINY_CNN)
+    check_training(*train_a_few_steps(model, optimizer_config(), digits_batch, 0.05))
+
+
+QUANTIZERS = {
+    'binaryconnect': {'method': 'binaryconnect'},
+    'binaryconnect_stochastic': {'method': 'binaryconnect', 'stochastic': True},
+    'bnn': {'method': 'bnn'},
+    'bnn_first_and_last_too': {'method': 'bnn', 'quantize_first': True, 'quantize_last': True},
+    'xnor': {'method': 'xnor'},
+    'xnor_input_scale': {'method': 'xnor', 'input_scale': True},
+    'xnor_binary_weights_only': {'method': 'xnor', 'activation_bits': 32},
+    'qnn_2bit': {'method': 'qnn'},
+    'qnn_3bit_stochastic': {'method': 'qnn', 'weight_bits': 3, 'activation_bits': 3,
+                            'stochastic': True},
+    'dorefa_w1a2': {'method': 'dorefa'},
+    'dorefa_w2a3g4': {'method': 'dorefa', 'weight_bits': 2, 'activation_bits': 3,
+                      'gradient_bits': 4},
+}
+
+
+@pytest.mark.parametrize('quantizer', list(QUANTIZERS))
+def test_every_quantizer_trains_the_cnn(quantizer, digits_batch):
+    spec = QUANTIZERS[quantizer]
+    # binary activations want a zero-centred activation before them (see quantization.py)
+    activation = 'hard_tanh' if spec['method'] in ('bnn', 'xnor', 'qnn') else 'relu'
+    model = build_model('cnn', num_classes=10, activation=activation, quantization=spec,
+                        **TINY_CNN)
+    check_training(*train_a_few_steps(model, optimizer_config('adam'), digits_batch, 0.01))
+
+
+def load_config(module):
+    sys.path.insert(0, str(REPO))
+    config_module = __import__(f'configs.{module}', fromlist=['get_config'])
+    return config_module.get_config()
+
+
+# The configs' variants (bnn_vgg, gradient bits) use models and quantizers tested above and in
+# tests/models; the DoReFa config runs through the loop in the label smoothing test below.
+def test_bnn_config_builds_and_trains(digits_batch):
+    config = load_config('bnn_digits')  # the config's own network: small enough for 8x8 digits
+    model = model_from_config(config.model, num_classes=10)
+    check_training(*train_a_few_steps(model, config.optimizer, digits_batch, config.base_lr))
+
+
+def test_dorefa_config_runs_in_the_loop_with_label_smoothing_end_to_end(tmp_path, data_dir):
+    # One step of the DoReFa config through the loop (with a narrower CNN, whose initial logits
+    # are far enough from uniform for smoothing to matter); the logged loss at step 1 must be
+    # the smoothed cross-entropy of the initial model's logits on the first batch, by hand, and
+    # evaluation must have run.
+    smoothing = 0.2
+    config = load_config('dorefa_digits')
+    config.dataset.data_dir = data_dir
+    config.model.options.widths = (8, 16)
+    config.label_smoothing = smoothing
+    config.batch_size = config.base_batch_size = 32
+    config.eval_batch_size = 64
+    config.train_duration = config.log_every = config.eval_every = '1 steps'
+    config.checkpoint.every = '0 steps'
+    config.lock()
+    assert train_and_evaluate(config, str(tmp_path / 'run')) == 'done'
+    logged = [m for m in read_metrics(tmp_path / 'run') if 'train/loss' in m]
+    assert read_status(tmp_path / 'run')['status'] == 'done' and logged[0]['step'] == 1
+    assert any('eval/accuracy' in m for m in read_metrics(tmp_path / 'run'))
+
+    dataset = data.load_dataset(config.dataset)
+    first = next(data.make_train_iterator(dataset, seed=config.seed, batch_size=32))
+    model = model_from_config(config.model, num_classes=10)
+    optimizer = make_optimizer(config.optimizer, lambda step: 0.0)
+    state = create_train_state(model, optimizer, jax.random.PRNGKey(config.seed), first['image'])
+    logits, _ = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                            first['image'], train=True, mutable=['batch_stats'])
+    logits = np.asarray(logits, np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    targets = (1 - smoothing) * np.eye(10)[first['label']] + smoothing / 10
+    expected = -(targets * log_probs).sum(-1).mean()
+    assert logged[0]['train/loss'] == pytest.approx(expected, rel=1e-4)
+    # and it is not the unsmoothed loss
+    unsmoothed = -log_probs[np.arange(32), first['label']].mean()
+    assert abs(unsmoothed - expected) > 1e-2
