@@ -124,11 +124,47 @@ def main(argv):
                                              _WORKDIR.value)
 
 
+def _flag_text(argv, name: str) -> str | None:
+    """The value of --NAME=VALUE or --NAME VALUE in argv, if given."""
+    for index, item in enumerate(argv):
+        if item.startswith(f"--{name}="):
+            return item.split("=", 1)[1]
+        if item == f"--{name}" and index + 1 < len(argv):
+            return argv[index + 1]
+    return None
+
+
+def _unknown_override(argv) -> str | None:
+    """Names the misspelt part of a --config.FIELD override and the valid fields there."""
+    from bnresearch.config.fields import field_type
+    from bnresearch.sweep.spec import load_config_module
+    config_text = _flag_text(argv, "config")
+    if config_text is None:
+        return None
+    path, has_arg, arg = config_text.partition(":")
+    try:
+        module = load_config_module(path)
+        config = module.get_config(arg) if has_arg else module.get_config()
+    except Exception:  # the config itself is broken: absl's own message says more
+        return None
+    for item in argv:
+        if item.startswith("--config."):
+            try:
+                field_type(config, item[len("--config."):].split("=", 1)[0])
+            except UsageError as error:
+                return str(error)
+    return None
+
+
 def _parse_flags(argv):
     """absl's parsing, but a bad override or config arg ends in one line, not a traceback."""
     try:
         return flags.FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+        unknown = _unknown_override(argv)
+        if unknown:
+            print(f"error: {unknown}", file=sys.stderr)
+            sys.exit(2)
         text = str(error)
         if "UsageError: " in text:  # raised by get_config(arg), wrapped in the file's traceback
             text = text.rsplit("UsageError: ", 1)[1]

@@ -31,10 +31,16 @@ def test_bad_config_values_fail_in_one_line(tmp_path, data_dir, flags, message):
     assert not (tmp_path / "w").exists()
 
 
-def test_a_misspelt_override_names_the_field(tmp_path):
-    result = launch(tmp_path / "w", "--config.batch_sise=64")
-    assert result.returncode != 0
-    assert "batch_sise" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize("override, message", [
+    ("--config.batch_sise=64", "unknown config field 'batch_sise'; fields of the config: "
+                               "base_batch_size, base_lr, batch_size,"),
+    ("--config.model.norm_kwargs.num_group=8", "unknown config field "
+     "'model.norm_kwargs.num_group'; fields of model.norm_kwargs: epsilon, group_size,"),
+])
+def test_a_misspelt_override_names_the_field_and_the_valid_ones(tmp_path, override, message):
+    result = launch(tmp_path / "w", override)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), result.stderr
     assert not (tmp_path / "w").exists()
 
 

@@ -15,9 +15,9 @@ import pathlib
 import sys
 
 import ml_collections
-from ml_collections.config_flags import config_path
 
 from bnresearch.config.compare import differences, summarize
+from bnresearch.config.fields import field_type
 from bnresearch.errors import UsageError
 from bnresearch.sweep.naming import unique_names
 
@@ -76,7 +76,7 @@ def flag_text(value) -> str:
     return str(value)
 
 
-def _load_module(config_file: str):
+def load_config_module(config_file: str):
     path = pathlib.Path(config_file)
     if not path.is_file():
         raise UsageError(f"config file {config_file} does not exist")
@@ -86,24 +86,9 @@ def _load_module(config_file: str):
     return module
 
 
-def _field_type(config: ml_collections.ConfigDict, field: str):
-    """The declared type of a dotted field; a one-line error naming the valid fields if none."""
-    node, walked = config, []
-    for part in field.split("."):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            where = ".".join(walked) or "the config"
-            valid = ", ".join(sorted(node.keys())) if isinstance(
-                node, ml_collections.ConfigDict) else "(none: it is not a group)"
-            raise UsageError(
-                f"unknown config field {field!r}; fields of {where}: {valid or '(none)'}")
-        node = node[part]
-        walked.append(part)
-    return config_path.get_type(field, config)
-
-
 def check_override(config: ml_collections.ConfigDict, field: str, value) -> None:
     """Refuses an override that `--config.FIELD=VALUE` could not set to exactly `value`."""
-    declared = _field_type(config, field)
+    declared = field_type(config, field)
     if isinstance(declared, type) and issubclass(declared, ml_collections.ConfigDict):
         raise UsageError(f"config field {field!r} is a group; set its fields, e.g. {field}.NAME")
     if declared is tuple:
@@ -123,7 +108,7 @@ def check_override(config: ml_collections.ConfigDict, field: str, value) -> None
 def expand(config_file: str, arg: str | None, config: ml_collections.ConfigDict,
            common_overrides: dict) -> Sweep:
     """The sweep of `config_file`'s get_sweep(arg), every point checked against `config`."""
-    module = _load_module(config_file)
+    module = load_config_module(config_file)
     get_sweep = getattr(module, "get_sweep", None)
     if get_sweep is None:
         raise UsageError(f"{config_file} defines no get_sweep(arg); add one returning a list of "
@@ -158,7 +143,7 @@ def expand(config_file: str, arg: str | None, config: ml_collections.ConfigDict,
 
 def module_settings(config_file: str, arg: str | None, function_name: str) -> dict:
     """The dict of an optional function of the config module, e.g. get_slurm(arg); {} if none."""
-    function = getattr(_load_module(config_file), function_name, None)
+    function = getattr(load_config_module(config_file), function_name, None)
     if function is None:
         return {}
     settings = function(arg) if arg is not None else function()
