@@ -57,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
         "num_groups": placeholder(int),    # group: G; or
         "group_size": placeholder(int),    # group: C/G
         "tlu": placeholder(bool),          # frn: its TLU replaces the model's relu
-        "mean_only_batch_norm": placeholder(bool),  # weight: the paper's mean-only BN after each layer
+        "mean_only_batch_norm": placeholder(bool),  # weight: mean-only BN after each layer
         "data_dependent_init": placeholder(bool),   # weight: Salimans & Kingma's init
     })
     config.model.activation = "relu"     # relu | elu
