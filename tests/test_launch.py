@@ -35,7 +35,7 @@ def test_bad_config_values_fail_in_one_line(tmp_path, data_dir, flags, message):
     ("--config.batch_sise=64", "unknown config field 'batch_sise'; fields of the config: "
                                "base_batch_size, base_lr, batch_size,"),
     ("--config.model.norm_kwargs.num_group=8", "unknown config field "
-     "'model.norm_kwargs.num_group'; fields of model.norm_kwargs: epsilon, group_size,"),
+     "'model.norm_kwargs.num_group'; fields of model.norm_kwargs: data_dependent_init, dmax,"),
 ])
 def test_a_misspelt_override_names_the_field_and_the_valid_ones(tmp_path, override, message):
     result = launch(tmp_path / "w", override)

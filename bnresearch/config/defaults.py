@@ -33,13 +33,35 @@ def base_config() -> ml_collections.ConfigDict:
     # (bottleneck) | wrn | resnet18, 34, 50, 101, 152 (ImageNet) | vgg11, 13, 16, 19 | inception |
     # bnn_mlp | bnn_vgg  (see README, "Model zoo")
     config.model.name = "cnn"
-    config.model.norm = "batch"          # batch | layer | group | none
+    # batch | ghost_batch | batch_renorm | batch_kalman | batch_layer | layer | group | instance |
+    # frn | weight | batchless | none (README: Normalizations)
+    config.model.norm = "batch"
     config.model.norm_kwargs = ml_collections.ConfigDict({
-        "momentum": placeholder(float),    # running averages: weight on the OLD value
+        # every normalization: log train/heterogeneity and train/bn_feasible (score >= this)
+        "heterogeneity_threshold": placeholder(float),
         "epsilon": placeholder(float),
         "scale_init": placeholder(float),  # initial gain (gamma) of every normalization with one
+        # batch, ghost_batch, batch_renorm, batch_kalman, weight (mean-only BN): running averages
+        "momentum": placeholder(float),    # weight on the OLD value, unless pytorch convention
+        "momentum_convention": placeholder(str),  # batch, ghost_batch: flax | pytorch
+        "eval_statistics": placeholder(str),      # batch, ghost_batch: running | batch
+        "virtual_batch_size": placeholder(int),   # ghost_batch: examples per virtual batch
+        "rmax": placeholder(float),          # batch_renorm: final r_max
+        "dmax": placeholder(float),          # batch_renorm: final d_max
+        "relax_start": placeholder(int),     # batch_renorm: step where r_max, d_max start relaxing
+        "rmax_end": placeholder(int),        # batch_renorm: step where r_max reaches rmax
+        "dmax_end": placeholder(int),        # batch_renorm: step where d_max reaches dmax
+        "prediction_weight": placeholder(float),   # batch_kalman: p
+        "max_variance_ratio": placeholder(float),  # batch_kalman: no fusion at or above it
+        "population_batch_mean": placeholder(bool),    # batch_layer: the four eval switches,
+        "population_batch_var": placeholder(bool),     # true = population statistic,
+        "population_feature_mean": placeholder(bool),  # false = the evaluation batch's
+        "population_feature_var": placeholder(bool),
         "num_groups": placeholder(int),    # group: G; or
         "group_size": placeholder(int),    # group: C/G
+        "tlu": placeholder(bool),          # frn: its TLU replaces the model's relu
+        "mean_only_batch_norm": placeholder(bool),  # weight: mean-only BN after each layer
+        "data_dependent_init": placeholder(bool),   # weight: Salimans & Kingma's init
     })
     # relu | leaky_relu | prelu | elu | selu | gelu_exact | gelu_tanh | swish | silu | tanh |
     # sigmoid | hard_tanh

@@ -27,8 +27,10 @@ def _check_positive(field: str, value) -> None:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     data.check_dataset_name(config.dataset.name)
-    # Building a flax module is lazy and cheap; it raises on unknown names and options.
-    models.model_from_config(config.model, num_classes=2)
+    # Building a flax module is lazy and cheap; it raises on unknown names and options, and on
+    # normalizations that cannot work at these batch sizes.
+    models.model_from_config(config.model, num_classes=2, batch_size=config.batch_size,
+                             eval_batch_size=config.eval_batch_size)
     check_optimizer_config(config.optimizer)
     _check_choice("lr_scaling", config.lr_scaling, LR_SCALING_RULES)
     _check_choice("schedule.decay", config.schedule.decay, tuple(DECAYS))

@@ -98,6 +98,23 @@ def plain_weight_layers(weight_init: str | None = None) -> tuple[WeightLayerFact
             functools.partial(plain_dense, weight_init=weight_init))
 
 
+def plain_weight_init(kit: 'LayerKit') -> str | None:
+    """The `weight_init` of the kit's weight layers if they are the plain ones; ValueError if
+    they were replaced (quantized, weight-normalized, ...)."""
+    inits = []
+    for factory, plain in ((kit.conv_factory, plain_conv), (kit.dense_factory, plain_dense)):
+        if factory is plain:
+            inits.append(None)
+        elif (isinstance(factory, functools.partial) and factory.func is plain
+              and set(factory.keywords) <= {'weight_init'}):
+            inits.append(factory.keywords.get('weight_init'))
+        else:
+            raise ValueError(f'{factory!r} is not a plain weight layer')
+    if inits[0] != inits[1]:
+        raise ValueError(f'conv and dense layers are initialized differently: {inits}')
+    return inits[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerKit:
     """Factories for every layer a model builds, and the dtype they compute in.

@@ -16,21 +16,22 @@ from bnresearch.errors import UsageError
 ModuleFactory = Callable[..., nn.Module]
 
 
+def module_class(entry: ModuleFactory) -> type:
+    """The Module class a registry entry builds."""
+    return entry.func if isinstance(entry, functools.partial) else entry
+
+
 def option_names(entry: ModuleFactory, reserved: Collection[str] = ()) -> tuple[str, ...]:
     """The options a user may set on a registry entry, in field order."""
-    if isinstance(entry, functools.partial):
-        module_class, fixed = entry.func, entry.keywords
-    else:
-        module_class, fixed = entry, {}
+    fixed = entry.keywords if isinstance(entry, functools.partial) else {}
     excluded = {'parent', 'name', *fixed, *reserved}
-    return tuple(f.name for f in dataclasses.fields(module_class)
+    return tuple(f.name for f in dataclasses.fields(module_class(entry))
                  if f.init and f.name not in excluded)
 
 
 def has_field(entry: ModuleFactory, field: str) -> bool:
     """Whether the module an entry builds has `field`, whether or not the entry fixes it."""
-    module_class = entry.func if isinstance(entry, functools.partial) else entry
-    return any(f.name == field for f in dataclasses.fields(module_class))
+    return any(f.name == field for f in dataclasses.fields(module_class(entry)))
 
 
 def lookup(kind: str, registry: Mapping[str, ModuleFactory], name: str, options: Mapping,

@@ -1,8 +1,9 @@
 """Models chosen by name.
 
 ``build_model`` resolves the normalization and activation by name, checks every name, option and
-option value, and returns an unbound linen Module: it does no array work, so it is the cheap
-up-front check of a configuration as well. A model family is one module class in its own file;
+option value, and returns an unbound linen Module: it computes nothing (given the run's image
+shape and batch sizes it traces the model abstractly, shapes only), so it is the cheap up-front
+check of a configuration as well. A model family is one module class in its own file;
 registering it (or a ``functools.partial`` that fixes some of its fields) below is all it takes.
 Every model is called as ``model.apply(variables, x, train=...)`` on channels-last images and
 returns float32 logits of shape (N, num_classes).
@@ -13,6 +14,7 @@ placements, stochastic depth, and the self-normalizing (SELU) switch.
 """
 import functools
 
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
 import ml_collections
@@ -20,8 +22,10 @@ from flax.typing import Dtype
 
 from bnresearch.layers.activations import get_activation
 from bnresearch.layers.kit import LayerKit, plain_weight_layers
-from bnresearch.layers.normalization import check_normalization_features, get_normalization
+from bnresearch.layers.normalization import (bind_facts, check_normalization_batch_sizes,
+                                             check_normalization_features, get_normalization)
 from bnresearch.layers.quantization import quantization_spec, quantized_weight_layers
+from bnresearch.layers.variables import RNG_STREAM, STATE
 from bnresearch.layers.registry import ModuleFactory, lookup
 from bnresearch.layers.regularization import DROPOUT_PLACEMENTS, check_drop_rate
 from bnresearch.models.bnn import BinarizedMLP, BinarizedVGG
@@ -65,7 +69,9 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
                 activation_kwargs: dict | None = None, weight_init: str | None = None,
                 self_normalizing: bool = False, dropout: dict | None = None,
                 stochastic_depth: float = 0.0, quantization: dict | None = None,
-                dtype: Dtype = jnp.float32, **model_options) -> nn.Module:
+                dtype: Dtype = jnp.float32, batch_size: int | None = None,
+                eval_batch_size: int | None = None, train_size: int | None = None,
+                image_shape: tuple[int, ...] | None = None, **model_options) -> nn.Module:
     """Model `name` with the named normalization and activation everywhere.
 
     `weight_init`: by name (see ``bnresearch/layers/kit.py``), None for the default.
@@ -79,6 +85,14 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
     activation, init, quantization method or option, for an invalid option value or combination,
     and for a normalization that cannot handle one of the model's widths (e.g. group norm with
     a group count that does not divide it).
+
+    The facts of a run, where given, let the build check what depends on them, still before any
+    compute: `batch_size` and `eval_batch_size` (global) for normalizations that need particular
+    batch sizes (ghost batch norm's virtual batches); `train_size`, the training examples per
+    epoch, for normalizations that count epochs (batch_layer); and with `image_shape` (H, W, C)
+    and `batch_size` the model is traced abstractly (shapes only) in training mode at
+    `batch_size` and in evaluation mode at `eval_batch_size`, which raises the shape-dependent
+    errors, e.g. batch statistics over one value per channel at batch size 1.
     """
     model = lookup('model', MODELS, name, model_options, reserved=BUILD_ARGUMENTS)
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -104,18 +118,40 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
         conv_factory, dense_factory = plain_weight_layers(weight_init)
     else:
         conv_factory, dense_factory = quantized_weight_layers(spec, weight_init)
-    layers = LayerKit(norm_factory=get_normalization(norm, **(norm_kwargs or {})),
+    norm_factory = bind_facts(get_normalization(norm, **(norm_kwargs or {})),
+                              train_size=train_size)
+    layers = LayerKit(norm_factory=norm_factory,
                       activation_factory=get_activation(activation, **(activation_kwargs or {})),
                       conv_factory=conv_factory, dense_factory=dense_factory, dtype=dtype,
                       hidden_dropout=rates['hidden'], head_dropout=rates['head'],
                       alpha_dropout=self_normalizing, stochastic_depth_rate=stochastic_depth)
+    # Last: a normalization that replaces other layers (weight norm's weight layers, FRN's
+    # activation) sees the kit the config built and refuses what it cannot combine with.
+    layers = norm_factory(parent=None).adapt_kit(layers)
     model = model(num_classes=num_classes, layers=layers)
     if stochastic_depth and not getattr(model, 'has_residual_blocks', False):
         raise UsageError(f'model.stochastic_depth needs a model with residual blocks; {name!r} '
                          f'has none')
     for num_features in model.normalized_features():
         check_normalization_features(layers.norm_factory, num_features)
+    if batch_size is not None:
+        check_normalization_batch_sizes(layers.norm_factory, batch_size, eval_batch_size)
+        if image_shape is not None:
+            trace_at_batch_sizes(model, tuple(image_shape), batch_size, eval_batch_size)
     return model
+
+
+def trace_at_batch_sizes(model: nn.Module, image_shape: tuple[int, ...], batch_size: int,
+                         eval_batch_size: int | None = None) -> None:
+    """Traces `model` on abstract images, as training's init and evaluation would call it:
+    computes nothing, but raises what tracing raises (UsageErrors of the layers included)."""
+    keys = {'params': jax.random.key(0), RNG_STREAM: jax.random.key(1)}
+    images = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32)
+    variables = jax.eval_shape(functools.partial(model.init, train=True), keys, images)
+    if eval_batch_size is not None:
+        state = {key: value for key, value in variables.items() if key in ('params', STATE)}
+        jax.eval_shape(functools.partial(model.apply, train=False), state,
+                       jax.ShapeDtypeStruct((eval_batch_size, *image_shape), jnp.float32))
 
 
 def set_options(options: ml_collections.ConfigDict) -> dict:
@@ -125,13 +161,14 @@ def set_options(options: ml_collections.ConfigDict) -> dict:
 
 
 def model_from_config(model_config: ml_collections.ConfigDict, *, num_classes: int,
-                      dtype: Dtype = jnp.float32) -> nn.Module:
-    """``build_model`` from the config's ``model`` block (see ``bnresearch/config/defaults.py``)."""
+                      dtype: Dtype = jnp.float32, **facts) -> nn.Module:
+    """``build_model`` from the config's ``model`` block (see ``bnresearch/config/defaults.py``)
+    and the run's `facts` (batch_size, eval_batch_size, train_size, image_shape; see there)."""
     return build_model(
         model_config.name, num_classes=num_classes, norm=model_config.norm,
         norm_kwargs=set_options(model_config.norm_kwargs), activation=model_config.activation,
         activation_kwargs=set_options(model_config.activation_kwargs),
         weight_init=model_config.weight_init, self_normalizing=model_config.self_normalizing,
         dropout=model_config.dropout.to_dict(), stochastic_depth=model_config.stochastic_depth,
-        quantization=set_options(model_config.quantization), dtype=dtype,
+        quantization=set_options(model_config.quantization), dtype=dtype, **facts,
         **set_options(model_config.options))

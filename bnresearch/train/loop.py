@@ -138,8 +138,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
 
     dataset = data.load_dataset(config.dataset)
     plan = make_plan(config, dataset.info.num_train)
-    model = models.model_from_config(config.model, num_classes=dataset.info.num_classes,
-                                     dtype=COMPUTE_DTYPES[config.compute_dtype])
+    # With the run's facts the build traces the model at its batch sizes (shapes only), so what
+    # a normalization cannot do at them fails here, before the workdir is claimed.
+    model = models.model_from_config(
+        config.model, num_classes=dataset.info.num_classes,
+        dtype=COMPUTE_DTYPES[config.compute_dtype], batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size, train_size=dataset.info.num_train,
+        image_shape=dataset.info.image_shape)
     learning_rate_fn = make_schedule(plan.schedule)
     optimizer = make_optimizer(config.optimizer, learning_rate_fn)
     rundir.claim(config)  # only now: a config that fails to set up leaves the workdir untouched

@@ -5,7 +5,7 @@ import pytest
 from bnresearch.config.defaults import base_config
 from bnresearch.errors import UsageError
 from bnresearch.layers.activations import ACTIVATIONS
-from bnresearch.layers.normalization import NORMALIZATIONS
+from bnresearch.layers.normalization import BUILD_FACTS, NORMALIZATIONS
 from bnresearch.layers.registry import option_names
 from bnresearch.models import BUILD_ARGUMENTS, MODELS, model_from_config
 
@@ -15,7 +15,7 @@ def union_of_options(registry, reserved=()):
 
 
 @pytest.mark.parametrize("block, registry, reserved", [
-    ("norm_kwargs", NORMALIZATIONS, ("dtype",)),
+    ("norm_kwargs", NORMALIZATIONS, BUILD_FACTS),
     ("activation_kwargs", ACTIVATIONS, ()),
     ("options", MODELS, BUILD_ARGUMENTS),
 ])

@@ -1,5 +1,6 @@
-"""Normalizations against NumPy computations of their formulas (float64), plus invariances,
-global-batch statistics under sharding, bfloat16 compute and registry errors."""
+"""Batch, layer and group norm against NumPy computations of their formulas (float64), plus
+invariances and global-batch statistics under sharding; and for every normalization: bfloat16
+compute, scale_init and registry errors. The other variants have test files of their own."""
 import re
 
 import jax
@@ -9,26 +10,12 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bnresearch.layers import NORMALIZATIONS, check_normalization_features, get_normalization
+from bnresearch.layers.registry import has_field
+
+from tests.layers.normtest_utils import (CONV_SHAPE, DENSE_SHAPE, SMALL_OPTIONS,
+                                        init_with_random_affine, random_input)
 
 EPS = 1e-5
-CONV_SHAPE = (6, 4, 5, 8)  # (N, H, W, C)
-DENSE_SHAPE = (6, 8)       # (N, C)
-
-
-def random_input(shape, seed=0):
-    rng = np.random.default_rng(seed)
-    # An offset and a per-channel spread, so that normalizing actually changes something.
-    return (3.0 + rng.normal(size=shape) * rng.uniform(0.5, 4.0, size=shape[-1])).astype(np.float32)
-
-
-def init_with_random_affine(module, x, seed=1):
-    """Variables of `module` with a non-trivial scale and bias, so the tests check they apply."""
-    variables = module.init(jax.random.key(0), x, train=True)
-    rng = np.random.default_rng(seed)
-    channels = x.shape[-1]
-    variables['params'] = {'scale': rng.uniform(0.5, 2.0, channels).astype(np.float32),
-                           'bias': rng.normal(size=channels).astype(np.float32)}
-    return variables
 
 
 def numpy_normalize(x, axes, scale, bias, mean=None, var=None):
@@ -208,34 +195,45 @@ def test_none_is_identity_without_variables():
 
 # --- every normalization --------------------------------------------------------------------
 
+def all_float32(variables):
+    """Every floating-point variable is float32 (step counters are int32)."""
+    return all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables)
+               if jnp.issubdtype(leaf.dtype, jnp.floating))
+
+
 @pytest.mark.parametrize('name', list(NORMALIZATIONS))
 def test_bfloat16_compute_keeps_float32_variables(name):
-    options = {'num_groups': 4} if name == 'group' else {}
+    options = SMALL_OPTIONS.get(name, {})
     x = random_input(CONV_SHAPE)
     norm32 = get_normalization(name, **options)()
     norm16 = get_normalization(name, **options)(dtype=jnp.bfloat16)
     variables = norm16.init(jax.random.key(0), x.astype(jnp.bfloat16), train=True)
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+    assert all_float32(variables)
     for train in (True, False):
         y16, updates = norm16.apply(variables, x.astype(jnp.bfloat16), train=train,
                                     mutable=['batch_stats'])
         assert y16.dtype == jnp.bfloat16
-        assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(updates))
+        assert all_float32(updates)
         y32, _ = norm32.apply(variables, x, train=train, mutable=['batch_stats'])
         # bfloat16 rounding of the input (offset 3) and of the output: ~3 significant digits
         np.testing.assert_allclose(np.asarray(y16, np.float32), y32, rtol=0.05, atol=0.1)
 
 
 def test_registry_names_valid_choices():
-    with pytest.raises(ValueError,
-                       match=re.escape('valid normalizations: batch, layer, group, none')):
+    with pytest.raises(ValueError, match=re.escape(
+            'valid normalizations: batch, ghost_batch, batch_renorm, batch_kalman, batch_layer, '
+            'layer, group, instance, frn, weight, batchless, none')):
         get_normalization('batchnorm')
-    with pytest.raises(ValueError, match=re.escape("'num_groups' for normalization 'batch'; "
-                                                   'valid options: momentum, epsilon')):
+    with pytest.raises(ValueError, match=re.escape(
+            "'num_groups' for normalization 'batch'; valid options: heterogeneity_threshold, "
+            'momentum, epsilon, scale_init, momentum_convention, eval_statistics')):
         get_normalization('batch', num_groups=4)
-    with pytest.raises(ValueError, match='valid options: num_groups, group_size, epsilon'):
-        get_normalization('group', dtype=jnp.float32)  # dtype is the model's to set
-    with pytest.raises(ValueError, match=re.escape('valid options: (none)')):
+    # dtype and the other build facts are the model's to set
+    for fact in ('dtype', 'train_size', 'activation'):
+        with pytest.raises(ValueError, match='valid options: heterogeneity_threshold, num_groups, '
+                                             'group_size, epsilon'):
+            get_normalization('group', **{fact: None})
+    with pytest.raises(ValueError, match=re.escape('valid options: heterogeneity_threshold')):
         get_normalization('none', epsilon=1e-3)
     with pytest.raises(ValueError, match=r'momentum must lie in \[0, 1\]'):
         get_normalization('batch', momentum=1.5)
@@ -243,12 +241,18 @@ def test_registry_names_valid_choices():
         get_normalization('layer', epsilon=0.0)
 
 
-@pytest.mark.parametrize('name', ['batch', 'layer', 'group'])
+WITH_GAIN = [name for name in NORMALIZATIONS if has_field(NORMALIZATIONS[name], 'scale_init')]
+
+
+def test_every_normalization_with_a_gain_has_scale_init():
+    assert set(NORMALIZATIONS) - set(WITH_GAIN) == {'weight', 'none'}
+
+
+@pytest.mark.parametrize('name', WITH_GAIN)
 def test_scale_init_sets_the_initial_gain_and_zero_scale_overrides_it(name):
     from bnresearch.layers.kit import LayerKit
     x = random_input(CONV_SHAPE)
-    options = {'num_groups': 2} if name == 'group' else {}
-    norm = get_normalization(name, scale_init=0.1, **options)
+    norm = get_normalization(name, scale_init=0.1, **SMALL_OPTIONS.get(name, {}))
     variables = norm().init(jax.random.key(0), x, train=True)
     np.testing.assert_array_equal(variables['params']['scale'], np.full(CONV_SHAPE[-1], 0.1, np.float32))
     kit = LayerKit(norm_factory=norm, activation_factory=None)

@@ -13,6 +13,7 @@ from bnresearch.layers import ACTIVATIONS, NORMALIZATIONS, get_activation, get_n
 from bnresearch.layers.kit import LayerKit
 from bnresearch.models import MODEL_NAMES, MODELS, build_model
 from bnresearch.models.cifar_resnet import BasicBlock
+from bnresearch.errors import UsageError
 
 NUM_CLASSES = 10
 RESNET_DEPTHS = (20, 32, 44, 56, 110)
@@ -20,7 +21,12 @@ RESNET_DEPTHS = (20, 32, 44, 56, 110)
 PUBLISHED_RESNET_PARAMS = {20: 0.27e6, 32: 0.46e6, 44: 0.66e6, 56: 0.85e6, 110: 1.7e6}
 # group norm's default 32 groups do not divide the ResNets' 16-channel stage, 4 not the 10
 # normalized logits of the BNN models
-NORM_KWARGS = {'group': {'num_groups': 2}}
+# ghost batch norm: the tests' batches of 2 need virtual batches of at most 2
+NORM_KWARGS = {'group': {'num_groups': 2}, 'ghost_batch': {'virtual_batch_size': 2}}
+STATEFUL_NORMS = {'batch', 'ghost_batch', 'batch_renorm', 'batch_kalman', 'batch_layer'}
+# Models where some normalized features of an 8x8 input have a single value per channel and
+# example (dense layers, or maps pooled down to 1x1): instance statistics are refused there
+ONE_VALUE_PER_CHANNEL = ('mlp', 'bnn_mlp', 'bnn_vgg', 'resnet18', 'resnet50', 'vgg11')
 # One entry per model family, small where options allow (every norm and activation reaches every
 # layer through the kit, whatever the size), with the number of activations it applies, counted
 # from its description.
@@ -99,14 +105,14 @@ def check_init_and_train_forward(model, norm, compute):
         logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
         assert np.all(np.isfinite(logits))
         assert jax.tree.structure(updates) == jax.tree.structure(
-            {'batch_stats': variables['batch_stats']} if norm == 'batch' else {})
+            {'batch_stats': variables['batch_stats']} if norm in STATEFUL_NORMS else {})
         eval_logits = model.apply({**variables, **updates}, x, train=False)
         assert eval_logits.shape == logits.shape and np.all(np.isfinite(eval_logits))
     else:
         logits, variables = jax.eval_shape(
             functools.partial(model.init_with_output, train=True), jax.random.key(0), x)
     assert logits.shape == (2, NUM_CLASSES) and logits.dtype == jnp.float32
-    assert ('batch_stats' in variables) == (norm == 'batch')
+    assert ('batch_stats' in variables) == (norm in STATEFUL_NORMS)
 
 
 # Computed for the small models; deeper instances of the same code are traced only, which runs
@@ -124,6 +130,10 @@ def test_families_cover_every_model_class():
 def test_every_model_and_norm_initializes_and_runs_in_train_mode(name, norm):
     model = build_model(name, num_classes=NUM_CLASSES, norm=norm,
                         norm_kwargs=NORM_KWARGS.get(norm), **FAMILIES[name][0])
+    if norm == 'instance' and name in ONE_VALUE_PER_CHANNEL:
+        with pytest.raises(UsageError, match='instance norm: .* one value per channel'):
+            model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), train=True)
+        return
     check_init_and_train_forward(model, norm, compute=name in COMPUTED)
 
 
@@ -200,9 +210,9 @@ def test_build_errors_name_the_valid_choices():
         build_model('mlp', num_classes=10, widths=(8,))
     with pytest.raises(ValueError, match='valid shortcuts: pad, projection'):
         build_model('resnet20', num_classes=10, shortcut='zeros')
-    with pytest.raises(ValueError, match='valid normalizations: batch, layer, group, none'):
+    with pytest.raises(ValueError, match='valid normalizations: batch, ghost_batch, batch_renorm'):
         build_model('cnn', num_classes=10, norm='batchnorm')
-    with pytest.raises(ValueError, match='valid options: momentum, epsilon'):
+    with pytest.raises(ValueError, match='valid options: heterogeneity_threshold, momentum, epsilon'):
         build_model('cnn', num_classes=10, norm_kwargs={'moment': 0.9})
     with pytest.raises(ValueError, match='valid activations: relu, leaky_relu, prelu, elu'):
         build_model('cnn', num_classes=10, activation='gelu')
@@ -234,3 +244,21 @@ def test_layers_before_a_normalization_have_a_bias_only_without_one(name):
     kernels = [path for path, _ in jax.tree_util.tree_leaves_with_path(variables['params'])
                if path[-1].key == 'kernel' and 'head' not in jax.tree_util.keystr(path)]
     assert len(with_none) == len(kernels) > 0
+
+
+@pytest.mark.parametrize('norm', ['weight', 'batch_kalman'])
+def test_norms_that_bring_their_own_weight_layers_refuse_quantized_ones(norm):
+    with pytest.raises(UsageError, match='cannot combine with other replaced weight layers'):
+        build_model('cnn', num_classes=NUM_CLASSES, norm=norm, quantization={'method': 'bnn'})
+
+
+def test_kalman_weight_layers_keep_the_configured_init():
+    model = build_model('cnn', num_classes=NUM_CLASSES, norm='batch_kalman', widths=(4,),
+                        weight_init='glorot_uniform')
+    variables = jax.eval_shape(functools.partial(model.init, train=True), jax.random.key(0),
+                               jnp.zeros((2, 8, 8, 1)))
+    plain = build_model('cnn', num_classes=NUM_CLASSES, widths=(4,), weight_init='glorot_uniform')
+    kernels = lambda m: m.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), train=True)[
+        'params']['stage1_conv1']['kernel']
+    assert variables['params']['stage1_conv1']['kernel'].shape == (3, 3, 1, 4)
+    np.testing.assert_array_equal(kernels(model), kernels(plain))

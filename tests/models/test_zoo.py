@@ -22,7 +22,7 @@ from bnresearch.models import build_model
 from bnresearch.models.preact_resnet import PreActBlock
 from bnresearch.optim.optimizers import make_optimizer
 
-CIFAR = (1, 32, 32, 3)
+CIFAR = (2, 32, 32, 3)  # batch 2: batch norm refuses statistics over one value
 DIGITS = (2, 8, 8, 1)
 
 
@@ -51,7 +51,7 @@ TORCHVISION_RESNET_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101
 
 @pytest.mark.parametrize('depth', list(TORCHVISION_RESNET_PARAMS))
 def test_imagenet_resnet_parameter_counts(depth):
-    params = abstract_params(f'resnet{depth}', (1, 224, 224, 3), num_classes=1000)
+    params = abstract_params(f'resnet{depth}', (2, 224, 224, 3), num_classes=1000)
     assert count(params) == TORCHVISION_RESNET_PARAMS[depth]
 
 
@@ -147,7 +147,7 @@ def test_bnn_model_parameter_counts():
     dense = (4 * 4 * 512 * 1024 + 2 * 1024) + (1024 * 1024 + 2 * 1024) + (1024 * 10 + 2 * 10)
     assert count(abstract_params('bnn_vgg')) == convs + dense  # 14.0M
     mlp = (784 * 4096 + 2 * 4096) + 2 * (4096 * 4096 + 2 * 4096) + (4096 * 10 + 2 * 10)
-    assert count(abstract_params('bnn_mlp', (1, 28, 28, 1))) == mlp
+    assert count(abstract_params("bnn_mlp", (2, 28, 28, 1))) == mlp
 
 
 def test_imagenet_resnet_stems_on_small_inputs():

@@ -1,0 +1,165 @@
+"""What every normalization shares: the base class, the learnable affine transform, moments, and
+the checks that turn impossible configurations into one-line UsageErrors.
+
+Every normalization is a linen Module with a ``dtype`` field and ``__call__(x, train)``. Inputs
+are channels-last: (N, H, W, C) after a conv, (N, C) after a dense layer. Statistics and the
+normalization itself are computed in float32 whatever ``dtype`` is, and only the output is cast to
+``dtype``: reductions in bfloat16 lose too much precision, and the element-wise float32 work is
+cheap next to the convs around it. Parameters are float32; persistent state lives in the
+``batch_stats`` collection.
+
+Variances are biased (divide by the number of reduced elements) unless a paper says otherwise,
+and computed in two passes, E[(x - E[x])^2], which unlike E[x^2] - E[x]^2 cannot cancel
+catastrophically.
+"""
+from typing import ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.typing import Dtype
+
+from bnresearch.errors import UsageError
+from bnresearch.layers.variables import ANALYSIS
+from bnresearch.measure.heterogeneity import heterogeneity_score
+
+
+def check_epsilon(kind: str, epsilon: float) -> None:
+    if not (isinstance(epsilon, (int, float)) and epsilon > 0):
+        raise UsageError(f'{kind}: epsilon must be > 0, got {epsilon!r}')
+
+
+def check_fraction(kind: str, option: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+        raise UsageError(f'{kind}: {option} must lie in [0, 1], got {value!r}')
+
+
+def check_choice(kind: str, option: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise UsageError(f'{kind}: unknown {option} {value!r}; valid: {", ".join(valid)}')
+
+
+def check_positive_int(kind: str, option: str, value) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise UsageError(f'{kind}: {option} must be a positive int, got {value!r}')
+
+
+BATCH_REMEDY = 'use a larger batch or a per-example normalization (layer, group, frn, batchless)'
+
+
+def check_enough_values(kind: str, count: int, statistic: str, remedy: str = BATCH_REMEDY) -> None:
+    """Raises UsageError when `statistic` would be taken over a single value per channel.
+
+    Its variance is then 0 and normalizing erases the input (the output is the shift alone, with
+    zero gradient): the case of batch statistics on (N, C) features at batch size 1. Called while
+    tracing, where shapes are static, so the error comes before any compute; ``build_model``
+    traces the model abstractly at the run's batch sizes to raise it when the model is built.
+    """
+    if count < 2:
+        raise UsageError(
+            f'{kind}: {statistic} would be taken over one value per channel (variance 0, the '
+            f'input erased); {remedy}')
+
+
+def scale_and_bias(module: nn.Module, num_features: int) -> tuple[jax.Array, jax.Array]:
+    """The learnable per-channel affine transform: gain ``module.scale_init``, shift 0.
+
+    The gain is named ``scale`` in every normalization: parameter groups (per-group lr, weight
+    decay masks) find gammas by that name.
+    """
+    scale = module.param('scale', nn.initializers.constant(module.scale_init), (num_features,),
+                         jnp.float32)
+    bias = module.param('bias', nn.initializers.zeros, (num_features,), jnp.float32)
+    return scale, bias
+
+
+def mean_and_variance(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """Mean and biased variance over `axes` (kept as size-1 axes), two-pass."""
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    variance = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    return mean, variance
+
+
+def spatial_axes(x: jax.Array) -> tuple[int, ...]:
+    """The axes between the batch axis and the channel axis (none for (N, C) features)."""
+    return tuple(range(1, x.ndim - 1))
+
+
+def elements_per_channel(x: jax.Array, axes: tuple[int, ...]) -> int:
+    count = 1
+    for axis in axes:
+        count *= x.shape[axis]
+    return count
+
+
+class Normalization(nn.Module):
+    """Base of every normalization.
+
+    Subclasses implement ``normalize(x, train)``; ``__call__`` adds what every normalization
+    offers: with ``heterogeneity_threshold`` set, each training forward sows, into the
+    ``analysis`` collection, the heterogeneity score of the layer's input
+    (``bnresearch/measure/heterogeneity.py``) as ``heterogeneity`` and whether it reaches the
+    threshold as ``bn_feasible`` (1 or 0). The train step logs both averaged over the layers:
+    ``train/bn_feasible`` is the fraction of normalized layers whose batch is heterogeneous
+    enough for batch statistics. The measurement reads the input and changes nothing, so any
+    normalization, ``none`` included, can be assessed.
+    """
+    dtype: Dtype = jnp.float32
+    heterogeneity_threshold: float | None = None
+    # Whether the layer ends with a learned per-channel shift; the conv or dense layer before it
+    # then needs no bias of its own.
+    adds_bias: ClassVar[bool] = True
+
+    def __post_init__(self):
+        threshold = self.heterogeneity_threshold
+        if threshold is not None and not (isinstance(threshold, (int, float)) and threshold >= 0):
+            raise UsageError(f'heterogeneity_threshold must be a number >= 0, got {threshold!r}')
+        super().__post_init__()
+
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if train and self.heterogeneity_threshold is not None and not self.is_initializing():
+            score = heterogeneity_score(x)
+            self.sow(ANALYSIS, 'heterogeneity', score)
+            self.sow(ANALYSIS, 'bn_feasible',
+                     (score >= self.heterogeneity_threshold).astype(jnp.float32))
+        return self.normalize(x, train)
+
+    def normalize(self, x: jax.Array, train: bool) -> jax.Array:
+        raise NotImplementedError
+
+    @nn.nowrap
+    def check_features(self, num_features: int) -> None:
+        """Raises UsageError if this normalization cannot normalize `num_features` channels.
+
+        Models call it from ``build_model`` for every width they normalize, so that a bad
+        configuration fails when the model is built rather than at init. Most accept anything.
+        """
+
+    @nn.nowrap
+    def check_batch_sizes(self, batch_size: int, eval_batch_size: int | None) -> None:
+        """Raises UsageError if this normalization cannot work at these (global) batch sizes.
+
+        Called by ``build_model`` (and so by config validation) when the batch sizes are known.
+        Shape-dependent impossibilities (one value per channel) are raised while tracing; see
+        ``check_enough_values``.
+        """
+
+    @nn.nowrap
+    def adapt_kit(self, kit):
+        """The LayerKit this normalization needs, given the one the config builds.
+
+        Most normalizations return it unchanged. Weight normalization replaces the weight
+        layers, FRN the activation (its TLU), Kalman normalization the weight layers (so they
+        report their kernels). Called once by ``build_model``; raises UsageError when the kit
+        cannot be adapted (e.g. its weight layers were already replaced by quantized ones).
+        """
+        return kit
+
+
+class Identity(Normalization):
+    """No normalization: passes the input through, cast to ``dtype``; no parameters."""
+    adds_bias: ClassVar[bool] = False
+
+    def normalize(self, x: jax.Array, train: bool) -> jax.Array:
+        del train
+        return x.astype(self.dtype)
