@@ -1,0 +1,1 @@
+"""Measurements taken during training, outside the train step (the gradient noise scale)."""
