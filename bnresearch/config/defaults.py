@@ -21,8 +21,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "digits"       # see README: digits, mnist, ..., imagefolder:PATH
     config.dataset.data_dir = ""         # TFDS data dir; "" = TFDS's default ($TFDS_DATA_DIR)
-    config.dataset.augment = "auto"      # auto | none | crop_flip | resized_crop_flip
-    config.dataset.crop_padding = 4      # crop_flip: zero padding before the random crop
+    config.dataset.augment = "auto"      # auto | none | crop | crop_flip | resized_crop_flip
+    config.dataset.crop_padding = 4      # crop, crop_flip: zero padding before the random crop
     config.dataset.image_size = 224      # resized_crop_flip: side of the square crop
     config.dataset.num_workers = 0       # grain worker processes (0: in the main process)
     config.dataset.num_threads = 1       # grain threads per process (more compete for the GIL)
