@@ -22,6 +22,12 @@ def launch(workdir, *flags):
     (["--config.lr_scaling=cubic"], "unknown lr_scaling 'cubic'"),
     (["--config.batch_size=0"], "batch_size=0 must be a positive whole number"),
     (["--config.train_duration=10"], "bad duration '10'"),
+    (["--config.batch_size_schedule=((10, 80), (10, 400))"],
+     "batch_size_schedule epochs must increase from above 0, got 10 after 10"),
+    (["--config.schedule.warmup_rule=legw", "--config.schedule.warmup=5 epochs"],
+     "schedule.warmup_rule=legw goes with lr_scaling='sqrt'"),
+    (["--config.optimizer.name=adamw", "--config.optimizer.weight_decay_style=coupled"],
+     "valid for adamw: auto, decoupled"),
 ])
 def test_bad_config_values_fail_in_one_line(tmp_path, data_dir, flags, message):
     result = launch(tmp_path / "w", f"--config.dataset.data_dir={data_dir}", *flags)

@@ -90,9 +90,18 @@ def test_another_experiment_is_refused_and_nothing_is_touched(finished_run, data
     assert snapshot(finished_run) == before
 
 
-def test_batch_not_divisible_by_devices_is_refused(tmp_path, data_dir):
-    with pytest.raises(UsageError, match="batch_size=12 does not split over 8 devices"):
-        train_and_evaluate(tiny_config(data_dir, batch_size=12), str(tmp_path / "w"))
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": 12}, r"batch_size=12 does not split over 8 devices"),
+    ({"batch_size": 6, "batch_augmentation.multiplicity": 2},
+     r"batch_size x batch_augmentation.multiplicity \(6 x 2\)=12 does not split over 8"),
+    ({"batch_size_schedule": ((1, 36),)},
+     r"batch_size_schedule\[0\] batch size=36 does not split over 8 devices"),
+    ({"noise_scale.enabled": True, "noise_scale.sub_batches": 5},
+     r"noise_scale.sub_batches=5 does not divide the batch of 32"),
+])
+def test_batch_not_divisible_by_devices_is_refused(tmp_path, data_dir, overrides, message):
+    with pytest.raises(UsageError, match=message):
+        train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
 
 
