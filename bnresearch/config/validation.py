@@ -11,7 +11,7 @@ from bnresearch.config.learning_rate import BATCH_SIZE_SCHEDULE_LR, LR_SCALING_R
 from bnresearch.measure.noise_scale import check_noise_scale_config
 from bnresearch.optim.batch_size_schedule import check_batch_size_schedule
 from bnresearch.optim.optimizers import check_optimizer_config
-from bnresearch.optim.schedules import DECAYS
+from bnresearch.optim.schedules import DECAYS, check_decay_options
 from bnresearch.errors import UsageError
 
 COMPUTE_DTYPE_NAMES = ("float32", "bfloat16")
@@ -34,11 +34,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check_optimizer_config(config.optimizer)
     _check_choice("lr_scaling", config.lr_scaling, LR_SCALING_RULES)
     _check_choice("schedule.decay", config.schedule.decay, tuple(DECAYS))
+    check_decay_options(config.schedule)
     _check_choice("compute_dtype", config.compute_dtype, COMPUTE_DTYPE_NAMES)
     for field, value in (("batch_size", config.batch_size),
                          ("eval_batch_size", config.eval_batch_size),
                          ("base_batch_size", config.base_batch_size),
-                         ("batch_augmentation.multiplicity", config.batch_augmentation.multiplicity),
+                         ("batch_augmentation.multiplicity",
+                          config.batch_augmentation.multiplicity),
                          ("checkpoint.keep", config.checkpoint.keep)):
         _check_positive(field, value)
     check_batch_size_schedule(config.batch_size_schedule)

@@ -95,6 +95,14 @@ def _warmup(step, spec):
     return jnp.minimum(1.0, (step + 1.0) / spec.warmup_steps)
 
 
+def check_decay_options(config) -> None:
+    """Raises UsageError for a decay option (of the config's `schedule` block) out of range."""
+    for option in ("decay_factor", "power", "decay_rate"):
+        value = config[option]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise UsageError(f"schedule.{option}={value!r} must be a positive number")
+
+
 def make_schedule(spec: ScheduleSpec) -> Schedule:
     if spec.decay not in DECAYS:
         raise UsageError(f"unknown schedule.decay {spec.decay!r}; valid: {', '.join(DECAYS)}")

@@ -6,7 +6,8 @@ import pytest
 
 from bnresearch.errors import UsageError
 from bnresearch.optim.batch_size_schedule import make_timeline
-from bnresearch.optim.schedules import ScheduleSpec, make_schedule
+from bnresearch.config.defaults import base_config
+from bnresearch.optim.schedules import ScheduleSpec, check_decay_options, make_schedule
 
 # 100 examples in batches of 10: 10 steps per epoch.
 ONE_PHASE = make_timeline(num_train=100, batch_size=10).phases
@@ -75,3 +76,12 @@ def test_each_phase_has_its_peak_lr():
 def test_unknown_decay():
     with pytest.raises(UsageError, match="valid: constant, step, cosine, polynomial, exponential"):
         make_schedule(spec(total_steps=10, decay="linear"))
+
+
+@pytest.mark.parametrize("option, value", [("power", 0.0), ("decay_rate", -0.5),
+                                           ("decay_factor", 0.0)])
+def test_decay_options_must_be_positive(option, value):
+    schedule = base_config().schedule
+    schedule[option] = value
+    with pytest.raises(UsageError, match=f"schedule.{option}={value!r} must be a positive"):
+        check_decay_options(schedule)

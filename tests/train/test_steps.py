@@ -86,7 +86,8 @@ def run_updates(model, batches, accumulation_steps):
     config.update(name="momentum", weight_decay=0.01, accumulation_steps=accumulation_steps)
     schedule = lambda step: 0.1 / (1.0 + step)  # changes every update: a stale count would show
     optimizer = make_optimizer(config, schedule)
-    state = create_train_state(model, optimizer, jax.random.key(0), jnp.asarray(batches[0]["image"]))
+    state = create_train_state(model, optimizer, jax.random.key(0),
+                               jnp.asarray(batches[0]["image"]))
     step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer,
                                      learning_rate_fn=schedule))
     seen = []
