@@ -8,9 +8,12 @@ augmented samples per update, not more updates.
     python launch.py --config configs/batch_augmentation.py:multiplicity=4 \
         --workdir runs/batch_augmentation/m4
 
-Arg: multiplicity (M; the grid is MULTIPLICITIES), model (cnn | resnet20). Digits are augmented
-by random shifts of up to 1 pixel (augment=crop; a flip would change the digit). The grid as
-override dicts for the sweep runner: get_sweep("seeds=3").
+Arg: multiplicity (M; the grid is MULTIPLICITIES), model (cnn | resnet20), seeds (of the sweep).
+Digits are augmented by random shifts of up to 1 pixel (augment=crop; a flip would change the
+digit). The whole grid:
+
+    python launch.py --config configs/batch_augmentation.py:seeds=3 \
+        --workdir runs/batch_augmentation --sweep
 
 Measured on 2 shared CPU cores (1320 steps each, start-up and compilation included): M=1 1:20,
 test accuracy 99.7%; M=8 7:30, 99.4%.
@@ -19,10 +22,11 @@ from bnresearch.config.arg import parse_arg
 from bnresearch.config.defaults import base_config
 
 MULTIPLICITIES = (1, 2, 4, 8)
+ARGS = dict(multiplicity=1, model="cnn", seeds=1)  # of get_config and get_sweep
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, multiplicity=1, model="cnn")
+    arg = parse_arg(arg, **ARGS)
     config = base_config()
     config.dataset.name = "digits"
     config.dataset.augment = "crop"
@@ -40,6 +44,7 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-    arg = parse_arg(arg, seeds=1)
+    """Each M of MULTIPLICITIES, for each seed, on top of get_config(arg)."""
+    seeds = parse_arg(arg, **ARGS).seeds
     return [{"batch_augmentation.multiplicity": multiplicity, "seed": seed}
-            for seed in range(arg.seeds) for multiplicity in MULTIPLICITIES]
+            for seed in range(seeds) for multiplicity in MULTIPLICITIES]

@@ -11,8 +11,10 @@ LSTM and Beyond", 2019, arXiv:1901.08256 (LEGW: sqrt scaling, warmup epochs x B/
 The baseline is the quickstart's: the batch-norm CNN on digits at 64 per batch and lr 0.05, 30
 epochs, cosine decay. Arg: batch_size (any; the grid uses BATCH_SIZES), scaling (none | linear |
 sqrt), warmup (none | linear: 1 epoch | legw: 1 epoch at 64, x B/64, with scaling=sqrt), model
-(cnn | resnet20), dataset. The grid as override dicts for the sweep runner:
-get_sweep("seeds=3") (35 points per seed).
+(cnn | resnet20), dataset, seeds (of the sweep). The whole grid, 35 points per seed:
+
+    python launch.py --config configs/batch_scaling.py:seeds=3 --workdir runs/batch_scaling \
+        --sweep
 
 Measured on 2 shared CPU cores, start-up and compilation included: batch_size=512,scaling=sqrt,
 warmup=legw (60 steps) 1:10, test accuracy 98.6%; batch_size=64,scaling=linear,warmup=linear
@@ -28,6 +30,9 @@ SCALING_RULES = ("none", "linear", "sqrt")
 # warmup arg -> (schedule.warmup, schedule.warmup_rule)
 WARMUPS = {"none": ("0 steps", "linear"), "linear": ("1 epochs", "linear"),
            "legw": ("1 epochs", "legw")}
+# The arg of get_config and get_sweep (a sweep runs get_config(arg) with each point's overrides).
+ARGS = dict(batch_size=BASE_BATCH_SIZE, scaling="linear", warmup="linear", model="cnn",
+            dataset="digits", seeds=1)
 GRID = [(batch_size, scaling, warmup) for batch_size in BATCH_SIZES for scaling in SCALING_RULES
         for warmup in WARMUPS if warmup != "legw" or scaling == "sqrt"]
 
@@ -42,8 +47,7 @@ def point(batch_size: int, scaling: str, warmup: str) -> dict:
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, batch_size=BASE_BATCH_SIZE, scaling="linear", warmup="linear",
-                    model="cnn", dataset="digits")
+    arg = parse_arg(arg, **ARGS)
     config = base_config()
     config.dataset.name = arg.dataset
     config.model.name = arg.model
@@ -59,6 +63,6 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-    arg = parse_arg(arg, seeds=1)
-    return [{**point(*grid_point), "seed": seed} for seed in range(arg.seeds)
-            for grid_point in GRID]
+    """Every point of GRID, for each seed, on top of get_config(arg)."""
+    seeds = parse_arg(arg, **ARGS).seeds
+    return [{**point(*grid_point), "seed": seed} for seed in range(seeds) for grid_point in GRID]

@@ -8,10 +8,13 @@ batch): about the same accuracy per epoch with far fewer updates (1090 against 2
     python launch.py --config configs/increase_batch.py:schedule=increase \
         --workdir runs/increase_batch/increase
 
-Arg: schedule (decay | increase), model (cnn | resnet20). The batch-norm CNN normalizes over the
-whole batch, so its noise shrinks as the batch grows; Smith et al. keep it with ghost batch norm
-of 128 (set the normalization's ghost batch size where the model has one). The variants as
-override dicts for the sweep runner: get_sweep("seeds=3").
+Arg: schedule (decay | increase), model (cnn | resnet20), seeds (of the sweep). The batch-norm
+CNN normalizes over the whole batch, so its noise shrinks as the batch grows; Smith et al. keep it
+with ghost batch norm of 128 (set the normalization's ghost batch size where the model has one).
+Both variants:
+
+    python launch.py --config configs/increase_batch.py:seeds=3 --workdir runs/increase_batch \
+        --sweep
 
 Measured on 2 shared CPU cores, start-up and compilation included: decay (2670 steps) 1:20,
 increase (1090 steps) 1:15; both reach 98.9% test accuracy (and are identical up to epoch 10).
@@ -21,18 +24,21 @@ from bnresearch.config.defaults import base_config
 from bnresearch.errors import UsageError
 
 BATCH_SIZE, FACTOR, EPOCHS = 16, 5, (10, 20)
+ARGS = dict(schedule="increase", model="cnn", seeds=1)  # of get_config and get_sweep
 # The fields each variant sets; both set the same fields, so either overrides the other.
 VARIANTS = {
-    "decay": {"batch_size_schedule": (), "schedule.decay": "step",
+    "decay": {"batch_size_schedule.epochs": (), "batch_size_schedule.batch_sizes": (),
+              "schedule.decay": "step",
               "schedule.boundaries": tuple(f"{epoch} epochs" for epoch in EPOCHS)},
-    "increase": {"batch_size_schedule": tuple((epoch, BATCH_SIZE * FACTOR ** (index + 1))
-                                              for index, epoch in enumerate(EPOCHS)),
+    "increase": {"batch_size_schedule.epochs": EPOCHS,
+                 "batch_size_schedule.batch_sizes": tuple(
+                     BATCH_SIZE * FACTOR ** (index + 1) for index in range(len(EPOCHS))),
                  "schedule.decay": "constant", "schedule.boundaries": ()},
 }
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, schedule="increase", model="cnn")
+    arg = parse_arg(arg, **ARGS)
     if arg.schedule not in VARIANTS:
         raise UsageError(f"unknown schedule {arg.schedule!r}; valid: {', '.join(VARIANTS)}")
     config = base_config()
@@ -41,7 +47,7 @@ def get_config(arg=None):
     config.batch_size = BATCH_SIZE
     config.base_batch_size = BATCH_SIZE
     config.base_lr = 0.02
-    config.batch_size_schedule_lr = "fixed"  # the point: the batch grows, the lr does not
+    config.batch_size_schedule.lr = "fixed"  # the point: the batch grows, the lr does not
     config.schedule.decay_factor = 1 / FACTOR
     config.optimizer.name = "momentum"
     config.train_duration = "30 epochs"
@@ -53,5 +59,6 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-    arg = parse_arg(arg, seeds=1)
-    return [{**fields, "seed": seed} for seed in range(arg.seeds) for fields in VARIANTS.values()]
+    """Both variants, for each seed, on top of get_config(arg)."""
+    seeds = parse_arg(arg, **ARGS).seeds
+    return [{**fields, "seed": seed} for seed in range(seeds) for fields in VARIANTS.values()]

@@ -37,6 +37,19 @@ def test_each_sweep_entry_is_the_config_of_its_arg(module, points):
         assert config.to_dict() == module.get_config(arg_of(module, overrides)).to_dict()
 
 
+@pytest.mark.parametrize("module, arg", [(batch_scaling, "model=resnet20,seeds=1"),
+                                         (batch_augmentation, "model=resnet20,seeds=1"),
+                                         (increase_batch, "schedule=decay,seeds=1")])
+def test_sweeps_take_the_config_arg_and_flat_values(module, arg):
+    # A sweep runs get_config(arg) with each point's overrides given as --config.FIELD=VALUE
+    # flags, whose tuples hold plain values.
+    module.get_config(arg)
+    for overrides in module.get_sweep(arg):
+        for value in overrides.values():
+            if isinstance(value, tuple):
+                assert all(isinstance(v, (bool, int, float, str)) for v in value), overrides
+
+
 def test_legw_points_use_sqrt_scaling():
     legw = [p for p in batch_scaling.get_sweep() if p["schedule.warmup_rule"] == "legw"]
     assert len(legw) == len(batch_scaling.BATCH_SIZES)

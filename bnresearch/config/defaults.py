@@ -51,13 +51,16 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.batch_size = 128              # distinct examples per train-step call
     config.eval_batch_size = 512
-    # Smith et al. 2018: ((epoch, batch size), ...), the batch size from each epoch on (batch_size
-    # before the first), e.g. ((60, 640), (120, 3200)). Durations in epochs resolve phase by phase
-    # (bnresearch/optim/batch_size_schedule.py); each batch size compiles once.
-    config.batch_size_schedule = ()
+    # Smith et al. 2018: from each of `epochs` on, the batch size is the matching entry of
+    # `batch_sizes` (batch_size before the first), e.g. epochs=(60, 120), batch_sizes=(640, 3200).
+    # Durations in epochs resolve phase by phase (bnresearch/optim/batch_size_schedule.py); each
+    # batch size compiles once.
+    config.batch_size_schedule = ml_collections.ConfigDict()
+    config.batch_size_schedule.epochs = ()
+    config.batch_size_schedule.batch_sizes = ()
     # fixed: all phases keep the first phase's lr (Smith et al.: the growing batch replaces the
     # decay); rescaled: each phase's peak lr follows lr_scaling for its own batch size.
-    config.batch_size_schedule_lr = "fixed"
+    config.batch_size_schedule.lr = "fixed"
     # Hoffer et al. 2019: each example appears M times per batch, independently augmented (M * B
     # images); steps per epoch and the lr stay those of B.
     config.batch_augmentation = ml_collections.ConfigDict()

@@ -44,7 +44,7 @@ def phase_peak_lrs(base_lr: float, base_batch_size: int, rule: str,
     if mode == "rescaled":
         return tuple(scaled_learning_rate(base_lr, size, base_batch_size, rule)
                      for size in batch_sizes)
-    raise UsageError(f"unknown batch_size_schedule_lr {mode!r}; valid: "
+    raise UsageError(f"unknown batch_size_schedule.lr {mode!r}; valid: "
                      f"{', '.join(BATCH_SIZE_SCHEDULE_LR)}")
 
 

@@ -9,7 +9,7 @@ from bnresearch import data, models
 from bnresearch.config.durations import parse_duration
 from bnresearch.config.learning_rate import BATCH_SIZE_SCHEDULE_LR, LR_SCALING_RULES, check_warmup
 from bnresearch.measure.noise_scale import check_noise_scale_config
-from bnresearch.optim.batch_size_schedule import check_batch_size_schedule
+from bnresearch.optim.batch_size_schedule import schedule_from_config
 from bnresearch.optim.optimizers import check_optimizer_config
 from bnresearch.optim.schedules import DECAYS, check_decay_options
 from bnresearch.errors import UsageError
@@ -43,11 +43,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                           config.batch_augmentation.multiplicity),
                          ("checkpoint.keep", config.checkpoint.keep)):
         _check_positive(field, value)
-    check_batch_size_schedule(config.batch_size_schedule)
-    _check_choice("batch_size_schedule_lr", config.batch_size_schedule_lr, BATCH_SIZE_SCHEDULE_LR)
+    batch_size_schedule = schedule_from_config(config.batch_size_schedule)
+    _check_choice("batch_size_schedule.lr", config.batch_size_schedule.lr, BATCH_SIZE_SCHEDULE_LR)
     check_warmup(config.schedule.warmup, config.schedule.warmup_rule, config.lr_scaling)
     images_per_call = [size * config.batch_augmentation.multiplicity for size in
-                       (config.batch_size, *(size for _, size in config.batch_size_schedule))]
+                       (config.batch_size, *(size for _, size in batch_size_schedule))]
     check_noise_scale_config(config.noise_scale, images_per_call)
     if not 0.0 <= config.label_smoothing < 1.0:
         raise UsageError(f"label_smoothing={config.label_smoothing!r} must lie in [0, 1)")

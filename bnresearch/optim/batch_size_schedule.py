@@ -3,8 +3,8 @@
 Smith, Kindermans, Ying & Le, "Don't Decay the Learning Rate, Increase the Batch Size", ICLR 2018,
 arXiv:1711.00489: where a schedule would divide the lr by a factor, multiply the batch size by it.
 
-A run is a sequence of phases. Phase 0 starts at epoch 0 with ``batch_size``; each entry
-(epoch, batch size) of ``batch_size_schedule`` starts a phase. A phase's step is one update of
+A run is a sequence of phases. Phase 0 starts at epoch 0 with ``batch_size``; each epoch of
+``batch_size_schedule.epochs`` starts a phase with the matching entry of ``.batch_sizes``. A phase's step is one update of
 ``examples_per_update`` = batch size x accumulation steps, and within the phase an epoch is
 ``num_train // examples_per_update`` updates: exactly the steps per epoch of a run with that batch
 size throughout, so a schedule with no entries resolves every duration as before. Hence:
@@ -81,19 +81,26 @@ def check_batch_size_schedule(schedule) -> None:
     """Raises UsageError unless `schedule` is ((epoch, batch_size), ...) with epochs increasing
     from above 0 and positive whole batch sizes."""
     previous = 0
-    for entry in schedule:
-        if len(entry) != 2:
-            raise UsageError(f"batch_size_schedule entry {tuple(entry)!r} is not a pair "
-                             "(epoch, batch_size); e.g. ((60, 640), (120, 3200))")
-        epoch, batch_size = entry
+    for epoch, batch_size in schedule:
         if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or epoch <= previous:
             raise UsageError(
-                f"batch_size_schedule epochs must increase from above 0, got {epoch!r} after "
+                f"batch_size_schedule.epochs must increase from above 0, got {epoch!r} after "
                 f"{previous!r}; batch_size is the batch size from epoch 0")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise UsageError(f"batch_size_schedule batch size {batch_size!r} at epoch {epoch} "
-                             "must be a positive whole number")
+            raise UsageError(f"batch_size_schedule.batch_sizes entry {batch_size!r} (from epoch "
+                             f"{epoch}) must be a positive whole number")
         previous = epoch
+
+
+def schedule_from_config(config) -> tuple[tuple[float, int], ...]:
+    """The (epoch, batch size) pairs of the config's `batch_size_schedule` block, checked."""
+    epochs, batch_sizes = tuple(config.epochs), tuple(config.batch_sizes)
+    if len(epochs) != len(batch_sizes):
+        raise UsageError(f"batch_size_schedule has {len(epochs)} epochs but {len(batch_sizes)} "
+                         "batch_sizes; give one batch size per epoch")
+    schedule = tuple(zip(epochs, batch_sizes))
+    check_batch_size_schedule(schedule)
+    return schedule
 
 
 def make_timeline(num_train: int, batch_size: int, accumulation_steps: int = 1,
@@ -114,7 +121,7 @@ def make_timeline(num_train: int, batch_size: int, accumulation_steps: int = 1,
         if phases:
             first_step = Timeline(tuple(phases)).step_at_epoch(start_epoch)
             if first_step <= phases[-1].first_step:
-                raise UsageError(f"batch_size_schedule: the phase at epoch {start_epoch} starts "
+                raise UsageError(f"batch_size_schedule: the phase from epoch {start_epoch} starts "
                                  "before the previous phase takes a step; space the epochs apart")
         phases.append(Phase(start_epoch, size, examples_per_update, first_step, steps_per_epoch))
     return Timeline(tuple(phases))

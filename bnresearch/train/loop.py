@@ -21,7 +21,8 @@ from bnresearch.checkpoint.manager import Checkpointer, PreemptionWatch
 from bnresearch.config.durations import parse_duration
 from bnresearch.config.learning_rate import legw_warmup_epochs, phase_peak_lrs
 from bnresearch.config.validation import validate_config
-from bnresearch.optim.batch_size_schedule import Cadence, Phase, Timeline, make_timeline
+from bnresearch.optim.batch_size_schedule import (Cadence, Phase, Timeline, make_timeline,
+                                                  schedule_from_config)
 from bnresearch.optim.optimizers import make_optimizer
 from bnresearch.optim.schedules import ScheduleSpec, make_schedule
 from bnresearch.parallel.mesh import (batch_sharding, check_batch_size, global_batch, make_mesh,
@@ -85,7 +86,7 @@ def _schedule_spec(config: ml_collections.ConfigDict, timeline: Timeline,
         phases=phases,
         peak_lrs=phase_peak_lrs(config.base_lr, config.base_batch_size, config.lr_scaling,
                                 [phase.examples_per_update for phase in phases],
-                                config.batch_size_schedule_lr),
+                                config.batch_size_schedule.lr),
         total_steps=total_steps,
         warmup_steps=warmup_steps,
         decay=config.schedule.decay,
@@ -98,7 +99,7 @@ def _schedule_spec(config: ml_collections.ConfigDict, timeline: Timeline,
 
 def make_plan(config: ml_collections.ConfigDict, num_train: int) -> Plan:
     timeline = make_timeline(num_train, config.batch_size, config.optimizer.accumulation_steps,
-                             config.batch_size_schedule)
+                             schedule_from_config(config.batch_size_schedule))
     total_steps = timeline.step_at(config.train_duration)
     if total_steps <= 0:
         raise UsageError(f"train_duration={config.train_duration!r} is less than one step")
@@ -121,8 +122,8 @@ def check_batches_split(config: ml_collections.ConfigDict, mesh) -> None:
     batch must split evenly over the devices."""
     multiplicity = config.batch_augmentation.multiplicity
     batch_sizes = [("batch_size", config.batch_size)] + [
-        (f"batch_size_schedule[{index}] batch size", size)
-        for index, (_, size) in enumerate(config.batch_size_schedule)]
+        (f"batch_size_schedule.batch_sizes[{index}]", size)
+        for index, size in enumerate(config.batch_size_schedule.batch_sizes)]
     for name, size in batch_sizes:
         if multiplicity > 1:
             name = f"{name} x batch_augmentation.multiplicity ({size} x {multiplicity})"

@@ -2,7 +2,8 @@
 import pytest
 
 from bnresearch.errors import UsageError
-from bnresearch.optim.batch_size_schedule import make_timeline
+from bnresearch.config.defaults import base_config
+from bnresearch.optim.batch_size_schedule import make_timeline, schedule_from_config
 
 # 1000 examples: batch 10 -> 100 steps per epoch, 50 -> 20, 250 -> 4.
 SMITH = make_timeline(num_train=1000, batch_size=10, schedule=((2, 50), (3.5, 250)))
@@ -61,11 +62,19 @@ def test_a_fixed_batch_size_resolves_as_before():
 @pytest.mark.parametrize("schedule, message", [
     (((0, 64),), "epochs must increase from above 0"),
     (((2, 64), (2, 128)), "epochs must increase from above 0, got 2 after 2"),
-    (((2, 0),), "batch size 0 at epoch 2 must be a positive whole number"),
-    (((2,),), "is not a pair"),
+    (((2, 0),), r"batch_sizes entry 0 \(from epoch 2\) must be a positive whole number"),
     (((1, 2000),), "exceeds the 1000 training examples"),
     (((1, 20), (1.001, 40)), "starts before the previous phase takes a step"),
 ])
 def test_bad_schedules_are_refused(schedule, message):
     with pytest.raises(UsageError, match=message):
         make_timeline(num_train=1000, batch_size=10, schedule=schedule)
+
+
+def test_the_config_block_pairs_epochs_with_batch_sizes():
+    block = base_config().batch_size_schedule
+    block.epochs, block.batch_sizes = (60, 120.5), (640, 3200)
+    assert schedule_from_config(block) == ((60, 640), (120.5, 3200))
+    block.batch_sizes = (640,)
+    with pytest.raises(UsageError, match="has 2 epochs but 1 batch_sizes"):
+        schedule_from_config(block)

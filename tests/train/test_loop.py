@@ -94,8 +94,8 @@ def test_another_experiment_is_refused_and_nothing_is_touched(finished_run, data
     ({"batch_size": 12}, r"batch_size=12 does not split over 8 devices"),
     ({"batch_size": 6, "batch_augmentation.multiplicity": 2},
      r"batch_size x batch_augmentation.multiplicity \(6 x 2\)=12 does not split over 8"),
-    ({"batch_size_schedule": ((1, 36),)},
-     r"batch_size_schedule\[0\] batch size=36 does not split over 8 devices"),
+    ({"batch_size_schedule.epochs": (1,), "batch_size_schedule.batch_sizes": (36,)},
+     r"batch_size_schedule.batch_sizes\[0\]=36 does not split over 8 devices"),
     ({"noise_scale.enabled": True, "noise_scale.sub_batches": 5},
      r"noise_scale.sub_batches=5 does not divide the batch of 32"),
 ])
@@ -186,7 +186,8 @@ def test_one_device_and_eight_devices_agree(tmp_path, data_dir):
 # Large-batch runs: a batch-size schedule (Smith et al.) with the noise scale measured, and
 # gradient accumulation with batch augmentation.
 # 32 per batch: 44 steps per epoch, so epoch 0.18 is step round(7.92) = 8; then 64 per batch.
-SCHEDULE = {"batch_size_schedule": ((0.18, 64),), "batch_size_schedule_lr": "rescaled",
+SCHEDULE = {"batch_size_schedule.epochs": (0.18,), "batch_size_schedule.batch_sizes": (64,),
+            "batch_size_schedule.lr": "rescaled",
             "train_duration": "16 steps", "eval_every": "0 steps", "checkpoint.every": "4 steps",
             "checkpoint.keep": 10, "noise_scale.enabled": True, "noise_scale.every": "2 steps",
             "noise_scale.sub_batches": 4}
