@@ -4,10 +4,11 @@ Smith, Kindermans, Ying & Le, "Don't Decay the Learning Rate, Increase the Batch
 arXiv:1711.00489: where a schedule would divide the lr by a factor, multiply the batch size by it.
 
 A run is a sequence of phases. Phase 0 starts at epoch 0 with ``batch_size``; each epoch of
-``batch_size_schedule.epochs`` starts a phase with the matching entry of ``.batch_sizes``. A phase's step is one update of
-``examples_per_update`` = batch size x accumulation steps, and within the phase an epoch is
-``num_train // examples_per_update`` updates: exactly the steps per epoch of a run with that batch
-size throughout, so a schedule with no entries resolves every duration as before. Hence:
+``batch_size_schedule.epochs`` starts a phase with the matching entry of ``.batch_sizes``. A
+phase's step is one update of ``examples_per_update`` = batch size x accumulation steps, and
+within the phase an epoch is ``num_train // examples_per_update`` updates: exactly the steps per
+epoch of a run with that batch size throughout, so a schedule with no entries resolves every
+duration as before. Hence:
 
 - A point in epochs (train_duration, warmup, step-decay boundaries, the phase starts themselves)
   is the first step of the phase holding that epoch plus round(epochs into the phase x its steps
