@@ -22,6 +22,15 @@ def launch(workdir, *flags):
     (["--config.lr_scaling=cubic"], "unknown lr_scaling 'cubic'"),
     (["--config.batch_size=0"], "batch_size=0 must be a positive whole number"),
     (["--config.train_duration=10"], "bad duration '10'"),
+    (["--config.batch_size_schedule.epochs=(10, 10)",
+      "--config.batch_size_schedule.batch_sizes=(80, 400)"],
+     "batch_size_schedule.epochs must increase from above 0, got 10 after 10"),
+    (["--config.batch_size_schedule.epochs=(10, 20)"],
+     "batch_size_schedule has 2 epochs but 0 batch_sizes"),
+    (["--config.schedule.warmup_rule=legw", "--config.schedule.warmup=5 epochs"],
+     "schedule.warmup_rule=legw goes with lr_scaling='sqrt'"),
+    (["--config.optimizer.name=adamw", "--config.optimizer.weight_decay_style=coupled"],
+     "valid for adamw: auto, decoupled"),
 ])
 def test_bad_config_values_fail_in_one_line(tmp_path, data_dir, flags, message):
     result = launch(tmp_path / "w", f"--config.dataset.data_dir={data_dir}", *flags)
@@ -33,7 +42,7 @@ def test_bad_config_values_fail_in_one_line(tmp_path, data_dir, flags, message):
 
 @pytest.mark.parametrize("override, message", [
     ("--config.batch_sise=64", "unknown config field 'batch_sise'; fields of the config: "
-                               "base_batch_size, base_lr, batch_size,"),
+                               "base_batch_size, base_lr, batch_augmentation, batch_size,"),
     ("--config.model.norm_kwargs.num_group=8", "unknown config field "
      "'model.norm_kwargs.num_group'; fields of model.norm_kwargs: data_dependent_init, dmax,"),
 ])

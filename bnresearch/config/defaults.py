@@ -21,8 +21,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "digits"       # see README: digits, mnist, ..., imagefolder:PATH
     config.dataset.data_dir = ""         # TFDS data dir; "" = TFDS's default ($TFDS_DATA_DIR)
-    config.dataset.augment = "auto"      # auto | none | crop_flip | resized_crop_flip
-    config.dataset.crop_padding = 4      # crop_flip: zero padding before the random crop
+    config.dataset.augment = "auto"      # auto | none | crop | crop_flip | resized_crop_flip
+    config.dataset.crop_padding = 4      # crop, crop_flip: zero padding before the random crop
     config.dataset.image_size = 224      # resized_crop_flip: side of the square crop
     config.dataset.num_workers = 0       # grain worker processes (0: in the main process)
     config.dataset.num_threads = 1       # grain threads per process (more compete for the GIL)
@@ -114,33 +114,69 @@ def base_config() -> ml_collections.ConfigDict:
         "quantize_last": False,   # quantize the logits layer too
     })
 
-    config.batch_size = 128
+    config.batch_size = 128              # distinct examples per train-step call
     config.eval_batch_size = 512
-    # The peak learning rate is base_lr at base_batch_size, rescaled for batch_size by the rule
-    # (bnresearch/config/learning_rate.py): overriding batch_size rescales the lr.
+    # Smith et al. 2018: from each of `epochs` on, the batch size is the matching entry of
+    # `batch_sizes` (batch_size before the first), e.g. epochs=(60, 120), batch_sizes=(640, 3200).
+    # Durations in epochs resolve phase by phase (bnresearch/optim/batch_size_schedule.py); each
+    # batch size compiles once.
+    config.batch_size_schedule = ml_collections.ConfigDict()
+    config.batch_size_schedule.epochs = ()
+    config.batch_size_schedule.batch_sizes = ()
+    # fixed: all phases keep the first phase's lr (Smith et al.: the growing batch replaces the
+    # decay); rescaled: each phase's peak lr follows lr_scaling for its own batch size.
+    config.batch_size_schedule.lr = "fixed"
+    # Hoffer et al. 2019: each example appears M times per batch, independently augmented (M * B
+    # images); steps per epoch and the lr stay those of B.
+    config.batch_augmentation = ml_collections.ConfigDict()
+    config.batch_augmentation.multiplicity = 1
+    # The peak learning rate is base_lr at base_batch_size, rescaled for the examples per update
+    # (batch_size x optimizer.accumulation_steps) by the rule (bnresearch/config/learning_rate.py):
+    # overriding batch_size rescales the lr.
     config.base_lr = 0.1
     config.base_batch_size = 128
     config.lr_scaling = "linear"         # none | linear | sqrt
 
     config.schedule = ml_collections.ConfigDict()
-    config.schedule.warmup = "0 steps"   # linear warmup, in steps or epochs
-    config.schedule.decay = "cosine"     # constant | cosine | step
+    config.schedule.warmup = "0 steps"   # linear warmup, in steps or epochs ("0 steps": none)
+    config.schedule.warmup_rule = "linear"  # linear | legw (warmup epochs x B/B0; lr_scaling=sqrt)
+    config.schedule.decay = "cosine"     # constant | step | cosine | polynomial | exponential
     config.schedule.boundaries = ()      # step decay: durations, e.g. ("30 epochs", "60 epochs")
     config.schedule.decay_factor = 0.1   # step decay: multiplier at each boundary
+    config.schedule.power = 2.0          # polynomial: (1 - progress) ** power
+    config.schedule.decay_rate = 0.97    # exponential: multiplier per epoch (continuous)
 
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.name = "momentum"   # sgd | momentum | nesterov | adam | adamw
-    config.optimizer.momentum = 0.9
-    config.optimizer.b1 = 0.9
-    config.optimizer.b2 = 0.999
-    config.optimizer.eps = 1e-8
-    config.optimizer.weight_decay = 5e-4  # coupled L2, except adamw's decoupled decay
+    # sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw | lars | lamb
+    config.optimizer.name = "momentum"
+    config.optimizer.momentum = 0.9      # momentum, nesterov, lars
+    config.optimizer.b1 = 0.9            # adam, adamw, lamb
+    config.optimizer.b2 = 0.999          # adam, adamw, lamb
+    config.optimizer.eps = 1e-8          # adagrad, rmsprop, adam, adamw, lamb
+    config.optimizer.rho = 0.9           # rmsprop: weight of the OLD mean square
+    config.optimizer.initial_accumulator = 0.0  # adagrad's and rmsprop's initial sum of squares
+    config.optimizer.trust_coefficient = 0.001  # lars
+    config.optimizer.weight_decay = 5e-4
+    # auto (the optimizer's own: decoupled for adamw, lamb; coupled L2 for the rest) | coupled |
+    # decoupled; see bnresearch/optim/optimizers.py.
+    config.optimizer.weight_decay_style = "auto"
     config.optimizer.weight_decay_on = "all"  # all | kernels (exempts norm parameters, biases)
+    config.optimizer.trust_ratio_on = "all"   # lars, lamb: all | kernels (the same exemption)
     # Per parameter group (kernel | scale | bias, see bnresearch/optim/groups.py): the group's lr
     # is the scheduled lr times its multiplier, e.g. scale=0.01 for gamma at lr/100.
     config.optimizer.lr_multipliers = ml_collections.ConfigDict(
         {"kernel": 1.0, "scale": 1.0, "bias": 1.0})
     config.optimizer.grad_clip_norm = 0.0  # global-norm clipping; 0 turns it off
+    # k micro-batches per update (optax.MultiSteps): an update sees batch_size x k examples.
+    config.optimizer.accumulation_steps = 1
+
+    # McCandlish et al. 2018: B_simple = tr(Sigma) / |G|^2 from the gradient norms of the batch
+    # and of its sub-batches, logged as train/noise_scale; a separate computation, none when off.
+    config.noise_scale = ml_collections.ConfigDict()
+    config.noise_scale.enabled = False
+    config.noise_scale.every = "50 steps"
+    config.noise_scale.sub_batches = 8   # B_small = batch / 8: per device on 8 devices
+    config.noise_scale.ema_decay = 0.9   # of |G|^2 and tr(Sigma), each measurement
 
     config.label_smoothing = 0.0         # eps of (1 - eps) onehot + eps / K; 0 turns it off
     config.train_duration = "30 epochs"  # durations: "N steps" or "N epochs"

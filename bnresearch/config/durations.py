@@ -1,4 +1,8 @@
-"""Durations written as steps or epochs ("500 steps", "30 epochs", "0.5 ep"), resolved once."""
+"""Durations written as steps or epochs ("500 steps", "30 epochs", "0.5 ep").
+
+They are resolved to steps in one place, ``bnresearch.optim.batch_size_schedule.Timeline``, where
+an epoch's length in steps can change with the batch size.
+"""
 import re
 from bnresearch.errors import UsageError
 
@@ -18,11 +22,3 @@ def parse_duration(text: str) -> tuple[float, str]:
             raise UsageError(f"bad duration {text!r}: a number of steps must be whole")
         return amount, "steps"
     return amount, "epochs"
-
-
-def to_steps(text: str, steps_per_epoch: int) -> int:
-    """The number of optimizer steps a duration spans (epochs rounded to the nearest step)."""
-    amount, unit = parse_duration(text)
-    if unit == "steps":
-        return int(amount)
-    return int(round(amount * steps_per_epoch))

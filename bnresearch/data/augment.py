@@ -6,6 +6,9 @@ returns uint8; conversion to float happens once per batch in ``normalize``, vect
 
 Recipes by name (``make_augmentation``):
 - ``none``: identity at train and eval.
+- ``crop`` (digits): zero-pad, random crop back to the input size, i.e. a random shift of at
+  most ``crop_padding`` pixels; no flip, which would turn a digit into another glyph. Eval:
+  identity.
 - ``crop_flip`` (CIFAR-style): zero-pad, random crop back to the input size, flip with p=0.5.
   Eval: identity.
 - ``resized_crop_flip`` (Inception/ImageNet-style): random resized crop to image_size (PIL
@@ -167,6 +170,13 @@ def _no_augmentation(*, crop_padding: int, image_size: int) -> Augmentation:
     return Augmentation("none", identity_with_rng, identity, None)
 
 
+def _crop(*, crop_padding: int, image_size: int) -> Augmentation:
+    del image_size
+    return Augmentation(
+        "crop", functools.partial(pad_and_random_crop, padding=crop_padding), identity, None
+    )
+
+
 def _crop_flip(*, crop_padding: int, image_size: int) -> Augmentation:
     del image_size
     return Augmentation(
@@ -186,6 +196,7 @@ def _resized_crop_flip(*, crop_padding: int, image_size: int) -> Augmentation:
 
 _RECIPES = {
     "none": _no_augmentation,
+    "crop": _crop,
     "crop_flip": _crop_flip,
     "resized_crop_flip": _resized_crop_flip,
 }

@@ -2,16 +2,27 @@
 
 Train order. One global stream for all processes: epoch e is permutation e of the train split
 (grain reseeds its shuffle each epoch), epochs follow each other without gaps, and example
-position i is augmented with a generator seeded by (seed, i). Global batch k is positions
+position i is augmented with a generator seeded by (seed, i, copy). Global batch k is positions
 [k*B, (k+1)*B); process p takes the contiguous slice [k*B + p*b, k*B + (p+1)*b), b = B/P. So
 concatenating the processes' batch k in process order gives the 1-process batch k exactly, same
 order and same augmentation, and the stream does not depend on num_workers or num_threads.
 Batches run across epoch boundaries: every B consecutive positions form a batch.
 
+Batch-size changes (Smith et al., "Don't Decay the Learning Rate, Increase the Batch Size", 2018,
+arXiv:1711.00489): from global batch k_1 on, batches hold B_1 positions, and so on. The stream
+goes on where it was: the first batch of size B_1 starts at position k_1 * B, so positions stay a
+pure function of the batch index and an iterator restored anywhere continues exactly.
+
+Batch augmentation (Hoffer et al., "Augment your batch: better training with larger batches",
+2019, arXiv:1901.09335): with multiplicity M every position yields M copies augmented with the
+generators of (seed, i, 0) .. (seed, i, M-1), next to each other in the batch, so a batch of B
+positions holds M*B images (labels repeated) and copy 0 is the image of multiplicity 1.
+
 Eval order. The test split in record order, padded to a whole number of global batches with
 zero images (label 0, mask 0.0) and split across processes the same way.
 """
 import math
+from typing import Sequence
 
 import grain
 import numpy as np
@@ -48,15 +59,21 @@ def derive_seeds(seed: int) -> tuple[int, int]:
 
 
 class _TrainExample:
-    """Record -> augmented uint8 example, as a grain random map (rng seeded by position)."""
+    """(position, record) -> its M augmented uint8 copies, stacked: {'image': (M, H, W, C),
+    'label': (M,)}. Copy c is augmented with a generator seeded by (seed, position, c)."""
 
-    def __init__(self, dataset: Dataset):
+    def __init__(self, dataset: Dataset, augment_seed: int, multiplicity: int):
         self._channels = dataset.channels
         self._augment = dataset.augmentation.train
+        self._seed = augment_seed
+        self._multiplicity = multiplicity
 
-    def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+    def __call__(self, position: int, record: dict) -> dict:
         image = decode_image(record["image"], self._channels)
-        return {"image": self._augment(image, rng), "label": np.int32(record["label"])}
+        copies = [self._augment(image, np.random.default_rng((self._seed, position, copy)))
+                  for copy in range(self._multiplicity)]
+        return {"image": np.stack(copies),
+                "label": np.full(self._multiplicity, record["label"], np.int32)}
 
 
 class _EvalExample:
@@ -83,14 +100,20 @@ class _PaddingExample:
 
 
 class _NormalizedBatch:
-    """Stacks examples and normalizes the images once for the whole batch (vectorized)."""
+    """Stacks examples and normalizes the images once for the whole batch (vectorized).
 
-    def __init__(self, dataset: Dataset):
+    With ``copies``, examples hold stacked copies and the batch puts them one after another:
+    (b, M, ...) -> (b * M, ...).
+    """
+
+    def __init__(self, dataset: Dataset, copies: bool = False):
         self._mean = np.asarray(dataset.mean)
         self._std = np.asarray(dataset.std)
+        self._copies = copies
 
     def __call__(self, examples: list[dict]) -> dict:
-        batch = {key: np.stack([example[key] for example in examples]) for key in examples[0]}
+        join = np.concatenate if self._copies else np.stack
+        batch = {key: join([example[key] for example in examples]) for key in examples[0]}
         batch["image"] = normalize(batch["image"], self._mean, self._std)
         return batch
 
@@ -116,26 +139,44 @@ def make_train_iterator(
     *,
     seed: int,
     batch_size: int,
+    batch_size_changes: Sequence[tuple[int, int]] = (),
+    multiplicity: int = 1,
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.DatasetIterator:
-    """Endless iterator of this process's {'image': float32 (b, H, W, C), 'label': int32 (b,)}.
+    """Endless iterator of this process's {'image': float32 (b*M, H, W, C), 'label': int32 (b*M,)}.
 
-    b = batch_size // process_count. Deterministic given seed, batch_size and the process
-    layout. ``get_state``/``set_state`` (and orbax's grain.checkpoint.CheckpointSave/Restore)
-    resume exactly; the state's layout depends on num_workers, so resume with the same value.
+    b = batch_size // process_count positions (M copies each), and from global batch k on, for
+    each (k, size) of ``batch_size_changes`` (increasing k), size // process_count. Deterministic
+    given seed, the batch sizes, M and the process layout. ``get_state``/``set_state`` (and
+    orbax's grain.checkpoint.CheckpointSave/Restore) resume exactly; the state's layout depends
+    on num_workers, so resume with the same value.
     """
-    batch = local_batch_size(batch_size, process_index, process_count)
+    sizes = ((0, batch_size), *batch_size_changes)
+    for (first, _), (later, _) in zip(sizes, sizes[1:]):
+        if later <= first:
+            raise ValueError(f"batch_size_changes must start at increasing batches > 0, got "
+                             f"{later} after {first}")
+    if multiplicity < 1:
+        raise ValueError(f"multiplicity must be a positive integer, got {multiplicity}")
     shuffle_seed, augment_seed = derive_seeds(seed)
     examples = (
         grain.MapDataset.source(dataset.train_source)
         .shuffle(seed=shuffle_seed)
         .repeat()
-        .random_map(_TrainExample(dataset), seed=augment_seed)
+        .map_with_index(_TrainExample(dataset, augment_seed, multiplicity))
     )
-    # Batches of b consecutive positions; process p keeps every P-th starting at p, which is
-    # its contiguous share of each global batch.
-    batches = examples.batch(batch, drop_remainder=True, batch_fn=_NormalizedBatch(dataset))
+    # One run of batches per batch size, each from the position where the previous one ended.
+    # A run of B-position batches splits into P local batches per global batch, so process p
+    # keeps every P-th local batch starting at p: its contiguous share of each global batch.
+    runs, position = [], 0
+    for (first, size), (end, _) in zip(sizes, (*sizes[1:], (None, None))):
+        local = local_batch_size(size, process_index, process_count)
+        stop = None if end is None else position + (end - first) * size
+        runs.append(examples[position:stop].batch(
+            local, drop_remainder=True, batch_fn=_NormalizedBatch(dataset, copies=True)))
+        position = stop
+    batches = runs[0] if len(runs) == 1 else grain.MapDataset.concatenate(runs)
     return iter(_parallel(batches[process_index::process_count], dataset.loader))
 
 

@@ -1,1 +1,2 @@
-"""Measurements of a network or a batch, as pure functions that training can log."""
+"""Measurements of a network or a batch (heterogeneity score, gradient noise scale), as pure
+functions that training logs."""

@@ -13,6 +13,7 @@ from the config: the weight init, quantized weight layers, dropout rates at the 
 placements, stochastic depth, and the self-normalizing (SELU) switch.
 """
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -69,7 +70,7 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
                 activation_kwargs: dict | None = None, weight_init: str | None = None,
                 self_normalizing: bool = False, dropout: dict | None = None,
                 stochastic_depth: float = 0.0, quantization: dict | None = None,
-                dtype: Dtype = jnp.float32, batch_size: int | None = None,
+                dtype: Dtype = jnp.float32, batch_sizes: Sequence[int] = (),
                 eval_batch_size: int | None = None, train_size: int | None = None,
                 image_shape: tuple[int, ...] | None = None, **model_options) -> nn.Module:
     """Model `name` with the named normalization and activation everywhere.
@@ -87,12 +88,13 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
     a group count that does not divide it).
 
     The facts of a run, where given, let the build check what depends on them, still before any
-    compute: `batch_size` and `eval_batch_size` (global) for normalizations that need particular
-    batch sizes (ghost batch norm's virtual batches); `train_size`, the training examples per
-    epoch, for normalizations that count epochs (batch_layer); and with `image_shape` (H, W, C)
-    and `batch_size` the model is traced abstractly (shapes only) in training mode at
-    `batch_size` and in evaluation mode at `eval_batch_size`, which raises the shape-dependent
-    errors, e.g. batch statistics over one value per channel at batch size 1.
+    compute: `batch_sizes` (every global batch a training step sees: a batch-size schedule has
+    several) and `eval_batch_size` for normalizations that need particular batch sizes (ghost
+    batch norm's virtual batches); `train_size`, the training examples per epoch, for
+    normalizations that count epochs (batch_layer); and with `image_shape` (H, W, C) the model
+    is traced abstractly (shapes only) in training mode at each of `batch_sizes` and in
+    evaluation mode at `eval_batch_size`, which raises the shape-dependent errors, e.g. batch
+    statistics over one value per channel at batch size 1.
     """
     model = lookup('model', MODELS, name, model_options, reserved=BUILD_ARGUMENTS)
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -134,7 +136,7 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
                          f'has none')
     for num_features in model.normalized_features():
         check_normalization_features(layers.norm_factory, num_features)
-    if batch_size is not None:
+    for batch_size in sorted(set(batch_sizes)):
         check_normalization_batch_sizes(layers.norm_factory, batch_size, eval_batch_size)
         if image_shape is not None:
             trace_at_batch_sizes(model, tuple(image_shape), batch_size, eval_batch_size)
@@ -163,7 +165,7 @@ def set_options(options: ml_collections.ConfigDict) -> dict:
 def model_from_config(model_config: ml_collections.ConfigDict, *, num_classes: int,
                       dtype: Dtype = jnp.float32, **facts) -> nn.Module:
     """``build_model`` from the config's ``model`` block (see ``bnresearch/config/defaults.py``)
-    and the run's `facts` (batch_size, eval_batch_size, train_size, image_shape; see there)."""
+    and the run's `facts` (batch_sizes, eval_batch_size, train_size, image_shape; see there)."""
     return build_model(
         model_config.name, num_classes=num_classes, norm=model_config.norm,
         norm_kwargs=set_options(model_config.norm_kwargs), activation=model_config.activation,

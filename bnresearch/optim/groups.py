@@ -11,13 +11,16 @@ Every parameter falls in one of three groups, decided by its shape and name alon
 
 Davis & Frank 2022 ("Revisiting Batch Norm Initialization") divide the lr of every gamma by 100;
 Goyal et al. 2017 (arXiv:1706.02677) exempt normalization parameters and biases from weight
-decay: both are one line of config with these groups.
+decay; You et al. 2017 (LARS, arXiv:1708.03888) also exempt them from the trust ratio: each is one
+line of config with these groups.
 """
 import jax
 import optax
 
 GROUPS = ("kernel", "scale", "bias")
-WEIGHT_DECAY_TARGETS = ("all", "kernels")
+# What weight decay (optimizer.weight_decay_on) or a trust ratio (optimizer.trust_ratio_on) acts
+# on: every parameter, or the kernels only.
+TARGETS = ("all", "kernels")
 
 
 def parameter_group(path, leaf) -> str:
@@ -34,8 +37,9 @@ def group_labels(tree):
     return jax.tree_util.tree_map_with_path(parameter_group, tree)
 
 
-def decay_mask(target: str):
-    """The mask optax's weight decay takes: which parameters decay under ``target``."""
+def target_mask(target: str):
+    """The mask optax's weight decay and ``optax.masked`` take: which parameters ``target``
+    covers (None: all of them)."""
     if target == "all":
         return None
     return lambda params: jax.tree.map(lambda group: group == "kernel", group_labels(params))

@@ -7,19 +7,21 @@ import jax.numpy as jnp
 import optax
 
 from bnresearch.layers.variables import RNG_STREAM
+from bnresearch.measure.noise_scale import init_noise_scale
 
 
 @flax.struct.dataclass
 class TrainState:
-    step: jnp.ndarray        # int32 scalar: number of updates applied so far
+    step: jnp.ndarray        # int32 scalar: number of updates applied so far (not micro-batches)
     params: Any
     batch_stats: Any         # normalization state ({} for stateless models)
     opt_state: optax.OptState
     rng: jax.Array           # base key; each step derives its own by folding in the step
+    noise_scale: Any = None  # NoiseScaleState when the gradient noise scale is measured
 
 
 def create_train_state(model, optimizer: optax.GradientTransformation, rng,
-                       images: jax.Array) -> TrainState:
+                       images: jax.Array, measure_noise_scale: bool = False) -> TrainState:
     """Initializes the model on a batch of real training images; pure, so it can run under jit.
 
     The init pass is a training-mode forward, so data-dependent initializations (weight
@@ -38,4 +40,5 @@ def create_train_state(model, optimizer: optax.GradientTransformation, rng,
         batch_stats=variables.get("batch_stats", {}),
         opt_state=optimizer.init(params),
         rng=state_rng,
+        noise_scale=init_noise_scale() if measure_noise_scale else None,
     )

@@ -1,9 +1,13 @@
-"""The pure train and eval steps. `loop.py` compiles them with explicit shardings."""
+"""The pure train, eval and measurement steps. `loop.py` compiles them with explicit shardings."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from bnresearch.layers.variables import ANALYSIS, AUX_LOSS, RNG_STREAM, STATE, TRAIN_MUTABLE
+from bnresearch.measure import noise_scale
+from bnresearch.optim.accumulation import completed_update, micro_step
 from bnresearch.train.state import TrainState
 
 
@@ -25,28 +29,40 @@ def _sown_scalars(collection) -> dict[str, list[jax.Array]]:
     return grouped
 
 
+def objective(params, batch_stats, batch: dict, rng, *, model, label_smoothing: float):
+    """The training objective on `batch`: mean cross-entropy plus the auxiliary losses layers
+    sow; returns it with (cross-entropy, auxiliary loss, logits, sown collections)."""
+    logits, sown = model.apply(
+        {"params": params, STATE: batch_stats}, batch["image"], train=True,
+        mutable=TRAIN_MUTABLE, rngs={RNG_STREAM: rng})
+    data_loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
+    aux_loss = sum(jax.tree.leaves(sown.get(AUX_LOSS, {})), jnp.zeros((), jnp.float32))
+    return data_loss + aux_loss, (data_loss, aux_loss, logits, sown)
+
+
+def _step_rng(state: TrainState) -> jax.Array:
+    """The key of this call: (seed, update), and the micro-batch when gradients accumulate."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    micro = micro_step(state.opt_state)
+    return rng if micro is None else jax.random.fold_in(rng, micro)
+
+
 def train_step(state: TrainState, batch: dict, *, model, optimizer, learning_rate_fn,
                label_smoothing: float = 0.0):
     """One SGD step on a (globally sharded) batch; returns the new state and scalar metrics.
 
     The objective is the mean cross-entropy plus the auxiliary losses layers sow; ``loss`` in
     the metrics is the cross-entropy alone (comparable across models), ``aux_loss`` the rest.
+    With gradient accumulation this is one micro-batch: the parameters and ``state.step`` change
+    on every k-th call only (``bnresearch.optim.accumulation``).
     """
-    step_rng = jax.random.fold_in(state.rng, state.step)
-
-    def loss_fn(params):
-        logits, sown = model.apply(
-            {"params": params, STATE: state.batch_stats}, batch["image"], train=True,
-            mutable=TRAIN_MUTABLE, rngs={RNG_STREAM: step_rng})
-        data_loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
-        aux_losses = jax.tree.leaves(sown.get(AUX_LOSS, {}))
-        aux_loss = sum(aux_losses, jnp.zeros((), jnp.float32))
-        return data_loss + aux_loss, (data_loss, aux_loss, logits, sown)
-
+    loss_fn = functools.partial(objective, batch_stats=state.batch_stats, batch=batch,
+                                rng=_step_rng(state), model=model,
+                                label_smoothing=label_smoothing)
     grads, (data_loss, aux_loss, logits, sown) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = state.replace(
-        step=state.step + 1,
+        step=state.step + jnp.asarray(completed_update(opt_state), jnp.int32),
         params=optax.apply_updates(state.params, updates),
         batch_stats=sown.get(STATE, state.batch_stats),
         opt_state=opt_state,
@@ -54,7 +70,8 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, learning_rat
     metrics = {
         "loss": data_loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-        # The optimizer's step count equals state.step, so this is the lr it just applied.
+        # The optimizer's step count equals state.step (both count updates), so this is the lr
+        # it applies with this batch's gradient.
         "lr": learning_rate_fn(state.step),
     }
     if jax.tree.leaves(sown.get(AUX_LOSS, {})):
@@ -62,6 +79,28 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, learning_rat
     for name, values in _sown_scalars(sown.get(ANALYSIS, {})).items():
         metrics[name] = jnp.mean(jnp.stack([jnp.asarray(v, jnp.float32) for v in values]))
     return new_state, metrics
+
+
+def noise_scale_step(state: TrainState, batch: dict, *, model, sub_batches: int,
+                     ema_decay: float, label_smoothing: float = 0.0):
+    """Measures the gradient noise scale on `batch` at the current parameters.
+
+    Returns the updated noise-scale EMAs (the rest of the state is untouched, so measuring does
+    not alter training) and the scalars to log. See ``bnresearch.measure.noise_scale`` for what
+    the sub-batch gradients are, batch norm included.
+    """
+    def gradient(sub_batch, rng):
+        loss_fn = functools.partial(objective, batch_stats=state.batch_stats, batch=sub_batch,
+                                    rng=rng, model=model, label_smoothing=label_smoothing)
+        return jax.grad(lambda params: loss_fn(params)[0])(state.params)
+
+    small_sq, big_sq = noise_scale.sub_batch_gradient_norms(gradient, batch, sub_batches,
+                                                            _step_rng(state))
+    big_batch = batch["label"].shape[0]
+    gradient_sq, trace = noise_scale.estimate(small_sq, big_sq, big_batch // sub_batches,
+                                              big_batch)
+    measured = noise_scale.update(state.noise_scale, gradient_sq, trace, ema_decay)
+    return measured, noise_scale.summary(measured, ema_decay)
 
 
 def eval_step(state: TrainState, batch: dict, *, model):

@@ -1,7 +1,8 @@
 import pytest
 
-from bnresearch.config.durations import parse_duration, to_steps
+from bnresearch.config.durations import parse_duration
 from bnresearch.errors import UsageError
+from bnresearch.optim.batch_size_schedule import make_timeline
 
 
 @pytest.mark.parametrize("text, steps_per_epoch, expected", [
@@ -14,8 +15,9 @@ from bnresearch.errors import UsageError
     ("0.25 epochs", 10, 2),   # 2.5 rounds to the nearest even step
     ("0 steps", 7, 0),
 ])
-def test_to_steps(text, steps_per_epoch, expected):
-    assert to_steps(text, steps_per_epoch) == expected
+def test_durations_in_steps(text, steps_per_epoch, expected):
+    timeline = make_timeline(num_train=10 * steps_per_epoch + 3, batch_size=10)
+    assert timeline.step_at(text) == expected
 
 
 @pytest.mark.parametrize("text", ["10", "ten epochs", "5 minutes", "1.5 steps", "-3 steps", ""])

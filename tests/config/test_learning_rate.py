@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from bnresearch.config.learning_rate import scaled_learning_rate
+from bnresearch.config.learning_rate import (check_warmup, legw_warmup_epochs, phase_peak_lrs,
+                                             scaled_learning_rate)
 from bnresearch.errors import UsageError
 
 
@@ -23,3 +24,41 @@ def test_goyal_et_al_reference_point():
 def test_unknown_rule():
     with pytest.raises(UsageError, match="valid: none, linear, sqrt"):
         scaled_learning_rate(0.1, 256, 256, "cubic")
+
+
+@pytest.mark.parametrize("batch_size, warmup_epochs", [(256, 5.0), (512, 10.0), (1024, 20.0),
+                                                        (8192, 160.0), (128, 2.5)])
+def test_legw_warmup_grows_with_the_batch(batch_size, warmup_epochs):
+    # You et al. 2019: 5 warmup epochs at 256 become 5 * B/256 epochs at B.
+    assert legw_warmup_epochs(5.0, batch_size, 256) == pytest.approx(warmup_epochs)
+
+
+def test_legw_warmup_keeps_its_length_in_steps():
+    # B/B0 times the epochs at B/B0 times fewer steps per epoch: as many steps as at B0.
+    num_train, base = 50_000, 256
+    for batch_size in (512, 2048, 8192):
+        steps = legw_warmup_epochs(5.0, batch_size, base) * (num_train / batch_size)
+        assert steps == pytest.approx(5.0 * num_train / base)
+
+
+def test_legw_requires_sqrt_scaling_and_epochs():
+    check_warmup("5 epochs", "legw", "sqrt")
+    check_warmup("500 steps", "linear", "linear")
+    with pytest.raises(UsageError, match="legw goes with lr_scaling='sqrt'.*not 'linear'"):
+        check_warmup("5 epochs", "legw", "linear")
+    with pytest.raises(UsageError, match="legw needs schedule.warmup in epochs"):
+        check_warmup("500 steps", "legw", "sqrt")
+    with pytest.raises(UsageError, match="valid: linear, legw"):
+        check_warmup("5 epochs", "gradual", "sqrt")
+
+
+def test_phase_peak_lrs_fixed_or_rescaled():
+    sizes = [128, 640, 3200]
+    assert phase_peak_lrs(0.1, 128, "linear", sizes, "fixed") == (0.1, 0.1, 0.1)
+    assert phase_peak_lrs(0.1, 128, "linear", sizes, "rescaled") == pytest.approx((0.1, 0.5, 2.5))
+    assert phase_peak_lrs(0.1, 128, "sqrt", sizes, "rescaled") == pytest.approx(
+        (0.1, 0.1 * math.sqrt(5), 0.5))
+    # fixed keeps the lr of the first phase, itself scaled from base_batch_size.
+    assert phase_peak_lrs(0.1, 64, "linear", sizes, "fixed") == pytest.approx((0.2,) * 3)
+    with pytest.raises(UsageError, match="valid: fixed, rescaled"):
+        phase_peak_lrs(0.1, 128, "linear", sizes, "grow")

@@ -49,6 +49,21 @@ def test_crop_flip_is_a_window_of_the_padded_image_or_its_mirror():
     assert 100 < flips < 200  # p = 0.5
 
 
+def test_crop_is_a_shifted_window_without_flip():
+    # Every shift (top, left) in [-1, 1]^2 appears, and the image is never mirrored.
+    image = random_image(6, 6)
+    crop = make_augmentation("crop", crop_padding=1, image_size=8).train
+    windows = set()
+    for seed in range(200):
+        out = crop(image, np.random.default_rng(seed))
+        padded = np.pad(image, ((1, 1), (1, 1), (0, 0)))
+        matches = [(top, left) for top in range(3) for left in range(3)
+                   if np.array_equal(out, padded[top:top + 6, left:left + 6])]
+        assert matches, "not a window of the padded image"
+        windows.update(matches)
+    assert len(windows) == 9
+
+
 def test_crop_flip_draws_offsets_then_flip():
     image = random_image(5, 6, channels=1)
     rng = np.random.default_rng(7)
@@ -122,7 +137,7 @@ def test_eval_of_grayscale_keeps_one_channel():
 
 
 def test_recipes_by_name():
-    assert AUGMENTATION_NAMES == ("none", "crop_flip", "resized_crop_flip")
+    assert AUGMENTATION_NAMES == ("none", "crop", "crop_flip", "resized_crop_flip")
     image = random_image(12, 12)
     none = make_augmentation("none", crop_padding=4, image_size=8)
     assert none.train(image, np.random.default_rng(0)) is image and none.eval(image) is image
@@ -130,7 +145,9 @@ def test_recipes_by_name():
     assert crop.output_size is None and crop.eval(image) is image
     resized = make_augmentation("resized_crop_flip", crop_padding=4, image_size=8)
     assert resized.output_size == 8 and resized.eval(image).shape == (8, 8, 3)
-    with pytest.raises(ValueError, match="unknown augmentation 'cutout'; valid: none, crop_flip"):
+    shift = make_augmentation("crop", crop_padding=1, image_size=8)
+    assert shift.output_size is None and shift.eval(image) is image
+    with pytest.raises(ValueError, match="unknown augmentation 'cutout'; valid: none, crop, "):
         make_augmentation("cutout", crop_padding=4, image_size=8)
 
 

@@ -55,7 +55,7 @@ def test_settings_require_every_field():
 @pytest.mark.parametrize(
     "field, value, expected",
     [
-        ("augment", "mixup", "unknown augment 'mixup'; valid: auto, none, crop_flip, resized_crop_flip"),
+        ("augment", "mixup", "unknown augment 'mixup'; valid: auto, none, crop, crop_flip, resized_crop_flip"),
         ("crop_padding", -1, "crop_padding must be an integer >= 0"),
         ("image_size", 0, "image_size must be an integer >= 1"),
         ("num_workers", 1.5, "num_workers must be an integer >= 0"),

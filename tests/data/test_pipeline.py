@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from bnresearch.data.dataset import load_dataset
-from bnresearch.data.pipeline import make_eval_iterator, make_train_iterator
+from bnresearch.data.pipeline import derive_seeds, make_eval_iterator, make_train_iterator
 from tests.data.datatest_utils import labelled_dataset, make_config
 
 
@@ -186,3 +186,90 @@ def test_digits_end_to_end(digits_dir):
     assert abs(sample.mean()) < 1e-4 and abs(sample.std() - 1) < 1e-4
     eval_batches = list(make_eval_iterator(dataset, batch_size=64, process_index=1, process_count=2))
     assert len(eval_batches) == 6 and eval_batches[0]["image"].shape == (32, 8, 8, 1)
+
+
+def labels_of(batches):
+    return np.concatenate([b["label"] for b in batches])
+
+
+def test_batch_size_changes_continue_the_stream():
+    # Batches of 4 up to batch 3, then of 6: the same positions as one example at a time.
+    dataset, _ = labelled_dataset(10, size=(8, 8), augment="crop_flip")
+    changing = take(make_train_iterator(dataset, seed=3, batch_size=4,
+                                        batch_size_changes=((3, 6),)), 5)
+    assert [len(b["label"]) for b in changing] == [4, 4, 4, 6, 6]
+    one_by_one = take(make_train_iterator(dataset, seed=3, batch_size=1), 24)
+    for key in ("label", "image"):
+        np.testing.assert_array_equal(np.concatenate([b[key] for b in changing]),
+                                      np.concatenate([b[key] for b in one_by_one]))
+
+
+def test_batch_size_changes_resume_exactly_in_a_later_phase():
+    dataset, _ = labelled_dataset(10, size=(8, 8), augment="crop_flip")
+    changes = ((2, 6), (4, 2))
+    iterator = make_train_iterator(dataset, seed=1, batch_size=4, batch_size_changes=changes)
+    take(iterator, 3)  # inside the run of 6
+    state = iterator.get_state()
+    expected = take(iterator, 4)
+    assert [len(b["label"]) for b in expected] == [6, 2, 2, 2]
+    fresh = make_train_iterator(dataset, seed=1, batch_size=4, batch_size_changes=changes)
+    fresh.set_state(state)
+    assert_batches_equal(expected, take(fresh, 4))
+
+
+def test_process_shares_follow_batch_size_changes():
+    dataset, _ = labelled_dataset(20, size=(8, 8), augment="crop_flip")
+    single = take(make_train_iterator(dataset, seed=1, batch_size=4,
+                                      batch_size_changes=((2, 8),)), 4)
+    shares = [take(make_train_iterator(dataset, seed=1, batch_size=4, batch_size_changes=((2, 8),),
+                                       process_index=p, process_count=2), 4) for p in range(2)]
+    for step, whole in enumerate(single):
+        np.testing.assert_array_equal(
+            np.concatenate([share[step]["image"] for share in shares]), whole["image"])
+
+
+def test_batch_augmentation_holds_m_distinct_copies_of_each_example():
+    dataset, images = labelled_dataset(6, size=(10, 8), augment="resized_crop_flip")
+    plain = take(make_train_iterator(dataset, seed=2, batch_size=3), 2)
+    augmented = take(make_train_iterator(dataset, seed=2, batch_size=3, multiplicity=4), 2)
+    for single, batch in zip(plain, augmented):
+        assert batch["image"].shape == (12, 4, 4, 3)
+        # Each example's 4 copies sit next to each other, in the order of the plain batch...
+        np.testing.assert_array_equal(batch["label"], np.repeat(single["label"], 4))
+        copies = batch["image"].reshape(3, 4, 4, 4, 3)
+        for example in range(3):
+            # ...copy 0 is the plain batch's image, and the 4 augmentations all differ.
+            np.testing.assert_array_equal(copies[example, 0], single["image"][example])
+            views = {copies[example, c].tobytes() for c in range(4)}
+            assert len(views) == 4
+
+
+def test_batch_augmentation_copies_are_seeded_by_position_and_copy():
+    # Copy c of stream position i is the train augmentation drawn from rng (seed, i, c).
+    dataset, images = labelled_dataset(5, size=(10, 8), augment="resized_crop_flip")
+    batch = next(make_train_iterator(dataset, seed=4, batch_size=5, multiplicity=3))
+    _, augment_seed = derive_seeds(4)
+    for position in range(5):
+        label = batch["label"][3 * position]
+        for copy in range(3):
+            view = dataset.augmentation.train(images[label],
+                                              np.random.default_rng((augment_seed, position, copy)))
+            np.testing.assert_allclose(batch["image"][3 * position + copy],
+                                       (view / 255 - 0.5) / 0.25, rtol=1e-6, atol=1e-6)
+
+
+def test_batch_augmentation_splits_over_processes_and_resumes():
+    dataset, _ = labelled_dataset(8, size=(8, 8), augment="crop_flip")
+    single = take(make_train_iterator(dataset, seed=0, batch_size=4, multiplicity=2), 3)
+    shares = [take(make_train_iterator(dataset, seed=0, batch_size=4, multiplicity=2,
+                                       process_index=p, process_count=2), 3) for p in range(2)]
+    for step, whole in enumerate(single):
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(
+                np.concatenate([share[step][key] for share in shares]), whole[key])
+    iterator = make_train_iterator(dataset, seed=0, batch_size=4, multiplicity=2)
+    take(iterator, 1)
+    state = iterator.get_state()
+    fresh = make_train_iterator(dataset, seed=0, batch_size=4, multiplicity=2)
+    fresh.set_state(state)
+    assert_batches_equal(single[1:], take(fresh, 2))

@@ -57,7 +57,7 @@ def test_instance_norm_refuses_features_without_spatial_axes():
     with pytest.raises(UsageError, match='instance norm: .* one value per channel'):
         norm.init(jax.random.key(0), random_input(DENSE_SHAPE), train=True)
     with pytest.raises(UsageError, match='instance norm'):
-        build_model('mlp', num_classes=3, norm='instance', batch_size=4, image_shape=(8, 8, 1))
+        build_model('mlp', num_classes=3, norm='instance', batch_sizes=[4], image_shape=(8, 8, 1))
 
 
 # --- filter response normalization -----------------------------------------------------------

@@ -81,7 +81,7 @@ def test_batch_size_one(name, options):
     if name == 'ghost_batch':
         options = {'virtual_batch_size': 1}
     build = functools.partial(build_model, num_classes=10, norm=name, norm_kwargs=options,
-                              batch_size=1, eval_batch_size=1, image_shape=(8, 8, 1))
+                              batch_sizes=[1], eval_batch_size=1, image_shape=(8, 8, 1))
     one_value_per_channel = pytest.raises(UsageError, match='one value per channel')
     if name == 'weight' and options.get('data_dependent_init', True):
         # the data-dependent init divides by a std over the batch, and every model ends with a
@@ -132,7 +132,7 @@ def digits_batch(data_dir):
 def test_every_model_trains_with_every_normalization_on_digits(model_name, name, digits_batch):
     batch, info = digits_batch
     build = functools.partial(build_model, model_name, num_classes=info.num_classes, norm=name,
-                              norm_kwargs=TEST_OPTIONS.get(name), batch_size=16,
+                              norm_kwargs=TEST_OPTIONS.get(name), batch_sizes=[16],
                               eval_batch_size=16, train_size=info.num_train,
                               image_shape=info.image_shape, **TINY_MODELS[model_name])
     if model_name == 'mlp' and name == 'instance':

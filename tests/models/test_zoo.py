@@ -8,7 +8,6 @@ import re
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -18,6 +17,7 @@ from bnresearch.layers.kit import LayerKit
 from bnresearch.layers.normalization import BatchNorm
 from bnresearch.layers import get_activation, get_normalization
 from bnresearch.layers.regularization import AlphaDropout, Dropout, StochasticDepth
+from bnresearch.config.defaults import base_config
 from bnresearch.models import build_model
 from bnresearch.models.preact_resnet import PreActBlock
 from bnresearch.optim.optimizers import make_optimizer
@@ -281,10 +281,8 @@ def test_weight_decay_on_kernels_decays_latent_kernels_but_not_slopes_gains_or_b
     model = build_model('bnn_mlp', num_classes=10, activation='prelu',
                         quantization={'method': 'bnn'}, hidden_sizes=(8, 8))
     params = model.init(jax.random.key(0), jnp.ones(DIGITS), train=True)['params']
-    config = ml_collections.ConfigDict({
-        'name': 'sgd', 'momentum': 0.9, 'b1': 0.9, 'b2': 0.999, 'eps': 1e-8,
-        'weight_decay': 0.1, 'weight_decay_on': 'kernels', 'grad_clip_norm': 0.0,
-        'lr_multipliers': {'kernel': 1.0, 'scale': 1.0, 'bias': 1.0}})
+    config = base_config().optimizer
+    config.update({'name': 'sgd', 'weight_decay': 0.1, 'weight_decay_on': 'kernels'})
     optimizer = make_optimizer(config, lambda step: 1.0)
     zero_grads = jax.tree.map(jnp.zeros_like, params)
     updates, _ = optimizer.update(zero_grads, optimizer.init(params), params)

@@ -1,10 +1,14 @@
-"""End-to-end behaviour of the training loop on digits: files, determinism, resume, divergence."""
+"""End-to-end behaviour of the training loop on digits: files, determinism, resume, divergence,
+batch-size schedules, the noise scale, gradient accumulation and batch augmentation."""
 import json
+import logging
 import os
 import pathlib
+import shutil
 import signal
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -86,9 +90,18 @@ def test_another_experiment_is_refused_and_nothing_is_touched(finished_run, data
     assert snapshot(finished_run) == before
 
 
-def test_batch_not_divisible_by_devices_is_refused(tmp_path, data_dir):
-    with pytest.raises(UsageError, match="batch_size=12 does not split over 8 devices"):
-        train_and_evaluate(tiny_config(data_dir, batch_size=12), str(tmp_path / "w"))
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": 12}, r"batch_size=12 does not split over 8 devices"),
+    ({"batch_size": 6, "batch_augmentation.multiplicity": 2},
+     r"batch_size x batch_augmentation.multiplicity \(6 x 2\)=12 does not split over 8"),
+    ({"batch_size_schedule.epochs": (1,), "batch_size_schedule.batch_sizes": (36,)},
+     r"batch_size_schedule.batch_sizes\[0\]=36 does not split over 8 devices"),
+    ({"noise_scale.enabled": True, "noise_scale.sub_batches": 5},
+     r"noise_scale.sub_batches=5 does not divide the batch of 32"),
+])
+def test_batch_not_divisible_by_devices_is_refused(tmp_path, data_dir, overrides, message):
+    with pytest.raises(UsageError, match=message):
+        train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
 
 
@@ -119,7 +132,10 @@ def wait_for_step(workdir, process, step, timeout=240):
     raise TimeoutError(f"step {step} not reached")
 
 
-LONG = {"train_duration": "200 steps", "checkpoint.every": "20 steps", "eval_every": "50 steps"}
+# Logging every 7 steps: a stop usually falls inside a logging window, whose partial records
+# must travel with the checkpoint for the resumed metrics to be bitwise those of one run.
+LONG = {"train_duration": "200 steps", "checkpoint.every": "20 steps", "eval_every": "50 steps",
+        "log_every": "7 steps"}
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +184,122 @@ def test_one_device_and_eight_devices_agree(tmp_path, data_dir):
     losses_eight = [loss for _, loss in train_losses(read_metrics(tmp_path / "eight"))]
     assert len(losses_one) == 5
     np.testing.assert_allclose(losses_eight, losses_one, rtol=2e-5)
+
+
+# Large-batch runs: a batch-size schedule (Smith et al.) with the noise scale measured, and
+# gradient accumulation with batch augmentation.
+# 32 per batch: 44 steps per epoch, so epoch 0.18 is step round(7.92) = 8; then 64 per batch.
+SCHEDULE = {"batch_size_schedule.epochs": (0.18,), "batch_size_schedule.batch_sizes": (64,),
+            "batch_size_schedule.lr": "rescaled",
+            "train_duration": "16 steps", "eval_every": "0 steps", "checkpoint.every": "4 steps",
+            "checkpoint.keep": 10, "noise_scale.enabled": True, "noise_scale.every": "2 steps",
+            "noise_scale.sub_batches": 4}
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax's event per XLA compilation
+
+
+@pytest.fixture(scope="module")
+def schedule_run(tmp_path_factory, data_dir):
+    compiled = []
+
+    def count(event, duration, **details):
+        if event == COMPILE_EVENT:
+            compiled.append(details.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(count)
+    workdir = tmp_path_factory.mktemp("schedule") / "work"
+    try:
+        assert train_and_evaluate(tiny_config(data_dir, **SCHEDULE), str(workdir)) == "done"
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    return workdir, compiled
+
+
+def test_batch_size_schedule_switches_at_its_epoch_and_compiles_each_size_once(schedule_run):
+    workdir, compiled = schedule_run
+    train = [m for m in read_metrics(workdir) if "train/loss" in m]
+    assert [m["step"] for m in train] == list(range(1, 17))
+    assert [m["train/batch_size"] for m in train] == [32] * 8 + [64] * 8
+    # One compilation per batch size, for the train step and the noise-scale measurement.
+    assert compiled.count("jit(train_step)") == 2
+    assert compiled.count("jit(noise_scale_step)") == 2
+
+
+def test_logged_lr_follows_each_phase(schedule_run):
+    # rescaled + linear: peak 0.05 at 32 per batch, 0.1 at 64. Warmup of 1 epoch: 8 steps reach
+    # epoch 0.18, and the remaining 0.82 epoch at 22 steps per epoch is round(18.04) = 18 more:
+    # 26 steps. The update logged at step n applies lr = peak * n / 26 (cosine has not begun).
+    train = [m for m in read_metrics(schedule_run[0]) if "train/lr" in m]
+    for record in train:
+        peak = 0.05 if record["step"] <= 8 else 0.1
+        assert record["train/lr"] == pytest.approx(peak * record["step"] / 26, rel=1e-6)
+
+
+def test_noise_scale_is_logged_finite_and_positive(schedule_run):
+    noise = [m for m in read_metrics(schedule_run[0]) if "train/noise_scale" in m]
+    assert [m["step"] for m in noise] == list(range(2, 17, 2))
+    for record in noise:
+        for key in ("train/noise_scale", "train/noise_scale_gradient_sq",
+                    "train/noise_scale_trace"):
+            assert np.isfinite(record[key]) and record[key] > 0, record
+
+
+def test_resume_in_the_second_phase_is_bitwise_exact(schedule_run, tmp_path, data_dir, caplog):
+    # A restart from the checkpoint at step 12 (batch size 64, with its data position and noise
+    # EMAs), as after a crash, reproduces steps 13-16 exactly.
+    finished, _ = schedule_run
+    workdir = tmp_path / "restarted"
+    shutil.copytree(finished, workdir)
+    shutil.rmtree(workdir / "checkpoints" / "16")
+    (workdir / "status.json").write_text(json.dumps({"status": "running", "step": 12}))
+    with caplog.at_level(logging.INFO, logger="bnresearch"):
+        assert train_and_evaluate(tiny_config(data_dir, **SCHEDULE), str(workdir)) == "done"
+    assert "resumed from the checkpoint at step 12" in caplog.text
+    assert "compiled the train step for batch size(s) 64 in" in caplog.text  # phase 2 only
+    assert read_metrics(workdir) == read_metrics(finished)
+
+
+def test_accumulation_and_batch_augmentation_count_updates_of_distinct_examples(tmp_path,
+                                                                                data_dir):
+    # 2 micro-batches of 16 examples, each example twice: 64 images per call, 32 distinct
+    # examples per update, which sets the lr (0.05 at base 32) and the epoch (44 updates).
+    config = tiny_config(data_dir, batch_size=16, train_duration="4 steps", eval_every="0 steps",
+                         **{"optimizer.accumulation_steps": 2,
+                            "batch_augmentation.multiplicity": 2, "checkpoint.every": "0 steps"})
+    assert train_and_evaluate(config, str(tmp_path)) == "done"
+    train = [m for m in read_metrics(tmp_path) if "train/loss" in m]
+    assert [m["step"] for m in train] == [1, 2, 3, 4]
+    assert {m["train/batch_size"] for m in train} == {32}
+    for record in train:
+        assert record["train/lr"] == pytest.approx(0.05 * record["step"] / 44, rel=1e-6)
+        assert record["train/epoch"] == pytest.approx(record["step"] / 44)
+
+
+class StopAt:
+    """A preemption notice that arrives at one chosen step."""
+
+    def __init__(self, step):
+        self._step = step
+
+    def should_stop(self, step):
+        return step == self._step
+
+    def close(self):
+        pass
+
+
+def test_a_stop_inside_a_logging_window_resumes_to_the_same_records(tmp_path, data_dir,
+                                                                   monkeypatch):
+    # Logging every 5 steps, checkpoints every 10: step 13 is neither, so the open window
+    # (steps 11-13) must be saved with the checkpoint and finished after the resume.
+    overrides = {"log_every": "5 steps", "checkpoint.every": "10 steps", "eval_every": "0 steps",
+                 "train_duration": "20 steps"}
+    train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path / "whole"))
+    monkeypatch.setattr("bnresearch.train.loop.PreemptionWatch", lambda: StopAt(13))
+    assert train_and_evaluate(tiny_config(data_dir, **overrides),
+                              str(tmp_path / "stopped")) == "preempted"
+    assert read_status(tmp_path / "stopped")["step"] == 13
+    assert [m["step"] for m in read_metrics(tmp_path / "stopped")] == [5, 10]
+    monkeypatch.setattr("bnresearch.train.loop.PreemptionWatch", lambda: StopAt(-1))
+    assert train_and_evaluate(tiny_config(data_dir, **overrides),
+                              str(tmp_path / "stopped")) == "done"
+    assert read_metrics(tmp_path / "stopped") == read_metrics(tmp_path / "whole")

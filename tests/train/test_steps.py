@@ -1,5 +1,7 @@
-"""The train step's objective against hand computations: label smoothing, sown auxiliary losses
-and analysis scalars."""
+"""The train step against hand computations: label smoothing, sown auxiliary losses, analysis
+scalars, and gradient accumulation against one step on the whole batch."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,10 @@ import numpy as np
 import optax
 import pytest
 
+from bnresearch.config.defaults import base_config
 from bnresearch.layers.variables import ANALYSIS, AUX_LOSS
+from bnresearch.models import build_model
+from bnresearch.optim.optimizers import make_optimizer
 from bnresearch.train.state import create_train_state
 from bnresearch.train.steps import cross_entropy, train_step
 
@@ -62,3 +67,57 @@ def test_aux_losses_join_the_objective_and_analysis_scalars_are_logged():
                                rtol=1e-5)
     np.testing.assert_allclose(metrics["aux_loss"], 2 * np.sum(w ** 2), rtol=1e-5)
     np.testing.assert_allclose(metrics["mean_input"], x.mean(), rtol=1e-5)
+
+
+def tiny_cnn(norm):
+    return build_model("cnn", num_classes=3, norm=norm, widths=(4, 8), convs_per_stage=1)
+
+
+def random_batches(count, size, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"image": rng.normal(size=(size, 8, 8, 1)).astype(np.float32),
+             "label": rng.integers(0, 3, size=size).astype(np.int32)} for _ in range(count)]
+
+
+def run_updates(model, batches, accumulation_steps):
+    """Applies the batches one train-step call each with k = accumulation_steps; returns the
+    final state and the (step, lr) seen after every call."""
+    config = base_config().optimizer
+    config.update(name="momentum", weight_decay=0.01, accumulation_steps=accumulation_steps)
+    schedule = lambda step: 0.1 / (1.0 + step)  # changes every update: a stale count would show
+    optimizer = make_optimizer(config, schedule)
+    state = create_train_state(model, optimizer, jax.random.key(0),
+                               jnp.asarray(batches[0]["image"]))
+    step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer,
+                                     learning_rate_fn=schedule))
+    seen = []
+    for batch in batches:
+        state, metrics = step(state, batch)
+        seen.append((int(state.step), float(metrics["lr"])))
+    return state, seen
+
+
+@pytest.mark.parametrize("norm", ["none", "layer"])
+def test_k_micro_batches_make_the_update_of_one_k_times_larger_batch(norm):
+    # Two updates of 3 micro-batches of 4 against two updates of the 12 examples together.
+    model, k = tiny_cnn(norm), 3
+    micro = random_batches(2 * k, 4)
+    joined = [{key: np.concatenate([b[key] for b in micro[i * k:(i + 1) * k]]) for key in micro[0]}
+              for i in range(2)]
+    accumulated, seen = run_updates(model, micro, accumulation_steps=k)
+    whole, seen_whole = run_updates(model, joined, accumulation_steps=1)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=1e-7),
+                 accumulated.params, whole.params)
+    # The step counts updates, not calls; each call reports the lr of its update.
+    assert [s for s, _ in seen] == [0, 0, 1, 1, 1, 2]
+    np.testing.assert_allclose([lr for _, lr in seen], [0.1] * 3 + [0.05] * 3, rtol=1e-6)
+    assert [s for s, _ in seen_whole] == [1, 2]
+
+
+def test_parameters_change_only_on_the_kth_call():
+    state, _ = run_updates(tiny_cnn("none"), random_batches(1, 4), accumulation_steps=2)
+    fresh, _ = run_updates(tiny_cnn("none"), random_batches(1, 4), accumulation_steps=1)
+    initial = create_train_state(tiny_cnn("none"), optax.sgd(0.1), jax.random.key(0),
+                                 jnp.asarray(random_batches(1, 4)[0]["image"]))
+    jax.tree.map(np.testing.assert_array_equal, state.params, initial.params)
+    assert not np.allclose(fresh.params["head"]["kernel"], initial.params["head"]["kernel"])
