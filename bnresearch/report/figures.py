@@ -76,12 +76,19 @@ def _plain_log_labels(axis) -> None:
 
 
 def numeric_fields(variants: list[Variant]) -> list[str]:
-    """Swept fields whose values are all numbers (not booleans), with at least two values."""
+    """Swept fields that are axes: all values numbers (not booleans), and at least two variants
+    that differ in this field alone. A number that only comes with one variant (one
+    normalization's own lr, say) is part of that variant, not something to plot against."""
     fields = []
     for field in dict.fromkeys(f for v in variants for f in v.values):
         values = [v.values[field] for v in variants]
-        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values) \
-                and len(set(values)) > 1:
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values):
+            continue
+        settings_of_the_rest = {}
+        for variant in variants:
+            rest = repr(sorted((k, repr(x)) for k, x in variant.values.items() if k != field))
+            settings_of_the_rest.setdefault(rest, set()).add(variant.values[field])
+        if any(len(settings) > 1 for settings in settings_of_the_rest.values()):
             fields.append(field)
     return fields
 

@@ -30,18 +30,19 @@ class Variant:
 
 def variants(sweep: Sweep, sweep_dir, target_accuracy: float | None) -> list[Variant]:
     """The sweep's variants in the order their first point appears."""
-    grouped: dict[str, tuple[dict, list]] = {}
+    grouped: dict[str, tuple[dict, str | None, list]] = {}
     for point in sweep.points:
         overrides = {k: v for k, v in point.overrides.items() if k != SEED}
-        key = repr(sorted(overrides.items()))
-        grouped.setdefault(key, (overrides, []))[1].append(point.name)
-    names = unique_names([overrides for overrides, _ in grouped.values()])
-    swept = list(dict.fromkeys(f for overrides, _ in grouped.values() for f in overrides))
+        key = repr((point.label, sorted(overrides.items())))
+        grouped.setdefault(key, (overrides, point.label, []))[2].append(point.name)
+    names = unique_names([overrides for overrides, _, _ in grouped.values()],
+                         [label for _, label, _ in grouped.values()])
+    swept = list(dict.fromkeys(f for overrides, _, _ in grouped.values() for f in overrides))
     return [Variant(name, overrides,
                     {f: overrides.get(f, _base_value(sweep.base_config, f)) for f in swept},
                     point_names,
                     [summarize_run(f"{sweep_dir}/{p}", target_accuracy) for p in point_names])
-            for name, (overrides, point_names) in zip(names, grouped.values())]
+            for name, (overrides, _, point_names) in zip(names, grouped.values())]
 
 
 def _base_value(config: dict, field: str):

@@ -10,8 +10,10 @@ A config module defines its sweep next to `get_config`:
             grid.axis("batch_size", [64, 256]),
             grid.seeds(3))
 
-Each point is a dict of overrides with the dotted names of `--config.FIELD=VALUE`. A grid is a
-plain list of such dicts, so lists written by hand combine with these helpers. Standard library
+Each point is a dict of overrides with the dotted names of `--config.FIELD=VALUE`. A variant
+made of several overrides can carry a readable name with `labeled`: its runs and its report row
+are then named by the label (and the seed) instead of by every override. A grid is a plain list
+of such dicts, so lists written by hand combine with these helpers. Standard library
 only (and the error class): config modules import this, and the sweep's parent process never
 imports JAX.
 """
@@ -22,6 +24,13 @@ from typing import Any, Iterable, Sequence
 from bnresearch.errors import UsageError
 
 Point = dict[str, Any]
+# The key of a point's label; config fields never start with an underscore.
+LABEL = "_label"
+
+
+def labeled(label: str, overrides: Point) -> Point:
+    """`overrides` named `label`: labeled("small_init", {"model.norm_kwargs.scale_init": 0.1, ...})."""
+    return {LABEL: label, **overrides}
 
 
 def axis(field: str, values: Iterable) -> list[Point]:

@@ -47,12 +47,21 @@ def raw_name(overrides: dict, labels: dict[str, str]) -> str:
     return name
 
 
-def unique_names(override_dicts: list[dict]) -> list[str]:
-    """One name per dict, in order; names that sanitizing made equal get ~2, ~3, ..."""
+def labeled_name(label: str, overrides: dict) -> str:
+    """A labeled point's name: its label, and its seed where it sets one."""
+    name = label if "seed" not in overrides else f"{label},seed={overrides['seed']}"
+    return _UNSAFE.sub("_", name)[:_MAX_LENGTH]
+
+
+def unique_names(override_dicts: list[dict], point_labels: list | None = None) -> list[str]:
+    """One name per dict, in order: its label (see ``labeled_name``) where `point_labels` gives
+    one, else its overrides; names that sanitizing made equal get ~2, ~3, ..."""
     labels = short_labels(field for overrides in override_dicts for field in overrides)
+    point_labels = point_labels or [None] * len(override_dicts)
     names, seen = [], {}
-    for overrides in override_dicts:
-        name = raw_name(overrides, labels)
+    for overrides, point_label in zip(override_dicts, point_labels):
+        name = (labeled_name(point_label, overrides) if point_label
+                else raw_name(overrides, labels))
         seen[name] = seen.get(name, 0) + 1
         names.append(name if seen[name] == 1 else f"{name}~{seen[name]}")
     return names

@@ -19,6 +19,7 @@ import ml_collections
 from bnresearch.config.compare import differences, summarize
 from bnresearch.config.fields import field_type
 from bnresearch.errors import UsageError
+from bnresearch.sweep import grid
 from bnresearch.sweep.naming import unique_names
 
 SWEEP_FILE = "sweep.json"
@@ -30,6 +31,7 @@ _SCALARS = (bool, int, float, str)
 class Point:
     name: str        # its run directory under the sweep directory
     overrides: dict  # dotted config field -> value
+    label: str | None = None  # the variant's name, where the sweep gives one (grid.labeled)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,13 +46,15 @@ class Sweep:
         return _json_roundtrip({
             "config_file": self.config_file, "arg": self.arg,
             "common_overrides": self.common_overrides, "base_config": self.base_config,
-            "points": [{"name": p.name, "overrides": p.overrides} for p in self.points]})
+            "points": [{"name": p.name, "overrides": p.overrides, "label": p.label}
+                       for p in self.points]})
 
     @classmethod
     def from_json(cls, value: dict) -> "Sweep":
         return cls(value["config_file"], value["arg"], value["common_overrides"],
                    value["base_config"],
-                   tuple(Point(p["name"], p["overrides"]) for p in value["points"]))
+                   tuple(Point(p["name"], p["overrides"], p.get("label"))
+                         for p in value["points"]))
 
     def command(self, point: Point, sweep_dir: pathlib.Path) -> list[str]:
         config = self.config_file + (f":{self.arg}" if self.arg is not None else "")
@@ -116,11 +120,18 @@ def expand(config_file: str, arg: str | None, config: ml_collections.ConfigDict,
     raw_points = list(get_sweep(arg) if arg is not None else get_sweep())
     if not raw_points:
         raise UsageError(f"get_sweep of {config_file} returned no points")
-    seen = {}
+    seen, labels = {}, []
     for index, overrides in enumerate(raw_points):
         if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
             raise UsageError(f"sweep point {index} is {overrides!r}; each point must be a dict "
                              "of dotted config fields, e.g. {'model.norm': 'group'}")
+        overrides = dict(overrides)
+        label = overrides.pop(grid.LABEL, None)
+        if label is not None and not (isinstance(label, str) and label.strip()):
+            raise UsageError(f"sweep point {index}: its label must be a non-empty string, "
+                             f"got {label!r}")
+        labels.append(label)
+        raw_points[index] = overrides
         for field, value in overrides.items():
             if field in common_overrides:
                 raise UsageError(f"--config.{field} on the command line conflicts with the "
@@ -133,12 +144,13 @@ def expand(config_file: str, arg: str | None, config: ml_collections.ConfigDict,
         if key in seen:
             raise UsageError(f"sweep points {seen[key]} and {index} are the same: {overrides}")
         seen[key] = index
-    names = unique_names(raw_points)
+    names = unique_names(raw_points, labels)
     return Sweep(
         config_file=str(pathlib.Path(config_file).resolve()), arg=arg,
         common_overrides=_json_roundtrip(common_overrides),
         base_config=json.loads(config.to_json()),
-        points=tuple(Point(name, _json_roundtrip(p)) for name, p in zip(names, raw_points)))
+        points=tuple(Point(name, _json_roundtrip(p), label)
+                     for name, p, label in zip(names, raw_points, labels)))
 
 
 def module_settings(config_file: str, arg: str | None, function_name: str) -> dict:

@@ -16,6 +16,7 @@ import pathlib
 import platform
 import subprocess
 import sys
+import types
 
 import jax
 import ml_collections
@@ -128,6 +129,19 @@ def _write_json(path: pathlib.Path, value) -> None:
     temporary.replace(path)
 
 
+def _tensorboard_writer(path: pathlib.Path):
+    """TensorBoard's event writer, without TensorFlow.
+
+    With TensorFlow installed (TFDS needs it to prepare datasets) the writer imports all of it,
+    3 s per run, only for its file I/O. TensorBoard's own switch, an importable
+    `tensorboard.compat.notf`, selects its built-in file I/O instead, which handles the local
+    paths run directories are.
+    """
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    from tensorboard.summary import Writer
+    return Writer(str(path))
+
+
 class MetricsLog:
     """metrics.jsonl plus TensorBoard scalars, written by process 0 only.
 
@@ -144,8 +158,7 @@ class MetricsLog:
             kept = [line for line in self._jsonl_path.read_text().splitlines()
                     if line and json.loads(line)["step"] <= resume_step]
             self._jsonl_path.write_text("".join(line + "\n" for line in kept))
-        from tensorboard.summary import Writer  # light: no TensorFlow import
-        self._tensorboard = Writer(str(rundir.path))
+        self._tensorboard = _tensorboard_writer(rundir.path)
         self._jsonl = self._jsonl_path.open("a")
 
     def write(self, step: int, scalars: dict) -> None:

@@ -8,6 +8,7 @@ import pytest
 from bnresearch.config.validation import validate_config
 from bnresearch.errors import UsageError
 from bnresearch.layers import NORMALIZATIONS
+from bnresearch.sweep import grid
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from configs import norm_comparison  # noqa: E402  (configs/ is not a package on the path)
@@ -41,10 +42,11 @@ def test_sweep_points_are_every_variant_and_seed_and_reach_the_config():
     points = norm_comparison.get_sweep()
     assert len(points) == 3 * len(norm_comparison.VARIANTS)
     assert len({tuple(sorted(point.items())) for point in points}) == len(points)
+    assert [point[grid.LABEL] for point in points[::3]] == list(norm_comparison.VARIANTS)
     for point in points:
         config = norm_comparison.get_config()
         config.lock()  # overrides of fields that do not exist would fail here
-        apply(config, point)
+        apply(config, {k: v for k, v in point.items() if k != grid.LABEL})
         validate_config(config)
     small_init = [p for p in points if p.get('model.norm_kwargs.scale_init') == 0.1]
     assert len(small_init) == 3 and all(p['model.norm'] == 'batch' for p in small_init)

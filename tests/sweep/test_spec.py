@@ -74,6 +74,26 @@ def test_expansion_names_points_and_builds_their_commands(tmp_path):
         sweep.points[0], tmp_path)[2] == f"--config={TINY}:one"
 
 
+def test_labeled_points_are_named_by_label_and_seed(tmp_path):
+    config_file = tmp_path / "labeled.py"
+    config_file.write_text(
+        "from bnresearch.sweep import grid\n"
+        "from tests.sweep.tiny_sweep import get_config\n"
+        "def get_sweep(arg=None):\n"
+        "    small = grid.labeled('small_init', {'model.norm_kwargs.scale_init': 0.1,\n"
+        "                                        'optimizer.lr_multipliers.scale': 0.01})\n"
+        "    return grid.product([{'model.norm': 'group'}, small], grid.seeds(2))\n")
+    sweep = expand(str(config_file), None, locked_config(), {})
+    assert [p.name for p in sweep.points] == ["norm=group,seed=0", "norm=group,seed=1",
+                                              "small_init,seed=0", "small_init,seed=1"]
+    assert sweep.points[2].label == "small_init"
+    assert sweep.points[2].overrides == {"model.norm_kwargs.scale_init": 0.1,
+                                         "optimizer.lr_multipliers.scale": 0.01, "seed": 0}
+    assert not [flag for flag in sweep.command(sweep.points[2], tmp_path) if "_label" in flag
+                and flag.startswith("--config.")]
+    assert type(sweep).from_json(sweep.to_json()).points[2].label == "small_init"
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("model.nrom", "group", "unknown config field 'model.nrom'; fields of model: activation,"),
     ("batch_sise", 32, "unknown config field 'batch_sise'; fields of the config: base_batch_size"),
