@@ -8,23 +8,26 @@ LSTM and Beyond", 2019, arXiv:1901.08256 (LEGW: sqrt scaling, warmup epochs x B/
     python launch.py --config configs/batch_scaling.py:batch_size=512,scaling=sqrt,warmup=legw \
         --workdir runs/batch_scaling/512_sqrt_legw
 
-The baseline is the quickstart's: the batch-norm CNN on digits at 64 per batch and lr 0.05, 30
-epochs, cosine decay. Arg: batch_size (any; the grid uses BATCH_SIZES), scaling (none | linear |
-sqrt), warmup (none | linear: 1 epoch | legw: 1 epoch at 64, x B/64, with scaling=sqrt), model
-(cnn | resnet20), dataset, seeds (of the sweep). The whole grid, 35 points per seed:
+The baseline: the normalization comparison's small batch-norm CNN (two stages of two 3x3 convs,
+16 and 32 channels) on digits, SGD with momentum 0.9 at lr 0.1 for batch 64, 20 epochs, cosine
+decay; a fixed budget of epochs, so a batch 8 times larger makes 8 times fewer updates. Arg:
+batch_size (any; the grid uses BATCH_SIZES), scaling (none | linear | sqrt), warmup (none |
+linear: 1 epoch | legw: 1 epoch at 64, x B/64, with scaling=sqrt), model (cnn | resnet20),
+dataset, seeds (of the sweep). The whole grid, 35 points per seed (the study in
+experiments/batch_scaling/):
 
     python launch.py --config configs/batch_scaling.py:seeds=3 --workdir runs/batch_scaling \
-        --sweep
+        --sweep --parallel 2
 
-Measured on 2 shared CPU cores, start-up and compilation included: batch_size=512,scaling=sqrt,
-warmup=legw (60 steps) 1:10, test accuracy 98.6%; batch_size=64,scaling=linear,warmup=linear
-(660 steps) 1:20, 98.3%.
+Measured on 2 CPU cores, two runs at a time, start-up and compilation included: the grid with 3
+seeds in 46 min (each run 15-30 s of training); test accuracy at 64 98.8-98.9%, at 512 97.0%
+with linear scaling and 86% without (experiments/batch_scaling/).
 """
 from bnresearch.config.arg import parse_arg
 from bnresearch.config.defaults import base_config
 from bnresearch.errors import UsageError
 
-BASE_BATCH_SIZE, BASE_LR = 64, 0.05
+BASE_BATCH_SIZE, BASE_LR = 64, 0.1
 BATCH_SIZES = (32, 64, 128, 256, 512)
 SCALING_RULES = ("none", "linear", "sqrt")
 # warmup arg -> (schedule.warmup, schedule.warmup_rule)
@@ -51,12 +54,16 @@ def get_config(arg=None):
     config = base_config()
     config.dataset.name = arg.dataset
     config.model.name = arg.model
+    if arg.model == "cnn":
+        config.model.options.widths = (16, 32)
+        config.model.options.convs_per_stage = 2
     config.base_batch_size = BASE_BATCH_SIZE
     config.base_lr = BASE_LR
-    config.train_duration = "30 epochs"
+    config.train_duration = "20 epochs"
     config.schedule.decay = "cosine"
     config.log_every = "1 epochs"
-    config.eval_every = "5 epochs"
+    config.eval_every = "2 epochs"
+    config.eval_batch_size = 360  # the whole test split in one batch
     config.lock()  # a misspelt field below is an error, not a new field
     config.update_from_flattened_dict(point(arg.batch_size, arg.scaling, arg.warmup))
     return config

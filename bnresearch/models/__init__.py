@@ -71,8 +71,8 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
                 self_normalizing: bool = False, dropout: dict | None = None,
                 stochastic_depth: float = 0.0, quantization: dict | None = None,
                 dtype: Dtype = jnp.float32, batch_sizes: Sequence[int] = (),
-                eval_batch_size: int | None = None, train_size: int | None = None,
-                image_shape: tuple[int, ...] | None = None, **model_options) -> nn.Module:
+                eval_batch_size: int | None = None, images_per_epoch: int | None = None,
+                accumulation_steps: int = 1, image_shape: tuple[int, ...] | None = None, **model_options) -> nn.Module:
     """Model `name` with the named normalization and activation everywhere.
 
     `weight_init`: by name (see ``bnresearch/layers/kit.py``), None for the default.
@@ -90,8 +90,10 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
     The facts of a run, where given, let the build check what depends on them, still before any
     compute: `batch_sizes` (every global batch a training step sees: a batch-size schedule has
     several) and `eval_batch_size` for normalizations that need particular batch sizes (ghost
-    batch norm's virtual batches); `train_size`, the training examples per epoch, for
-    normalizations that count epochs (batch_layer); and with `image_shape` (H, W, C) the model
+    batch norm's virtual batches); `images_per_epoch`, the training images of an epoch
+    (examples times batch augmentation's copies), for normalizations that count epochs
+    (batch_layer); `accumulation_steps`, the forward passes of one optimizer update, for those
+    that count updates (batch_renorm); and with `image_shape` (H, W, C) the model
     is traced abstractly (shapes only) in training mode at each of `batch_sizes` and in
     evaluation mode at `eval_batch_size`, which raises the shape-dependent errors, e.g. batch
     statistics over one value per channel at batch size 1.
@@ -121,7 +123,8 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
     else:
         conv_factory, dense_factory = quantized_weight_layers(spec, weight_init)
     norm_factory = bind_facts(get_normalization(norm, **(norm_kwargs or {})),
-                              train_size=train_size)
+                              images_per_epoch=images_per_epoch,
+                              accumulation_steps=accumulation_steps)
     layers = LayerKit(norm_factory=norm_factory,
                       activation_factory=get_activation(activation, **(activation_kwargs or {})),
                       conv_factory=conv_factory, dense_factory=dense_factory, dtype=dtype,
@@ -165,7 +168,8 @@ def set_options(options: ml_collections.ConfigDict) -> dict:
 def model_from_config(model_config: ml_collections.ConfigDict, *, num_classes: int,
                       dtype: Dtype = jnp.float32, **facts) -> nn.Module:
     """``build_model`` from the config's ``model`` block (see ``bnresearch/config/defaults.py``)
-    and the run's `facts` (batch_sizes, eval_batch_size, train_size, image_shape; see there)."""
+    and the run's `facts` (batch_sizes, eval_batch_size, images_per_epoch, accumulation_steps,
+    image_shape; see there)."""
     return build_model(
         model_config.name, num_classes=num_classes, norm=model_config.norm,
         norm_kwargs=set_options(model_config.norm_kwargs), activation=model_config.activation,

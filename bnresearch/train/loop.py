@@ -131,6 +131,18 @@ def check_batches_split(config: ml_collections.ConfigDict, mesh) -> None:
     check_batch_size("eval_batch_size", config.eval_batch_size, mesh)
 
 
+def _check_noise_scale_sub_batches(build_model, sub_batches: int, batch_sizes) -> None:
+    """The noise scale takes gradients on sub-batches of B / sub_batches images, each normalized
+    on its own: the model must work at that size too (ghost batch norm's virtual batches must
+    fit, batch statistics need more than one value per channel)."""
+    sizes = sorted({size // sub_batches for size in batch_sizes})
+    try:
+        build_model(batch_sizes=sizes)
+    except UsageError as error:
+        raise UsageError(f"noise_scale.sub_batches={sub_batches} measures gradients on "
+                         f"sub-batches of {', '.join(map(str, sizes))} images: {error}") from None
+
+
 def _is_due(step: int, cadence: Cadence, total_steps: int) -> bool:
     return step == total_steps or cadence.is_due(step)
 
@@ -237,12 +249,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
     # With the run's facts the build traces the model at every batch size a train step sees
     # (shapes only), so what a normalization cannot do at them fails here, before the workdir is
     # claimed.
-    model = models.model_from_config(
-        config.model, num_classes=dataset.info.num_classes,
+    build_model = functools.partial(
+        models.model_from_config, config.model, num_classes=dataset.info.num_classes,
         dtype=COMPUTE_DTYPES[config.compute_dtype],
-        batch_sizes=[plan.images_per_call(phase) for phase in plan.phases],
-        eval_batch_size=config.eval_batch_size, train_size=dataset.info.num_train,
-        image_shape=dataset.info.image_shape)
+        images_per_epoch=dataset.info.num_train * plan.multiplicity,
+        accumulation_steps=plan.accumulation_steps, image_shape=dataset.info.image_shape)
+    train_batch_sizes = [plan.images_per_call(phase) for phase in plan.phases]
+    model = build_model(batch_sizes=train_batch_sizes, eval_batch_size=config.eval_batch_size)
+    if plan.noise_scale is not None:
+        _check_noise_scale_sub_batches(build_model, config.noise_scale.sub_batches,
+                                       train_batch_sizes)
     learning_rate_fn = make_schedule(plan.schedule)
     optimizer = make_optimizer(config.optimizer, learning_rate_fn)
     rundir.claim(config)  # only now: a config that fails to set up leaves the workdir untouched

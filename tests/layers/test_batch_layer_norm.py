@@ -92,7 +92,7 @@ def test_default_switches_are_the_authors():
 
 def test_population_statistics_restart_every_epoch():
     # 13 training examples at batch size 6: epochs of 13 // 6 = 2 steps, as the loop counts them
-    norm = get_normalization('batch_layer')(train_size=13)
+    norm = get_normalization('batch_layer')(images_per_epoch=13)
     batches = [random_input(DENSE_SHAPE, seed=s) * (s + 1) for s in range(5)]
     variables = init_with_random_affine(norm, batches[0])
     for steps in range(1, 6):

@@ -92,7 +92,10 @@ def test_batch_norm_options_are_checked():
 def test_ghost_batch_norm_matches_numpy_in_train_and_eval(shape):
     momentum, virtual = 0.8, 2
     ghost = get_normalization('ghost_batch', virtual_batch_size=virtual, momentum=momentum)()
-    inputs = [random_input(shape, seed=0), random_input(shape, seed=1) * 2.0 + 1.0]
+    # The second batch is twice as large, as after a batch-size schedule's step: the virtual
+    # batches keep their size and become twice as many.
+    inputs = [random_input(shape, seed=0),
+              random_input((2 * shape[0], *shape[1:]), seed=1) * 2.0 + 1.0]
     variables = init_with_random_affine(ghost, inputs[0])
     params = variables['params']
     outputs, variables = train_steps(ghost, variables, inputs)
@@ -100,9 +103,9 @@ def test_ghost_batch_norm_matches_numpy_in_train_and_eval(shape):
     axes = tuple(range(1, len(shape)))  # within a group: the group's examples and positions
     running_mean, running_var = np.zeros(shape[-1]), np.ones(shape[-1])
     for x, y in zip(inputs, outputs):
-        groups = x.astype(np.float64).reshape(shape[0] // virtual, virtual, *shape[1:])
+        groups = x.astype(np.float64).reshape(x.shape[0] // virtual, virtual, *shape[1:])
         mean, var = moments(groups, axes)
-        expected = ((groups - mean) / np.sqrt(var + EPS)).reshape(shape)
+        expected = ((groups - mean) / np.sqrt(var + EPS)).reshape(x.shape)
         np.testing.assert_allclose(y, expected * params['scale'] + params['bias'], rtol=1e-5,
                                    atol=1e-5)
         # one update per step with the mean over groups of the group means and variances
@@ -173,13 +176,15 @@ def test_renorm_schedule_is_the_papers(step):
     np.testing.assert_allclose([r_limit, d_limit], numpy_renorm_limits(step), rtol=1e-6)
 
 
+@pytest.mark.parametrize('accumulation_steps', [1, 2])
 @pytest.mark.parametrize('shape', [CONV_SHAPE, DENSE_SHAPE])
-def test_batch_renorm_matches_numpy_with_the_schedule_counted_in_state(shape):
+def test_batch_renorm_matches_numpy_with_the_schedule_counted_in_state(shape, accumulation_steps):
     momentum = 0.7
-    # A schedule short enough to cross: bounds 1 and 0 at step 0, relaxed by steps 1 and 2.
+    # A schedule short enough to cross: bounds 1 and 0 at step 0, relaxed by steps 1 and 2. Its
+    # steps are updates: with gradient accumulation, several forward passes make one.
     options = dict(momentum=momentum, rmax=1.5, dmax=0.5, relax_start=0, rmax_end=2, dmax_end=1)
-    brn = get_normalization('batch_renorm', **options)()
-    inputs = [random_input(shape, seed=s) * (1 + s) + 2 * s for s in range(4)]
+    brn = get_normalization('batch_renorm', **options)(accumulation_steps=accumulation_steps)
+    inputs = [random_input(shape, seed=s) * (1 + s) + 2 * s for s in range(6)]
     variables = init_with_random_affine(brn, inputs[0])
     assert int(variables['batch_stats']['steps']) == 0
     params = variables['params']
@@ -187,8 +192,9 @@ def test_batch_renorm_matches_numpy_with_the_schedule_counted_in_state(shape):
 
     axes = tuple(range(len(shape) - 1))
     moving_mean, moving_std = np.zeros(shape[-1]), np.ones(shape[-1])
-    for step, (x, y) in enumerate(zip(inputs, outputs)):
-        r_limit, d_limit = numpy_renorm_limits(step, 1.5, 0.5, 0, 2, 1)
+    for forward_pass, (x, y) in enumerate(zip(inputs, outputs)):
+        update = forward_pass // accumulation_steps
+        r_limit, d_limit = numpy_renorm_limits(update, 1.5, 0.5, 0, 2, 1)
         mean, var = moments(x, axes)
         std = np.sqrt(var + EPS)
         r = np.clip(std.ravel() / moving_std, 1 / r_limit, r_limit)

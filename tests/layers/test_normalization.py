@@ -229,7 +229,7 @@ def test_registry_names_valid_choices():
             'momentum, epsilon, scale_init, momentum_convention, eval_statistics')):
         get_normalization('batch', num_groups=4)
     # dtype and the other build facts are the model's to set
-    for fact in ('dtype', 'train_size', 'activation'):
+    for fact in ('dtype', 'images_per_epoch', 'accumulation_steps', 'activation'):
         with pytest.raises(ValueError, match='valid options: heterogeneity_threshold, num_groups, '
                                              'group_size, epsilon'):
             get_normalization('group', **{fact: None})

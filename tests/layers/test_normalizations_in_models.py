@@ -47,8 +47,8 @@ SHARDING_CASES = [(name, TEST_OPTIONS.get(name, {})) for name in NORMALIZATIONS]
 def test_eight_devices_give_what_one_device_gives(name, options):
     devices = jax.devices()
     assert len(devices) == 8, 'tests/conftest.py should simulate 8 CPU devices'
-    model = build_model('cnn', num_classes=4, norm=name, norm_kwargs=options, train_size=64,
-                        **TINY_MODELS['cnn'])
+    model = build_model('cnn', num_classes=4, norm=name, norm_kwargs=options,
+                        images_per_epoch=64, **TINY_MODELS['cnn'])
     rng = np.random.default_rng(0)
     # a different offset on each device's examples, so per-device statistics would differ
     x = (rng.normal(size=(16, 8, 8, 1)) + np.repeat(np.arange(8) * 3.0, 2)[:, None, None, None]
@@ -133,7 +133,7 @@ def test_every_model_trains_with_every_normalization_on_digits(model_name, name,
     batch, info = digits_batch
     build = functools.partial(build_model, model_name, num_classes=info.num_classes, norm=name,
                               norm_kwargs=TEST_OPTIONS.get(name), batch_sizes=[16],
-                              eval_batch_size=16, train_size=info.num_train,
+                              eval_batch_size=16, images_per_epoch=info.num_train,
                               image_shape=info.image_shape, **TINY_MODELS[model_name])
     if model_name == 'mlp' and name == 'instance':
         with pytest.raises(UsageError, match='instance norm'):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from bnresearch.errors import UsageError
+from bnresearch.train import loop
 from bnresearch.train.loop import train_and_evaluate
 from tests.train.runs import launch, read_metrics, read_status, tiny_config
 
@@ -21,11 +22,34 @@ def train_losses(metrics):
     return [(m["step"], m["train/loss"]) for m in metrics if "train/loss" in m]
 
 
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax's event per XLA compilation
+
+
+def train_and_record_compilations(config, workdir) -> list[str]:
+    """Runs `config` to the end; returns the names of the functions XLA compiled meanwhile."""
+    compiled = []
+
+    def count(event, duration, **details):
+        if event == COMPILE_EVENT:
+            compiled.append(details.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        assert train_and_evaluate(config, str(workdir)) == "done"
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    return compiled
+
+
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, data_dir):
+def finished_run_and_compilations(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("run") / "work"
-    assert train_and_evaluate(tiny_config(data_dir), str(workdir)) == "done"
-    return workdir
+    return workdir, train_and_record_compilations(tiny_config(data_dir), workdir)
+
+
+@pytest.fixture(scope="module")
+def finished_run(finished_run_and_compilations):
+    return finished_run_and_compilations[0]
 
 
 def test_a_run_leaves_its_files(finished_run):
@@ -194,24 +218,12 @@ SCHEDULE = {"batch_size_schedule.epochs": (0.18,), "batch_size_schedule.batch_si
             "train_duration": "16 steps", "eval_every": "0 steps", "checkpoint.every": "4 steps",
             "checkpoint.keep": 10, "noise_scale.enabled": True, "noise_scale.every": "2 steps",
             "noise_scale.sub_batches": 4}
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax's event per XLA compilation
 
 
 @pytest.fixture(scope="module")
 def schedule_run(tmp_path_factory, data_dir):
-    compiled = []
-
-    def count(event, duration, **details):
-        if event == COMPILE_EVENT:
-            compiled.append(details.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(count)
     workdir = tmp_path_factory.mktemp("schedule") / "work"
-    try:
-        assert train_and_evaluate(tiny_config(data_dir, **SCHEDULE), str(workdir)) == "done"
-    finally:
-        jax.monitoring.unregister_event_duration_listener(count)
-    return workdir, compiled
+    return workdir, train_and_record_compilations(tiny_config(data_dir, **SCHEDULE), workdir)
 
 
 def test_batch_size_schedule_switches_at_its_epoch_and_compiles_each_size_once(schedule_run):
@@ -243,6 +255,32 @@ def test_noise_scale_is_logged_finite_and_positive(schedule_run):
             assert np.isfinite(record[key]) and record[key] > 0, record
 
 
+def test_without_the_noise_scale_nothing_of_it_is_compiled_or_logged(
+        finished_run_and_compilations):
+    workdir, compiled = finished_run_and_compilations
+    assert "jit(train_step)" in compiled and "jit(noise_scale_step)" not in compiled
+    assert not any(key.startswith("train/noise_scale") for m in read_metrics(workdir) for key in m)
+
+
+def test_noise_scale_grows_as_the_loss_falls_on_digits(tmp_path, data_dir):
+    # McCandlish et al.: B_simple grows as training progresses. The small CNN over three epochs
+    # at batch 64 (the train loss falls from about 2.3 to below 0.3), measured every 6 steps.
+    config = tiny_config(data_dir, batch_size=64, base_batch_size=64, base_lr=0.1,
+                         train_duration="66 steps", log_every="11 steps", eval_every="0 steps",
+                         **{"checkpoint.every": "0 steps", "model.options.widths": (16, 32),
+                            "noise_scale.enabled": True, "noise_scale.every": "6 steps"})
+    assert train_and_evaluate(config, str(tmp_path)) == "done"
+    metrics = read_metrics(tmp_path)
+    noise = np.array([m["train/noise_scale"] for m in metrics if "train/noise_scale" in m])
+    losses = [loss for _, loss in train_losses(metrics)]
+    assert noise.size == 11 and np.all(np.isfinite(noise)) and np.all(noise > 0)
+    assert losses[-1] < losses[0] / 4
+    assert noise[-1] > 2 * noise[0]
+    # Rank correlation of B_simple with the step: it rises nearly monotonically.
+    ranks = np.argsort(np.argsort(noise))
+    assert np.corrcoef(ranks, np.arange(noise.size))[0, 1] > 0.8, noise
+
+
 def test_resume_in_the_second_phase_is_bitwise_exact(schedule_run, tmp_path, data_dir, caplog):
     # A restart from the checkpoint at step 12 (batch size 64, with its data position and noise
     # EMAs), as after a crash, reproduces steps 13-16 exactly.
@@ -258,14 +296,23 @@ def test_resume_in_the_second_phase_is_bitwise_exact(schedule_run, tmp_path, dat
     assert read_metrics(workdir) == read_metrics(finished)
 
 
-def test_accumulation_and_batch_augmentation_count_updates_of_distinct_examples(tmp_path,
-                                                                                data_dir):
+def test_accumulation_and_batch_augmentation_count_updates_of_distinct_examples(
+        tmp_path, data_dir, monkeypatch):
     # 2 micro-batches of 16 examples, each example twice: 64 images per call, 32 distinct
     # examples per update, which sets the lr (0.05 at base 32) and the epoch (44 updates).
     config = tiny_config(data_dir, batch_size=16, train_duration="4 steps", eval_every="0 steps",
                          **{"optimizer.accumulation_steps": 2,
                             "batch_augmentation.multiplicity": 2, "checkpoint.every": "0 steps"})
+    builds = []
+    build = loop.models.model_from_config
+    monkeypatch.setattr(loop.models, "model_from_config",
+                        lambda *args, **facts: builds.append(facts) or build(*args, **facts))
     assert train_and_evaluate(config, str(tmp_path)) == "done"
+    # Layers that count epochs or updates in forward passes are told what those are by the
+    # builds that know the data (config validation builds without them): an epoch shows them
+    # 1437 x 2 images, an update is 2 passes.
+    assert {(facts["images_per_epoch"], facts["accumulation_steps"]) for facts in builds
+            if "image_shape" in facts} == {(1437 * 2, 2)}
     train = [m for m in read_metrics(tmp_path) if "train/loss" in m]
     assert [m["step"] for m in train] == [1, 2, 3, 4]
     assert {m["train/batch_size"] for m in train} == {32}

@@ -54,9 +54,10 @@ NORMALIZATIONS: dict[str, ModuleFactory] = {
 }
 
 # Fields that are facts of the model or the run, filled in by the kit or build_model rather
-# than set by users: the compute dtype, the model's activation (batch_kalman) and the number of
-# training examples per epoch (batch_layer).
-BUILD_FACTS = ('dtype', 'activation', 'train_size')
+# than set by users: the compute dtype, the model's activation (batch_kalman), the training
+# images a layer sees per epoch (batch_layer) and the forward passes of one optimizer update
+# (batch_renorm).
+BUILD_FACTS = ('dtype', 'activation', 'images_per_epoch', 'accumulation_steps')
 
 
 def get_normalization(name: str, **options) -> ModuleFactory:

@@ -46,9 +46,11 @@ class BatchLayerNorm(Normalization):
     Population statistics: the means, over the training batches of the current epoch, of the
     four statistics, variances Bessel-corrected (B/(B-1) for var_b, d/(d-1) for var_f), reset at
     the first step of every epoch, as the authors' Keras callback does. The layer counts its
-    training steps in ``batch_stats``; an epoch is ``train_size // B`` steps (the loop's epoch),
-    ``train_size`` being the number of training examples, a fact ``build_model`` passes in.
-    Without it (a model built outside a run) the statistics accumulate over all of training.
+    training forward passes in ``batch_stats``; an epoch is ``images_per_epoch // B`` of them
+    (the loop's epoch), ``images_per_epoch`` being the training images a layer sees in an epoch
+    (the training examples, times the copies of batch augmentation), a fact ``build_model``
+    passes in. Without it (a model built outside a run) the statistics accumulate over all of
+    training.
     Evaluation at the end of an epoch therefore uses exactly that epoch's statistics, and one in
     the middle of an epoch the part of it seen so far. The population feature statistics are
     also averaged over the examples (the authors' code keeps one per position in the batch,
@@ -68,8 +70,8 @@ class BatchLayerNorm(Normalization):
     population_batch_var: bool = True
     population_feature_mean: bool = False
     population_feature_var: bool = False
-    # A build-time fact, not an option: the number of training examples per epoch.
-    train_size: int | None = None
+    # A build-time fact, not an option: the training images per epoch.
+    images_per_epoch: int | None = None
 
     def __post_init__(self):
         check_epsilon(KIND, self.epsilon)
@@ -127,10 +129,10 @@ class BatchLayerNorm(Normalization):
         """Adds this step's statistics to the epoch's sums, first emptying them if the previous
         step completed an epoch."""
         steps = state['steps'].value
-        if self.train_size is None:
+        if self.images_per_epoch is None:
             keep = jnp.float32(1.0)
         else:
-            steps_per_epoch = max(self.train_size // batch_size, 1)
+            steps_per_epoch = max(self.images_per_epoch // batch_size, 1)
             keep = (steps < steps_per_epoch).astype(jnp.float32)
         statistics = {'batch_mean': batch_mean[0], 'batch_var': batch_var[0],
                       'feature_mean': jnp.mean(feature_mean, axis=0),

@@ -47,10 +47,11 @@ class BatchRenorm(Normalization):
 
     The bounds follow a schedule over training steps (``renorm_limits``): r_max = 1, d_max = 0
     until ``relax_start`` (5000), then linearly to ``rmax`` (3) at ``rmax_end`` (40000) and to
-    ``dmax`` (5) at ``dmax_end`` (25000). The step is a counter in ``batch_stats`` (so it is
-    checkpointed and a resumed run continues the schedule exactly); it counts forward passes in
-    training mode after ``init``, which are the optimizer steps unless gradients are accumulated
-    over several forward passes per step.
+    ``dmax`` (5) at ``dmax_end`` (25000). The steps are optimizer updates: a counter in
+    ``batch_stats`` (so it is checkpointed and a resumed run continues the schedule exactly)
+    counts forward passes in training mode after ``init``, and the schedule reads it divided by
+    ``accumulation_steps``, the forward passes (micro-batches) of one update, a fact
+    ``build_model`` passes in.
     """
     momentum: float = 0.99
     epsilon: float = 1e-5
@@ -60,6 +61,8 @@ class BatchRenorm(Normalization):
     relax_start: int = 5000
     rmax_end: int = 40000
     dmax_end: int = 25000
+    # A build-time fact, not an option: train-mode forward passes per optimizer update.
+    accumulation_steps: int = 1
 
     def __post_init__(self):
         check_fraction(KIND, 'momentum', self.momentum)
@@ -92,9 +95,9 @@ class BatchRenorm(Normalization):
         batch_mean, batch_var = mean_and_variance(x, axes)
         batch_mean, batch_var = batch_mean.reshape(num_features), batch_var.reshape(num_features)
         batch_std = jnp.sqrt(batch_var + self.epsilon)
-        r_limit, d_limit = renorm_limits(steps.value, rmax=self.rmax, dmax=self.dmax,
-                                         relax_start=self.relax_start, rmax_end=self.rmax_end,
-                                         dmax_end=self.dmax_end)
+        r_limit, d_limit = renorm_limits(steps.value // self.accumulation_steps, rmax=self.rmax,
+                                         dmax=self.dmax, relax_start=self.relax_start,
+                                         rmax_end=self.rmax_end, dmax_end=self.dmax_end)
         r = jax.lax.stop_gradient(jnp.clip(batch_std / moving_std.value, 1.0 / r_limit, r_limit))
         d = jax.lax.stop_gradient(jnp.clip((batch_mean - moving_mean.value) / moving_std.value,
                                            -d_limit, d_limit))
