@@ -15,10 +15,12 @@ the integer pre-activations rather than signs; the next quantized layer binarize
   layers.
 
 The logits layer is followed by a normalization of the logits, as in the released code (a batch
-norm after the last binary layer); the paper trains with a squared hinge loss, this code base
-with cross-entropy. The logits layer itself stays full precision unless
-``model.quantization.quantize_last``. Hidden dropout follows each hidden activation, head dropout
-comes right before the logits layer.
+norm after the last binary layer, with the learnable gain and shift of Lasagne's BatchNormLayer,
+which the kit's normalizations have too); the paper trains with a squared hinge loss, this code
+base with cross-entropy. The first and logits layers stay full precision unless
+``model.quantization.quantize_first`` / ``quantize_last``; ``configs/bnn_digits.py`` sets both,
+as the paper binarizes the weights of every layer. Hidden dropout follows each hidden
+activation, head dropout comes right before the logits layer.
 """
 from collections.abc import Sequence
 

@@ -5,6 +5,7 @@ The statistical tests use a fixed seed, so they are deterministic; each toleranc
 errors of the estimate, derived in the test, so a correct implementation fails with probability
 below 1e-6 for a random seed, while an off-by-a-factor mistake (e.g. not rescaling kept units)
 is off by far more."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,8 +24,7 @@ def apply(module, x, train, key=0):
     return module.apply({}, x, train=train, rngs={'dropout': jax.random.key(key)})
 
 
-@pytest.mark.parametrize('module', [Dropout(rate=0.3), AlphaDropout(rate=0.3),
-                                    StochasticDepth(survival=1.0)])
+@pytest.mark.parametrize('module', [Dropout(rate=0.3), AlphaDropout(rate=0.3)])
 def test_identity_at_evaluation(module):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 5)), jnp.float32)
     np.testing.assert_array_equal(module.apply({}, x, train=False), x)  # needs no random stream
@@ -82,6 +82,44 @@ def test_stochastic_depth_one_draw_per_batch_right_expectation_scaled_at_eval():
     assert abs(kept.mean() - survival) < 5 * np.sqrt(survival * (1 - survival) / draws)
     np.testing.assert_allclose(module.apply({}, branch, train=False), survival * branch,
                                rtol=1e-6)
+
+
+class ResidualBlock(nn.Module):
+    """shortcut + stochastic depth of the branch tanh(x W + b), as the residual models add it."""
+    survival: float
+
+    @nn.compact
+    def __call__(self, x, train):
+        branch = jnp.tanh(nn.Dense(x.shape[-1], name='dense')(x))
+        return x + StochasticDepth(survival=self.survival, name='drop')(branch, train=train)
+
+
+@pytest.mark.parametrize('survival', [0.3, 0.75, 1.0])
+def test_stochastic_depth_block_is_shortcut_plus_survival_times_branch(survival):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 6)), jnp.float32)
+    block = ResidualBlock(survival=survival)
+    variables = block.init(jax.random.key(0), x, train=False)
+    dense = variables['params']['dense']
+    shortcut = np.asarray(x, np.float64)
+    branch = np.tanh(shortcut @ np.asarray(dense['kernel'], np.float64)
+                     + np.asarray(dense['bias'], np.float64))
+    assert np.abs(branch).max() > 0.5  # a branch that matters: scaling it is visible
+    # evaluation: deterministic, needs no random stream, shortcut + p * branch
+    np.testing.assert_allclose(block.apply(variables, x, train=False),
+                               shortcut + survival * branch, rtol=1e-6, atol=1e-6)
+    # train: per draw the whole block is shortcut + branch or the shortcut alone, and the mean
+    # over draws is the evaluation output; per element the mean of Bernoulli(p) times branch
+    # has standard error |branch| sqrt(p (1 - p) / draws)
+    draws = 10_000
+    outputs = np.asarray(jax.vmap(lambda key: block.apply(
+        variables, x, train=True, rngs={'dropout': key}))(
+            jax.random.split(jax.random.key(1), draws)), np.float64)
+    kept = np.all(np.isclose(outputs, shortcut + branch, rtol=1e-6, atol=1e-6), axis=(1, 2))
+    dropped = np.all(outputs == np.asarray(x), axis=(1, 2))
+    assert np.all(kept != dropped)  # exactly one of the two, for the whole batch
+    standard_error = np.abs(branch) * np.sqrt(survival * (1 - survival) / draws)
+    np.testing.assert_array_less(np.abs(outputs.mean(0) - (shortcut + survival * branch)),
+                                 5 * standard_error + 1e-6)
 
 
 def test_kit_placements_and_rates():

@@ -1,7 +1,7 @@
 """Real train steps on a real digits batch: every activation and every quantizer trains the spine's
-CNN (small widths), the configs of the quantized networks build and train, and label smoothing
-works end to end through the loop. The full accuracy runs are the configs' own (see their
-docstrings); these guard them cheaply."""
+CNN (small widths), the quantized digits configs reach their accuracy claims in shortened runs
+of the loop, and label smoothing works end to end through the loop. The full accuracy runs are
+the configs' own (see their docstrings)."""
 import functools
 import sys
 
@@ -102,12 +102,78 @@ def load_config(module):
     return config_module.get_config()
 
 
-# The configs' variants (bnn_vgg, gradient bits) use models and quantizers tested above and in
-# tests/models; the DoReFa config runs through the loop in the label smoothing test below.
-def test_bnn_config_builds_and_trains(digits_batch):
-    config = load_config('bnn_digits')  # the config's own network: small enough for 8x8 digits
+def binary(x):
+    """+-1 with sign(0) = +1, as the quantizers binarize."""
+    return np.where(np.asarray(x) >= 0, 1.0, -1.0)
+
+
+def test_bnn_config_binarizes_every_weight_layer_but_not_the_pixels(digits_batch):
+    # The paper's BNN: binary weights in every layer, the first and the logits layer included,
+    # binary inputs everywhere but in the first layer, which multiplies the real pixels.
+    config = load_config('bnn_digits')
     model = model_from_config(config.model, num_classes=10)
-    check_training(*train_a_few_steps(model, config.optimizer, digits_batch, config.base_lr))
+    images = digits_batch['image']
+    assert not np.all(np.isin(np.asarray(images), (-1.0, 1.0)))  # real-valued pixels
+    variables = model.init(jax.random.key(0), images, train=False)
+    params = variables['params']
+    weight_layers = ('dense1', 'dense2', 'dense3', 'head')
+    assert {name for name in params if 'kernel' in params[name]} == set()  # no full precision
+    assert {name for name in params if 'latent_kernel' in params[name]} == set(weight_layers)
+    _, captured = model.apply(variables, images, train=False, capture_intermediates=True)
+    outputs = {name: np.asarray(value['__call__'][0], np.float64)
+               for name, value in captured['intermediates'].items() if name != '__call__'}
+    inputs = {'dense1': np.asarray(images, np.float64).reshape(len(images), -1),
+              'dense2': binary(outputs['dense1_act']), 'dense3': binary(outputs['dense2_act']),
+              'head': binary(outputs['dense3_act'])}
+    for layer in weight_layers:
+        expected = inputs[layer] @ binary(params[layer]['latent_kernel'])  # no bias: BN shifts
+        np.testing.assert_allclose(outputs[layer], expected, rtol=1e-5, atol=1e-4,
+                                   err_msg=layer)
+
+
+def final_eval_accuracy(workdir):
+    return [m for m in read_metrics(workdir) if 'eval/accuracy' in m][-1]['eval/accuracy']
+
+
+# The accuracy claims of the quantized digits configs (the issue's targets: BNN >= 85%, DoReFa
+# with 1-bit weights and 2-bit activations >= 90% test accuracy), checked through the real loop
+# with the configs' own networks, optimizers and lr schedules, only shortened: the same schedule
+# (BNN's cosine, DoReFa's 1-epoch warmup then cosine) squeezed into 1 and 3 epochs. The full runs
+# (40 and 30 epochs) end far above the targets, and so do these short ones (93% and 96% measured;
+# 93% and 95% with unoptimized XLA), so the targets are met well before the full runs' end; the
+# short runs cost compile time mostly. A quantizer or STE that breaks training leaves them far
+# below (chance is 10%). The variants (bnn_vgg, gradient bits) use models and quantizers tested
+# above and in tests/models.
+ACCURACY_RUNS = {
+    # config: (shortened train_duration, test accuracy it must reach)
+    'bnn_digits': ('1 epochs', 0.85),
+    'dorefa_digits': ('3 epochs', 0.90),
+}
+
+
+@pytest.fixture
+def optimized_compilation():
+    """Full XLA optimization for these runs, as for the launch.py runs of tests/train/runs.py:
+    unoptimized, the CNN's train steps run so slowly that the DoReFa run takes about 1.6x as
+    long. Restored afterwards."""
+    before = jax.config.read('jax_disable_most_optimizations')
+    jax.config.update('jax_disable_most_optimizations', False)
+    yield
+    jax.config.update('jax_disable_most_optimizations', before)
+
+
+@pytest.mark.parametrize('module', list(ACCURACY_RUNS))
+def test_quantized_config_reaches_its_accuracy_in_the_loop(module, tmp_path, data_dir,
+                                                           optimized_compilation):
+    duration, threshold = ACCURACY_RUNS[module]
+    config = load_config(module)
+    config.dataset.data_dir = data_dir
+    config.train_duration = config.eval_every = duration
+    config.log_every = duration
+    config.checkpoint.every = '0 steps'
+    config.lock()
+    assert train_and_evaluate(config, str(tmp_path / 'run')) == 'done'
+    assert final_eval_accuracy(tmp_path / 'run') >= threshold
 
 
 def test_dorefa_config_runs_in_the_loop_with_label_smoothing_end_to_end(tmp_path, data_dir):
