@@ -11,7 +11,7 @@ from matplotlib import ticker  # noqa: E402
 
 from bnresearch.report.runs import read_metrics, series  # noqa: E402
 from bnresearch.report.table import Variant, variant_row  # noqa: E402
-from bnresearch.sweep.naming import short_labels, unique_names  # noqa: E402
+from bnresearch.sweep.naming import short_labels, unique_names, value_text  # noqa: E402
 
 _DPI = 120
 
@@ -21,47 +21,110 @@ def _colors(count: int):
     return [cmap(index % cmap.N) for index in range(count)]
 
 
-def _band(curves: list[list[tuple[int, float]]]):
-    """Steps, mean and std over the curves that have a finite value at each step."""
-    by_step: dict[int, list[float]] = {}
+# Above this many variants one figure row holds too many lines to tell apart: the learning
+# curves become small multiples, one row per value of a swept number (the batch size, say).
+_MAX_LINES = 10
+
+
+def _band(curves: list[list[tuple[float, float]]]):
+    """x, mean and std over the curves that have a finite value at each x."""
+    by_x: dict[float, list[float]] = {}
     for curve in curves:
-        for step, value in curve:
+        for x, value in curve:
             if math.isfinite(value):
-                by_step.setdefault(step, []).append(value)
-    steps = np.array(sorted(by_step))
-    values = [by_step[step] for step in steps]
+                by_x.setdefault(x, []).append(value)
+    xs = np.array(sorted(by_x))
+    values = [by_x[x] for x in xs]
     mean = np.array([np.mean(v) for v in values])
     std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
-    return steps, mean, std
+    return xs, mean, std
+
+
+def _in_epochs(metrics: list[dict], curve: list[tuple[int, float]]):
+    """`curve` against the epochs trained at its steps, read off the train records' train/epoch
+    (linear between them, exact at the logged steps)."""
+    steps, epochs = zip(*series(metrics, "train/epoch"))
+    return [(float(np.interp(step, (0, *steps), (0.0, *epochs))), value)
+            for step, value in curve]
+
+
+def _examples_per_step_differ(all_metrics: list[list[dict]]) -> bool:
+    """Whether steps are not comparable between or within runs: they logged several batch sizes
+    (a batch-size sweep or schedule), and all logged their epochs, the common clock then."""
+    sizes = {value for metrics in all_metrics for _, value in series(metrics, "train/batch_size")}
+    return len(sizes) > 1 and all(series(metrics, "train/epoch") for metrics in all_metrics)
+
+
+def _facets(variants: list[Variant]) -> tuple[str | None, list[tuple[object, list[Variant]]]]:
+    """(the faceting field, [(its value, the variants with it)]): one facet of all variants,
+    unless there are too many for one plot and a swept number to split them by."""
+    fields = numeric_fields(variants)
+    if len(variants) <= _MAX_LINES or not fields:
+        return None, [(None, variants)]
+    field = fields[0]
+    by_value: dict[object, list[Variant]] = {}
+    for variant in variants:
+        by_value.setdefault(variant.values[field], []).append(variant)
+    return field, sorted(by_value.items())
 
 
 def learning_curves(variants: list[Variant], sweep_dir, path) -> None:
-    """Eval accuracy and train loss against step; the band is ± one std over seeds."""
-    figure, (accuracy_axis, loss_axis) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for variant, color in zip(variants, _colors(len(variants))):
-        metrics = [read_metrics(f"{sweep_dir}/{name}") for name in variant.point_names]
-        for axis, key in ((accuracy_axis, "eval/accuracy"), (loss_axis, "train/loss")):
-            steps, mean, std = _band([series(m, key) for m in metrics])
-            if steps.size == 0:
-                continue
-            label = f"{variant.name} ({len(metrics)} seed{'s' * (len(metrics) > 1)})"
-            axis.plot(steps, mean, color=color, label=label,
-                      marker="o" if steps.size < 12 else None, markersize=3)
-            axis.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, lw=0)
-    accuracy_axis.set(title="eval accuracy", xlabel="step", ylabel="accuracy")
-    loss_axis.set(title="train loss", xlabel="step", ylabel="loss (log scale)", yscale="log")
-    for axis in (accuracy_axis, loss_axis):
-        axis.grid(alpha=0.3)
-        axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    _plain_log_labels(loss_axis.yaxis)
-    handles, labels = accuracy_axis.get_legend_handles_labels()
-    if not handles:
-        handles, labels = loss_axis.get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), frameon=False,
-                  fontsize="small")
-    figure.suptitle("mean over seeds, band: ± one standard deviation", fontsize="small")
-    rows = math.ceil(len(labels) / 4)
-    figure.tight_layout(rect=(0, 0.06 * rows, 1, 0.97))
+    """Eval accuracy and train loss against step (epoch where the runs' batch sizes differ); the
+    band is ± one std over seeds. Many variants with a swept number: a row per value of it, each
+    variant's line keeps its colour and label (its other settings) across rows."""
+    metrics = {variant.name: [read_metrics(f"{sweep_dir}/{name}") for name in variant.point_names]
+               for variant in variants}
+    in_epochs = _examples_per_step_differ([m for runs in metrics.values() for m in runs])
+    field, facets = _facets(variants)
+    if field is None:
+        label_of = {variant.name: variant.name for variant in variants}
+    else:
+        others = {variant.name: {k: v for k, v in variant.values.items() if k != field}
+                  for variant in variants}
+        distinct = list({repr(sorted(o.items())): o for o in others.values()}.values())
+        name_of = dict(zip((repr(sorted(o.items())) for o in distinct), unique_names(distinct)))
+        label_of = {name: name_of[repr(sorted(o.items()))] for name, o in others.items()}
+    labels = list(dict.fromkeys(label_of.values()))
+    color_of = dict(zip(labels, _colors(len(labels))))
+    figure, axes = plt.subplots(len(facets), 2, figsize=(12, 1.2 + 3.6 * len(facets)),
+                                squeeze=False)
+    short = short_labels(f for v in variants for f in v.values).get(field)
+    for (value, facet), (accuracy_axis, loss_axis) in zip(facets, axes):
+        for variant in facet:
+            runs = metrics[variant.name]
+            for axis, key in ((accuracy_axis, "eval/accuracy"), (loss_axis, "train/loss")):
+                curves = [series(m, key) for m in runs]
+                if in_epochs:
+                    curves = [_in_epochs(m, curve) for m, curve in zip(runs, curves)]
+                xs, mean, std = _band(curves)
+                if xs.size == 0:
+                    continue
+                color = color_of[label_of[variant.name]]
+                seeds = f" ({len(runs)} seed{'s' * (len(runs) > 1)})" if field is None else ""
+                axis.plot(xs, mean, color=color, label=label_of[variant.name] + seeds,
+                          marker="o" if xs.size < 12 else None, markersize=3)
+                axis.fill_between(xs, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+        where = f" ({short}={value_text(value)})" if field is not None else ""
+        x_label = "epoch" if in_epochs else "step"
+        accuracy_axis.set(title="eval accuracy" + where, xlabel=x_label, ylabel="accuracy")
+        loss_axis.set(title="train loss" + where, xlabel=x_label, ylabel="loss (log scale)",
+                      yscale="log")
+        for axis in (accuracy_axis, loss_axis):
+            axis.grid(alpha=0.3)
+            axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        _plain_log_labels(loss_axis.yaxis)
+    legend = {}
+    for axis in axes.ravel():
+        legend.update(zip(*reversed(axis.get_legend_handles_labels())))
+    if legend:  # none when no point has a finite value yet (all failed, or diverged at once)
+        figure.legend(legend.values(), legend.keys(), loc="lower center",
+                      ncol=min(len(legend), 4 if field is None else 3), frameon=False,
+                      fontsize="small")
+    seeds = "" if field is None else f"{max(len(v.point_names) for v in variants)} seeds; "
+    figure.suptitle(f"mean over seeds, band: ± one standard deviation ({seeds}"
+                    f"x: {'epochs' if in_epochs else 'updates'})", fontsize="small")
+    rows = math.ceil(len(legend) / (4 if field is None else 3))
+    figure.tight_layout(rect=(0, 0.3 * rows / figure.get_figheight(), 1, 0.97))
     figure.savefig(path, dpi=_DPI)
     plt.close(figure)
 

@@ -3,6 +3,7 @@ import csv
 import dataclasses
 import math
 import pathlib
+import shlex
 
 from bnresearch.errors import UsageError
 from bnresearch.report import figures, text
@@ -30,6 +31,16 @@ def _csv_value(value):
 def _shown_config(config_file: str) -> str:
     path, repo = pathlib.Path(config_file), LAUNCH.parent
     return str(path.relative_to(repo)) if path.is_relative_to(repo) else str(path)
+
+
+def regenerate_command(sweep_dir, target_accuracy: float) -> str:
+    """The command that writes this report again: the directory as given, relative to the
+    current directory where it lies below it; the target in full (repr), so the same."""
+    sweep_dir = pathlib.Path(sweep_dir)
+    if sweep_dir.is_absolute() and sweep_dir.is_relative_to(pathlib.Path.cwd()):
+        sweep_dir = sweep_dir.relative_to(pathlib.Path.cwd())
+    return shlex.join(["python", "-m", "bnresearch.report", str(sweep_dir),
+                       f"--target_accuracy={float(target_accuracy)!r}"])
 
 
 def check_target_accuracy(target_accuracy: float) -> None:
@@ -74,10 +85,9 @@ def make_report(sweep_dir, target_accuracy: float = DEFAULT_TARGET_ACCURACY) -> 
     note = ("Mean ± sample standard deviation (ddof=1) over the seeds that finished; diverged "
             f"points are counted, not averaged. Steps to {target_accuracy:g}: first evaluated "
             "step at or above it (reached/finished). Wall time: mean training time of a point.")
-    markdown = [f"# Sweep report: {sweep_dir.name}", "",
+    markdown = [f"# Sweep report: {sweep_dir.resolve().name}", "",
                 f"Config `{config}`, {len(sweep.points)} points in {len(groups)} variants. "
-                f"Regenerate with `python -m bnresearch.report {sweep_dir.name} "
-                f"--target_accuracy={target_accuracy:g}`.", "",
+                f"Regenerate with `{regenerate_command(sweep_dir, target_accuracy)}`.", "",
                 text.markdown_table(headers, cells), "", note, ""]
     markdown += [f"![{path.stem}]({path.name})\n" for path in figure_paths]
     md_path = sweep_dir / "report.md"

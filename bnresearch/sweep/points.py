@@ -18,6 +18,12 @@ from bnresearch.report.runs import FINISHED, read_json
 from bnresearch.sweep.spec import Point
 
 LOGS = "logs"
+STATES = ("done", "diverged", "running", "preempted", "interrupted", "failed", "pending")
+
+
+def counted(counts) -> str:
+    """'3 done, 1 failed': a Counter of states, in the order of STATES."""
+    return ", ".join(f"{counts[s]} {s}" for s in STATES if counts.get(s))
 
 
 def log_path(sweep_dir, point: Point) -> pathlib.Path:

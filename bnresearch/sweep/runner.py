@@ -10,7 +10,8 @@ import fcntl
 import pathlib
 
 from bnresearch.errors import UsageError
-from bnresearch.report.make import check_target_accuracy, make_report
+from bnresearch.report.make import (DEFAULT_TARGET_ACCURACY, check_target_accuracy, make_report,
+                                    regenerate_command)
 from bnresearch.report.runs import FINISHED, summarize_run
 from bnresearch.report import text
 from bnresearch.sweep import points as point_files
@@ -66,7 +67,7 @@ def launch_sweep(sweep: Sweep, sweep_dir, *, parallel: int = 1, retry_failed: bo
     to_run = [point for point in sweep.points if states[point.name] not in FINISHED
               and (retry_failed or states[point.name] != "failed")]
     counts = collections.Counter(states.values())
-    known = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s != "pending")
+    known = point_files.counted({**counts, "pending": 0})
     skipped = counts["failed"] if not retry_failed else 0
     _say(f"sweep {sweep_dir}: {len(sweep.points)} points" + (f" ({known})" if known else "")
          + f"; {len(to_run)} to run"
@@ -92,17 +93,28 @@ def launch_sweep(sweep: Sweep, sweep_dir, *, parallel: int = 1, retry_failed: bo
 
 
 def _finish(sweep: Sweep, sweep_dir: pathlib.Path, completed: bool, target_accuracy) -> int:
+    """Prints the table and writes the report when some point has a result (done or diverged:
+    a sweep whose points all diverged reports just that); returns the sweep's exit status."""
     states = {point.name: point_files.state(sweep_dir, point) for point in sweep.points}
     unfinished = [name for name, state in states.items() if state not in FINISHED]
-    if any(state == "done" for state in states.values()):
-        report = make_report(sweep_dir, *([target_accuracy] if target_accuracy else []))
-        print("\n" + report.table + "\n")
-        print("report: " + ", ".join(str(path) for path in report.files), flush=True)
+    status = 1 if unfinished else 0
+    if any(state in FINISHED for state in states.values()):
+        target = target_accuracy or DEFAULT_TARGET_ACCURACY
+        try:
+            report = make_report(sweep_dir, target)
+        except Exception as error:  # a bug in the report must not hide how the sweep ended
+            _say(f"error: the report failed ({type(error).__name__}: {error}); the runs are "
+                 f"intact; once fixed: {regenerate_command(sweep_dir, target)}")
+            status = 1
+        else:
+            print("\n" + report.table + "\n")
+            print("report: " + ", ".join(str(path) for path in report.files), flush=True)
     if not unfinished:
-        _say(f"all {len(states)} points finished")
-        return 0
+        _say(f"all {len(states)} points finished "
+             f"({point_files.counted(collections.Counter(states.values()))})")
+        return status
     counts = collections.Counter(states[name] for name in unfinished)
     _say(("stopped early; " if not completed else "")
-         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+         + point_files.counted(counts)
          + f" of {len(states)} points; status: python launch.py --workdir {sweep_dir} --status")
     return 1

@@ -37,9 +37,7 @@ def status_text(directory) -> str:
         if state == "failed":
             error = point_files.error_of(directory, point) or "see its log"
             errors.append(f"  {point.name}: {error}  ({point_files.log_path(directory, point)})")
-    order = ["done", "diverged", "running", "preempted", "interrupted", "failed", "pending"]
-    summary = ", ".join(f"{counts[s]} {s}" for s in order if counts[s])
-    lines = [f"{directory}: {len(sweep.points)} points: {summary}", "",
+    lines = [f"{directory}: {len(sweep.points)} points: {point_files.counted(counts)}", "",
              text.table(HEADERS, rows, right={2, 3, 4})]
     if errors:
         lines += ["", "failed:", *errors]

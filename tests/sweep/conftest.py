@@ -1,5 +1,5 @@
-"""One finished sweep of tests/sweep/tiny_sweep.py for the session: 4 points that train and 1
-that fails, run 2 at a time."""
+"""One finished sweep of tests/sweep/tiny_sweep.py for the session: 3 points that train, 1 that
+diverges and 1 that fails, run 2 at a time."""
 import pytest
 
 from bnresearch.data.dataset import load_dataset

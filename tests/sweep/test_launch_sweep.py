@@ -11,6 +11,7 @@ from bnresearch.report.runs import read_metrics
 from tests.sweep.sweeps import launch_sweep, snapshot, status_view
 
 GOOD = ["batch_size=16,seed=0", "batch_size=16,seed=1", "batch_size=32,seed=0"]
+DIVERGED = "norm=none,base_lr=1e+30"
 BAD = "norm=no_such_norm"
 
 
@@ -18,12 +19,24 @@ def read_status(run_dir):
     return json.loads((run_dir / "status.json").read_text())
 
 
-def test_a_failing_point_leaves_the_others_done(finished_sweep):
+def test_failing_and_diverging_points_leave_the_others_done(finished_sweep):
     workdir, result = finished_sweep
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr  # the failed point
     for name in GOOD:
         assert read_status(workdir / name) == {**read_status(workdir / name), "status": "done",
                                                "step": 6}
+    # A diverged point is a result: its process ends normally, at the first non-finite loss.
+    diverged = read_status(workdir / DIVERGED)
+    losses = [(m["step"], m["train/loss"]) for m in read_metrics(workdir / DIVERGED)
+              if "train/loss" in m]
+    assert diverged["status"] == "diverged" and 1 < diverged["step"] < 6, diverged
+    assert diverged["step"] == next(s for s, loss in losses if not np.isfinite(loss))
+    assert json.loads((workdir / "logs" / f"{DIVERGED}.exit.json").read_text()) == {
+        "exit_code": 0}
+    assert re.search(rf"diverged    {re.escape(DIVERGED)}: step {diverged['step']}/6 \(",
+                     result.stdout)
+    # Only the failed point is unfinished: a diverged one counts as finished.
+    assert re.search(r"\d\d:\d\d:\d\d 1 failed of 5 points; status: ", result.stdout)
     assert re.search(rf"FAILED      {BAD} \(exit 2\): error: unknown normalization 'no_such_norm'",
                      result.stdout)
     assert not (workdir / BAD).exists()  # refused before it claimed a run directory
@@ -41,7 +54,7 @@ def test_relaunch_trains_nothing_and_retries_failures_only_when_asked(finished_s
     before = snapshot(workdir)
     again = launch_sweep(workdir, prepared_data_dir, "--parallel=2")
     assert again.returncode == 1
-    assert "4 points (3 done, 1 failed); 0 to run; 1 failed skipped" in again.stdout
+    assert "5 points (3 done, 1 diverged, 1 failed); 0 to run; 1 failed skipped" in again.stdout
     # Every launch of a point appends a header to its log: unchanged files = nothing launched.
     assert snapshot(workdir) == before
 
@@ -49,8 +62,8 @@ def test_relaunch_trains_nothing_and_retries_failures_only_when_asked(finished_s
     assert retried.returncode == 1
     logs = {path.name: path.read_text().count("\n==== ") + path.read_text().startswith("====")
             for path in (workdir / "logs").glob("*.log")}
-    assert logs == {**{f"{name}.log": 1 for name in GOOD}, f"{BAD}.log": 2}
-    for name in GOOD:
+    assert logs == {**{f"{name}.log": 1 for name in GOOD + [DIVERGED]}, f"{BAD}.log": 2}
+    for name in GOOD + [DIVERGED]:
         assert snapshot(workdir / name) == {p: b for p, b in before.items()
                                             if p.is_relative_to(workdir / name)}
 
@@ -71,12 +84,15 @@ def test_status_view_shows_each_point(finished_sweep):
     result = status_view(workdir)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == f"{workdir}: 4 points: 3 done, 1 failed"
+    assert lines[0] == f"{workdir}: 5 points: 3 done, 1 diverged, 1 failed"
     for name in GOOD:
         best = max(m["eval/accuracy"] for m in read_metrics(workdir / name) if "eval/accuracy" in m)
         row = next(line for line in lines if line.startswith(name + " "))
         assert row.split()[1:4] == ["done", "6/6", f"{best:.4f}"], row
         assert row.endswith(" s")
+    diverged = next(line for line in lines if line.startswith(DIVERGED + " "))
+    step = read_status(workdir / DIVERGED)["step"]
+    assert diverged.split()[1:3] == ["diverged", f"{step}/6"], diverged  # no eval: no accuracy
     assert next(line for line in lines if line.startswith(BAD + " ")).split()[1] == "failed"
     assert any("error: unknown normalization 'no_such_norm'" in line for line in lines)
 
@@ -131,7 +147,7 @@ def test_tensorboard_on_the_sweep_directory_shows_every_point(finished_sweep):
     workdir, _ = finished_sweep
     runs = EventMultiplexer().AddRunsFromDirectory(str(workdir))
     runs.Reload()
-    assert sorted(runs.Runs()) == GOOD  # the failed point never started training
+    assert sorted(runs.Runs()) == sorted(GOOD + [DIVERGED])  # the failed one never trained
     for name in GOOD:
         last = runs.Tensors(name, "eval/accuracy")[-1]
         final = [m for m in read_metrics(workdir / name) if "eval/accuracy" in m][-1]

@@ -4,6 +4,8 @@ Lives next to the sweep tests to share their finished sweep (bnresearch/report r
 """
 import csv
 import json
+import math
+import re
 import subprocess
 import sys
 
@@ -15,6 +17,7 @@ from tests.sweep.sweeps import REPO
 
 VARIANTS = {"batch_size=16": ["batch_size=16,seed=0", "batch_size=16,seed=1"],
             "batch_size=32": ["batch_size=32,seed=0"]}
+DIVERGED = "norm=none,base_lr=1e+30"
 
 
 def evals(run_dir):
@@ -40,6 +43,7 @@ def expected_row(workdir, points, target):
     return {"final_accuracy_mean": final.mean(), "final_accuracy_std": std(final),
             "best_accuracy_mean": best.mean(), "best_accuracy_std": std(best),
             "steps_to_target_mean": reached.mean() if reached.size else None,
+            "steps_to_target_std": std(reached),
             "reached_target": reached.size, "wall_time_s_mean": wall.mean()}
 
 
@@ -53,7 +57,7 @@ def test_report_numbers_are_those_of_the_metrics_files(finished_sweep):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     rows = read_csv(workdir / "report.csv")
-    assert list(rows) == [*VARIANTS, "norm=no_such_norm"]
+    assert list(rows) == [*VARIANTS, DIVERGED, "norm=no_such_norm"]
     for variant, points in VARIANTS.items():
         row, expected = rows[variant], expected_row(workdir, points, target)
         assert (row["points"], row["done"], row["diverged"]) == (str(len(points)),) * 2 + ("0",)
@@ -65,11 +69,19 @@ def test_report_numbers_are_those_of_the_metrics_files(finished_sweep):
                 assert float(row[key]) == pytest.approx(value, rel=1e-12), key
     failed = rows["norm=no_such_norm"]
     assert (failed["done"], failed["final_accuracy_mean"], failed["batch_size"]) == ("0", "", "32")
+    diverged = rows[DIVERGED]  # counted, not averaged
+    assert (diverged["points"], diverged["done"], diverged["diverged"]) == ("1", "0", "1")
+    assert (diverged["final_accuracy_mean"], diverged["base_lr"]) == ("", "1e+30")
     # The table a terminal shows, and the markdown one, hold the same numbers.
     expected = expected_row(workdir, VARIANTS["batch_size=16"], target)
     shown = f"{expected['final_accuracy_mean']:.4f} ± {expected['final_accuracy_std']:.4f}"
     assert shown in result.stdout
-    assert f"| batch_size=16 | 2/2 | 0 | {shown} |" in (workdir / "report.md").read_text()
+    markdown = (workdir / "report.md").read_text()
+    assert f"| batch_size=16 | 2/2 | 0 | {shown} |" in markdown
+    assert f"| {DIVERGED} | 0/1 | 1 |  |  |  |  |" in markdown
+    assert re.search(rf"^{re.escape(DIVERGED)} +0/1 +1$", result.stdout, re.M)
+    assert f"Regenerate with `python -m bnresearch.report {workdir} " \
+           f"--target_accuracy={target!r}`." in markdown
 
 
 def test_report_figures_are_pngs_and_linked_from_the_markdown(finished_sweep):
@@ -89,3 +101,58 @@ def test_a_directory_without_a_sweep_is_refused_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr == f"error: {tmp_path} holds no sweep.json: a report needs a sweep " \
                             "directory\n"
+
+
+def synthetic_sweep(directory, runs):
+    """A claimed sweep of the tiny config, one point per entry of `runs` (seeds 0, 1, ...), whose
+    run directories hold the given status.json and train losses, as launch.py leaves them."""
+    from bnresearch.sweep import grid
+    from bnresearch.sweep.spec import claim, expand
+    from tests.sweep import tiny_sweep
+    module = directory.parent / f"{directory.name}_sweep.py"
+    module.write_text("from bnresearch.sweep import grid\n"
+                      "from tests.sweep.tiny_sweep import get_config\n"
+                      f"def get_sweep(arg=None):\n    return grid.seeds({len(runs)})\n")
+    config = tiny_sweep.get_config()
+    config.lock()
+    sweep = expand(str(module), None, config, {})
+    assert [p.overrides for p in sweep.points] == grid.seeds(len(runs))
+    claim(sweep, directory)
+    for point, (status, losses) in zip(sweep.points, runs):
+        run_dir = directory / point.name
+        run_dir.mkdir()
+        (run_dir / "status.json").write_text(json.dumps(
+            {"status": status, "step": len(losses), "total_steps": 6, "wall_time_s": 0.5}))
+        (run_dir / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": step, "train/loss": loss}) + "\n"
+            for step, loss in enumerate(losses, 1)))
+    return sweep
+
+
+def test_a_sweep_that_only_diverged_is_reported_and_has_finished(tmp_path, monkeypatch, capsys):
+    from bnresearch.sweep.runner import launch_sweep
+    # Both at their first step: no finite value to plot at all.
+    sweep = synthetic_sweep(tmp_path / "s", [("diverged", [math.nan]), ("diverged", [math.inf])])
+    monkeypatch.chdir(tmp_path)
+    assert launch_sweep(sweep, tmp_path / "s") == 0  # nothing to run; both finished
+    out = capsys.readouterr().out
+    assert re.search(r"^base +0/2 +2$", out, re.M), out
+    assert "all 2 points finished (2 diverged)" in out
+    markdown = (tmp_path / "s" / "report.md").read_text()
+    assert "| base | 0/2 | 2 |  |  |  |  |" in markdown
+    # The directory relative to where the report ran, as the command to run there.
+    assert "Regenerate with `python -m bnresearch.report s --target_accuracy=0.9`." in markdown
+    assert (tmp_path / "s" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert read_csv(tmp_path / "s" / "report.csv")["base"]["diverged"] == "2"
+
+
+def test_a_sweep_with_no_result_writes_no_report(tmp_path, capsys):
+    from bnresearch.sweep.runner import _finish
+    sweep = synthetic_sweep(tmp_path / "s", [("preempted", [2.3, 2.2]), ("failed", [])])
+    assert _finish(sweep, tmp_path / "s", True, None) == 1
+    out = capsys.readouterr().out
+    assert "report" not in out and not (tmp_path / "s" / "report.md").exists()
+    assert "1 preempted, 1 failed of 2 points; status: " in out
+    # Asked for anyway, the report shows the two points, neither finished.
+    make_report(tmp_path / "s")
+    assert "| base | 0/2 | 0 |" in (tmp_path / "s" / "report.md").read_text()

@@ -65,7 +65,7 @@ def test_expansion_names_points_and_builds_their_commands(tmp_path):
     sweep = expand(TINY, None, locked_config(), {"dataset.data_dir": "/d"})
     assert [p.name for p in sweep.points] == [
         "batch_size=16,seed=0", "batch_size=16,seed=1", "batch_size=32,seed=0",
-        "norm=no_such_norm"]
+        "norm=none,base_lr=1e+30", "norm=no_such_norm"]
     command = sweep.command(sweep.points[1], tmp_path)
     assert command[1:] == [
         str(REPO / "launch.py"), f"--config={TINY}", f"--workdir={tmp_path / sweep.points[1].name}",

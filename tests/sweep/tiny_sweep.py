@@ -3,8 +3,9 @@
     python launch.py --config tests/sweep/tiny_sweep.py --workdir DIR --sweep --parallel 2
 
 About 8 s per point on 2 CPU cores, mostly process start. The arg picks the sweep:
-  (none)   batch_size=16 with seeds 0 and 1, batch_size=32 with seed 0, and a point whose
-           normalization does not exist (it fails in its own process): 4 points
+  (none)   batch_size=16 with seeds 0 and 1, batch_size=32 with seed 0, a point without
+           normalization at a learning rate of 1e30 (its loss is NaN at step 2: it diverges) and
+           a point whose normalization does not exist (it fails in its own process): 5 points
   one      a single point
 """
 from bnresearch.config.defaults import base_config
@@ -30,4 +31,5 @@ def get_sweep(arg=None):
     if arg == "one":
         return [{"seed": 3}]
     return grid.product(grid.axis("batch_size", [16]), grid.seeds(2)) + [
-        {"batch_size": 32, "seed": 0}, {"model.norm": "no_such_norm"}]
+        {"batch_size": 32, "seed": 0}, {"model.norm": "none", "base_lr": 1e30},
+        {"model.norm": "no_such_norm"}]
