@@ -122,6 +122,11 @@ def test_another_experiment_is_refused_and_nothing_is_touched(finished_run, data
      r"batch_size_schedule.batch_sizes\[0\]=36 does not split over 8 devices"),
     ({"noise_scale.enabled": True, "noise_scale.sub_batches": 5},
      r"noise_scale.sub_batches=5 does not divide the batch of 32"),
+    # 32 / 4: sub-batches of 8, where ghost batch norm's virtual batches of 16 do not fit
+    ({"noise_scale.enabled": True, "noise_scale.sub_batches": 4, "model.norm": "ghost_batch",
+      "model.norm_kwargs.virtual_batch_size": 16},
+     r"noise_scale.sub_batches=4 measures gradients on sub-batches of 8 images: ghost batch "
+     r"norm: batch_size=8 does not split into virtual batches of virtual_batch_size=16"),
 ])
 def test_batch_not_divisible_by_devices_is_refused(tmp_path, data_dir, overrides, message):
     with pytest.raises(UsageError, match=message):
