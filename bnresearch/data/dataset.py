@@ -2,11 +2,14 @@
 
 Preparation happens on first use and once per data dir (see ``prepare``). Reading prepared data
 needs neither TensorFlow nor network: ``tfds`` data sources hand over the encoded images and
-``images.decode_image`` decodes them with PIL while batches are made.
+``images.decode_image`` decodes them with PIL. A split small enough (``IN_MEMORY_MAX_BYTES`` of
+pixels: digits, MNIST, CIFAR) is decoded once, when the dataset is opened, and served from
+memory; a larger one is decoded at each read, while batches are made.
 """
 import dataclasses
 import functools
 import logging
+import math
 import os
 from typing import Any, Sequence
 
@@ -22,6 +25,7 @@ from bnresearch.data.catalog import (
     resolve_data_dir,
 )
 from bnresearch.data.imagefolder import ImageFolder, image_folder_config, scan_image_folder
+from bnresearch.data.images import decode_image
 from bnresearch.data.prepare import prepare_once
 
 _log = logging.getLogger(__name__)
@@ -29,6 +33,10 @@ _log = logging.getLogger(__name__)
 # An image folder whose smallest side is above this gets ImageNet-style augmentation by default.
 SMALL_IMAGE_MAX_SIDE = 64
 FILE_FORMAT = tfds.core.FileFormat.ARRAY_RECORD
+# A split whose decoded pixels fit in this is decoded once and kept in memory (CIFAR-10's train
+# split takes 150 MB): reading and decoding a small PNG costs more than a small model's train
+# step on it, and would be paid again every epoch.
+IN_MEMORY_MAX_BYTES = 512 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +63,9 @@ class LoaderOptions:
 class Dataset:
     """A prepared dataset and everything the pipeline needs to batch it.
 
-    The sources hold records {'image': encoded bytes, 'label': int, ...}; images decode to
-    ``channels`` channels, then ``augmentation`` applies, then per-channel ``mean``/``std``
-    (x/255 units) normalize.
+    The sources hold records {'image': uint8 (H, W, channels), 'label': int, ...}, decoded;
+    ``augmentation`` applies to the images, then per-channel ``mean``/``std`` (x/255 units)
+    normalize.
     """
 
     info: DatasetInfo
@@ -96,11 +104,9 @@ def load_dataset(dataset_config: Any) -> Dataset:
         augment, crop_padding=settings.crop_padding, image_size=settings.image_size
     )
     image_shape = _batch_image_shape(settings.name, augmentation, prepared)
-    # Records keep the encoded image; decoding happens in the pipeline, where it parallelizes.
-    undecoded = {"image": tfds.decode.SkipDecoding()}
     builder = prepared.builder
-    train_source = builder.as_data_source("train", decoders=undecoded)
-    test_source = builder.as_data_source(prepared.test_split, decoders=undecoded)
+    train_source = _open_split(prepared, "train")
+    test_source = _open_split(prepared, prepared.test_split)
     info = DatasetInfo(
         name=settings.name,
         num_classes=builder.info.features["label"].num_classes,
@@ -119,6 +125,40 @@ def load_dataset(dataset_config: Any) -> Dataset:
         augmentation,
         loader,
     )
+
+
+class _DecodingSource:
+    """A split's records, each with its image decoded when it is read."""
+
+    def __init__(self, records: Sequence[dict[str, Any]], channels: int):
+        self._records = records
+        self._channels = channels
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self._records[index]
+        return {**record, "image": decode_image(record["image"], self._channels)}
+
+    def __iter__(self):  # array_record signals the end with ValueError, not IndexError
+        return (self[index] for index in range(len(self)))
+
+
+def _open_split(prepared: _PreparedData, split: str) -> Sequence[dict[str, Any]]:
+    """The split's decoded records: in memory if they fit IN_MEMORY_MAX_BYTES, else read and
+    decoded on demand (decoding then runs in the pipeline's threads or workers)."""
+    # TFDS would decode with TensorFlow or keep each file's own mode; images.decode_image does
+    # it with PIL, to the dataset's channels.
+    encoded = prepared.builder.as_data_source(split,
+                                              decoders={"image": tfds.decode.SkipDecoding()})
+    records = _DecodingSource(encoded, prepared.channels)
+    if prepared.uniform_size is None:
+        return records
+    pixels = len(records) * math.prod(prepared.uniform_size) * prepared.channels
+    if pixels > IN_MEMORY_MAX_BYTES:
+        return records
+    return [records[index] for index in range(len(records))]
 
 
 def _batch_image_shape(
@@ -148,7 +188,7 @@ def _write_array_record(builder: tfds.core.DatasetBuilder) -> None:
 
 
 def _prepare_digits(data_dir: str) -> _PreparedData:
-    # Imported here: the builder pulls in scikit-learn (about 2 s), which only digits needs.
+    # Imported here, as only digits needs it (scikit-learn itself only when preparing them).
     from bnresearch.data.digits import SklearnDigits  # pylint: disable=import-outside-toplevel
 
     builder = prepare_once(lambda: SklearnDigits(data_dir=data_dir), _write_array_record)

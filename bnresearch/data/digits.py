@@ -6,8 +6,6 @@
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from bnresearch.data.images import channel_mean_std
 
@@ -18,6 +16,7 @@ DIGITS_MAX_VALUE = 16
 
 def digits_split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train, test) row indices: stratified by label, 360 test rows, random_state 0."""
+    from sklearn.model_selection import train_test_split  # 3 s to import; needed once, to prepare
     train, test = train_test_split(
         np.arange(len(labels)),
         test_size=DIGITS_TEST_SIZE,
@@ -64,6 +63,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download: scikit-learn ships the data.
+        from sklearn.datasets import load_digits  # 3 s to import; needed once, to prepare
         digits = load_digits()
         images = digits_to_uint8(digits.images)[..., np.newaxis]
         train, test = digits_split_indices(digits.target)

@@ -30,7 +30,6 @@ from absl import flags
 
 from bnresearch.data.augment import normalize
 from bnresearch.data.dataset import Dataset, LoaderOptions
-from bnresearch.data.images import decode_image
 
 
 def local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
@@ -63,14 +62,13 @@ class _TrainExample:
     'label': (M,)}. Copy c is augmented with a generator seeded by (seed, position, c)."""
 
     def __init__(self, dataset: Dataset, augment_seed: int, multiplicity: int):
-        self._channels = dataset.channels
         self._augment = dataset.augmentation.train
         self._seed = augment_seed
         self._multiplicity = multiplicity
 
     def __call__(self, position: int, record: dict) -> dict:
-        image = decode_image(record["image"], self._channels)
-        copies = [self._augment(image, np.random.default_rng((self._seed, position, copy)))
+        copies = [self._augment(record["image"],
+                                np.random.default_rng((self._seed, position, copy)))
                   for copy in range(self._multiplicity)]
         return {"image": np.stack(copies),
                 "label": np.full(self._multiplicity, record["label"], np.int32)}
@@ -80,12 +78,11 @@ class _EvalExample:
     """Record -> eval-transformed uint8 example with mask 1."""
 
     def __init__(self, dataset: Dataset):
-        self._channels = dataset.channels
         self._transform = dataset.augmentation.eval
 
     def __call__(self, record: dict) -> dict:
-        image = decode_image(record["image"], self._channels)
-        return {"image": self._transform(image), "label": np.int32(record["label"]), "mask": np.float32(1)}
+        return {"image": self._transform(record["image"]), "label": np.int32(record["label"]),
+                "mask": np.float32(1)}
 
 
 class _PaddingExample:

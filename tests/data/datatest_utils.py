@@ -1,6 +1,4 @@
 """Helpers for the data tests: configs, generated image folders, in-memory labelled datasets."""
-import io
-
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -27,12 +25,6 @@ def make_config(name: str, data_dir: str, **overrides) -> ml_collections.ConfigD
     return config
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def write_image_folder(root, classes, images_per_class, size, *, seed=0, test_classes=None):
     """Writes root/{train,test}/<class>/NN.png with random RGB pixels; returns {relative path: pixels}."""
     rng = np.random.default_rng(seed)
@@ -52,7 +44,7 @@ def labelled_dataset(num_examples, *, size=(6, 5), channels=3, augment="none", s
     """An in-memory Dataset whose record i has label i, for checking order and coverage."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (num_examples, *size, channels), dtype=np.uint8)
-    records = [{"image": png_bytes(image), "label": np.int64(i)} for i, image in enumerate(images)]
+    records = [{"image": image, "label": np.int64(i)} for i, image in enumerate(images)]
     augmentation = make_augmentation(augment, crop_padding=2, image_size=4)
     shape = (4, 4, channels) if augmentation.output_size else (*size, channels)
     options = {"num_workers": 0, "num_threads": 0, "prefetch": 0, **loader}

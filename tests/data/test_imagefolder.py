@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from bnresearch.data.catalog import DatasetError
+from bnresearch.data import dataset as dataset_module
 from bnresearch.data.dataset import load_dataset
-from bnresearch.data.images import decode_image
 from tests.data.datatest_utils import make_config, write_image_folder
 
 CLASSES = ["cat", "dog", "emu"]
@@ -24,9 +24,14 @@ def load_folder(folder, data_dir, **overrides):
     return load_dataset(make_config(f"imagefolder:{folder}", str(data_dir), **overrides))
 
 
-def test_labels_and_pixels_match_the_files(small_folder, tmp_path):
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_labels_and_pixels_match_the_files(small_folder, tmp_path, monkeypatch, in_memory):
+    # 18 images of 10x12x3 fit in memory; with no room they are decoded at each read instead.
+    if not in_memory:
+        monkeypatch.setattr(dataset_module, "IN_MEMORY_MAX_BYTES", 0)
     root, written = small_folder
     dataset = load_folder(root, tmp_path)
+    assert isinstance(dataset.train_source, list) == in_memory
     info = dataset.info
     assert (info.num_classes, info.num_train, info.num_test) == (3, 12, 6)
     assert info.image_shape == (10, 12, 3)
@@ -34,7 +39,7 @@ def test_labels_and_pixels_match_the_files(small_folder, tmp_path):
         for record in source:
             path = record["file_name"].decode()
             assert record["label"] == CLASSES.index(path.split("/")[1])
-            np.testing.assert_array_equal(decode_image(record["image"], 3), written[path])
+            np.testing.assert_array_equal(record["image"], written[path])
     assert sorted(r["file_name"].decode() for r in dataset.train_source) == sorted(
         p for p in written if p.startswith("train/")
     )
