@@ -9,6 +9,7 @@ import ctypes
 import dataclasses
 import datetime
 import os
+import pathlib
 import shlex
 import signal
 import subprocess
@@ -35,6 +36,19 @@ def _child_setup(cpus: frozenset | None) -> Callable[[], None]:
             os.sched_setaffinity(0, cpus)
         _die_with_parent()
     return setup
+
+
+COMPILATION_CACHE = "compilation_cache"
+
+
+def compilation_cache(sweep_dir) -> dict:
+    """The environment that lets the points share JAX's persistent compilation cache in
+    DIR/compilation_cache: points that differ only in their seed (or in anything else that is
+    an input of the compiled programs) compile the same programs, and all but the first load
+    them, the same executables, so the same numbers. On this machine only: executables are
+    built for its CPU or accelerator. An explicit JAX_COMPILATION_CACHE_DIR takes precedence."""
+    cache = pathlib.Path(sweep_dir).absolute() / COMPILATION_CACHE
+    return {"JAX_COMPILATION_CACHE_DIR": str(cache)}
 
 
 @dataclasses.dataclass
@@ -109,6 +123,6 @@ def _start(sweep: Sweep, sweep_dir, point: Point, slot: Slot) -> _Running:
         log_file.flush()
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            env={**os.environ, **slot.env}, process_group=0,
+            env={**compilation_cache(sweep_dir), **os.environ, **slot.env}, process_group=0,
             preexec_fn=_child_setup(slot.cpus))
     return _Running(point, process, time.perf_counter())

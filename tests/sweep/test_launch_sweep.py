@@ -1,14 +1,18 @@
 """launch.py --sweep end to end: points as processes, failures, idempotent relaunch, signals,
 the status view, and the SLURM code path through submitit's local executor."""
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
 
 from bnresearch.report.runs import read_metrics
-from tests.sweep.sweeps import launch_sweep, snapshot, status_view
+from bnresearch.sweep import devices
+from tests.sweep.sweeps import REPO, TINY, launch_sweep, snapshot, status_view, sweep_env
 
 GOOD = ["batch_size=16,seed=0", "batch_size=16,seed=1", "batch_size=32,seed=0"]
 DIVERGED = "norm=none,base_lr=1e+30"
@@ -46,6 +50,25 @@ def test_failing_and_diverging_points_leave_the_others_done(finished_sweep):
     assert {re.search(r"on (CPU cores \d)", h).group(1) for h in headers} == {
         "CPU cores 0", "CPU cores 1"}
     assert "report: " in result.stdout and "curves.png" in result.stdout
+
+
+def test_a_point_is_the_run_launch_py_makes_alone(finished_sweep, prepared_data_dir, tmp_path):
+    # The points share their compiled programs through DIR/compilation_cache. The run launched
+    # alone, outside the sweep, on as many cores as a point had, and loading its train step
+    # from that cache (the executable a point compiled), logs bitwise the point's metrics.
+    workdir, _ = finished_sweep
+    cores = devices.device_slots(2)[1].cpus
+    alone = subprocess.run(
+        [sys.executable, str(REPO / "launch.py"), f"--config={TINY}",
+         f"--workdir={tmp_path / 'alone'}", f"--config.dataset.data_dir={prepared_data_dir}",
+         "--config.batch_size=16", "--config.seed=1"],
+        env={**sweep_env(), "JAX_COMPILATION_CACHE_DIR": str(workdir / "compilation_cache"),
+             "JAX_LOG_COMPILES": "1"},
+        capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: os.sched_setaffinity(0, cores))
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert "Persistent compilation cache hit for 'jit_train_step'" in alone.stderr
+    assert read_metrics(tmp_path / "alone") == read_metrics(workdir / "batch_size=16,seed=1")
 
 
 def test_relaunch_trains_nothing_and_retries_failures_only_when_asked(finished_sweep,
