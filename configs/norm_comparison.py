@@ -6,8 +6,9 @@ All 13 variants x 3 seeds (39 runs, two at a time), then the comparison table an
     python launch.py --config configs/norm_comparison.py --workdir runs/norm_comparison \
         --sweep --parallel 2
 
-About 4.5 minutes on 2 CPU cores (each run: about 4 s of training, the rest process start-up,
-data loading and compilation). One variant (the arg picks it; the default is batch):
+About 4 minutes on 2 CPU cores (3 min 44 s measured; each run: about 5 s of training, the rest
+process start-up, data loading and compilation). One variant (the arg picks it; the default is
+batch):
 
     python launch.py --config configs/norm_comparison.py:norm=group --workdir runs/norms/group
 
