@@ -20,7 +20,7 @@ experiments/batch_scaling/):
         --sweep --parallel 2
 
 Measured on 2 CPU cores, two runs at a time, start-up and compilation included: the grid with 3
-seeds in 46 min (each run 15-30 s of training); test accuracy at 64 98.8-98.9%, at 512 97.0%
+seeds in 12 min (each run 7-11 s of training); test accuracy at 64 98.8-98.9%, at 512 97.0%
 with linear scaling and 86% without (experiments/batch_scaling/).
 """
 from bnresearch.config.arg import parse_arg
