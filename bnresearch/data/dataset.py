@@ -158,7 +158,7 @@ def _open_split(prepared: _PreparedData, split: str) -> Sequence[dict[str, Any]]
     pixels = len(records) * math.prod(prepared.uniform_size) * prepared.channels
     if pixels > IN_MEMORY_MAX_BYTES:
         return records
-    return [records[index] for index in range(len(records))]
+    return list(records)
 
 
 def _batch_image_shape(

@@ -68,6 +68,16 @@ def _facets(variants: list[Variant]) -> tuple[str | None, list[tuple[object, lis
     return field, sorted(by_value.items())
 
 
+def _labels_apart_from(variants: list[Variant], field: str) -> dict[str, str]:
+    """Variant name -> a label of its swept settings other than `field`: the variants that differ
+    in `field` alone share it (one line against `field`, one colour across facets of it)."""
+    others = {v.name: {k: x for k, x in v.values.items() if k != field} for v in variants}
+    key_of = {name: repr(sorted(settings.items())) for name, settings in others.items()}
+    distinct = {key_of[name]: settings for name, settings in others.items()}
+    label_of_key = dict(zip(distinct, unique_names(list(distinct.values()))))
+    return {name: label_of_key[key] for name, key in key_of.items()}
+
+
 def learning_curves(variants: list[Variant], sweep_dir, path) -> None:
     """Eval accuracy and train loss against step (epoch where the runs' batch sizes differ); the
     band is ± one std over seeds. Many variants with a swept number: a row per value of it, each
@@ -76,14 +86,8 @@ def learning_curves(variants: list[Variant], sweep_dir, path) -> None:
                for variant in variants}
     in_epochs = _examples_per_step_differ([m for runs in metrics.values() for m in runs])
     field, facets = _facets(variants)
-    if field is None:
-        label_of = {variant.name: variant.name for variant in variants}
-    else:
-        others = {variant.name: {k: v for k, v in variant.values.items() if k != field}
-                  for variant in variants}
-        distinct = list({repr(sorted(o.items())): o for o in others.values()}.values())
-        name_of = dict(zip((repr(sorted(o.items())) for o in distinct), unique_names(distinct)))
-        label_of = {name: name_of[repr(sorted(o.items()))] for name, o in others.items()}
+    label_of = ({variant.name: variant.name for variant in variants} if field is None
+                else _labels_apart_from(variants, field))
     labels = list(dict.fromkeys(label_of.values()))
     color_of = dict(zip(labels, _colors(len(labels))))
     figure, axes = plt.subplots(len(facets), 2, figsize=(12, 1.2 + 3.6 * len(facets)),
@@ -168,18 +172,14 @@ def _scale(values) -> dict:
 def final_accuracy_against(variants: list[Variant], field: str, path) -> None:
     """Final eval accuracy (mean ± std over seeds) against `field`, one line per other setting."""
     lines: dict[str, list[tuple[float, float, float]]] = {}
-    others_of = {}
+    label_of = _labels_apart_from(variants, field)
     for variant in variants:
-        others = {k: v for k, v in variant.values.items() if k != field}
-        key = repr(sorted(others.items()))
-        others_of[key] = others
         row = variant_row(variant)
-        lines.setdefault(key, []).append(
+        lines.setdefault(label_of[variant.name], []).append(
             (variant.values[field], row["final_accuracy_mean"], row["final_accuracy_std"]))
-    names = unique_names(list(others_of.values()))
     label = short_labels(f for v in variants for f in v.values)[field]
     figure, axis = plt.subplots(figsize=(6.4, 4.8))
-    for (key, points), name, color in zip(lines.items(), names, _colors(len(lines))):
+    for (name, points), color in zip(lines.items(), _colors(len(lines))):
         points.sort()
         x = [p[0] for p in points]
         y = np.array([p[1] for p in points])
