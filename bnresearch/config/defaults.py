@@ -94,6 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
     # for every weight layer and alpha-dropout in place of every dropout.
     config.model.self_normalizing = False
     config.model.dropout = ml_collections.ConfigDict({
+        "input": 0.0,   # drop rate on the input images (pixels), before the first layer
         "hidden": 0.0,  # drop rate inside the network (each model documents where)
         "head": 0.0,    # drop rate right before the classifier
     })

@@ -18,9 +18,9 @@ Initialization is a choice of the weight-layer factories (``weight_init``, see
 ``kernel_initializer``): He-normal by default, LeCun-normal everywhere for self-normalizing (SELU)
 networks, Glorot-uniform as in the binarized-network papers.
 
-The kit also holds the train-time regularizers a model places: dropout at the model's ``'hidden'``
-and ``'head'`` placements (alpha-dropout in self-normalizing networks) and stochastic depth on
-residual branches (``bnresearch/layers/regularization.py``).
+The kit also holds the train-time regularizers a model places: dropout at the model's
+``'input'``, ``'hidden'`` and ``'head'`` placements (alpha-dropout in self-normalizing networks)
+and stochastic depth on residual branches (``bnresearch/layers/regularization.py``).
 """
 import dataclasses
 import functools
@@ -124,9 +124,10 @@ class LayerKit:
     call the methods, which bind the dtype and the bias rule. Parameters are float32 whatever
     ``dtype`` is.
 
-    ``hidden_dropout`` and ``head_dropout`` are the drop rates at a model's two dropout
-    placements (each model documents where its ``'hidden'`` ones are; ``'head'`` is right before
-    the classifier); ``alpha_dropout`` swaps dropout for alpha-dropout.
+    ``input_dropout``, ``hidden_dropout`` and ``head_dropout`` are the drop rates at a model's
+    three dropout placements (``'input'`` is on the images, before the first layer; each model
+    documents where its ``'hidden'`` ones are; ``'head'`` is right before the classifier);
+    ``alpha_dropout`` swaps dropout for alpha-dropout.
     ``stochastic_depth_rate`` is 1 - p_L, the drop probability of the last residual block
     (0: off).
     """
@@ -135,6 +136,7 @@ class LayerKit:
     conv_factory: WeightLayerFactory = plain_conv
     dense_factory: WeightLayerFactory = plain_dense
     dtype: Dtype = jnp.float32
+    input_dropout: float = 0.0
     hidden_dropout: float = 0.0
     head_dropout: float = 0.0
     alpha_dropout: bool = False
@@ -172,9 +174,10 @@ class LayerKit:
         return self.activation_factory(name=name)
 
     def dropout(self, *, name: str, placement: str) -> nn.Module:
-        """Dropout at `placement` ('hidden' or 'head'), applied as ``dropout(x, train=...)``;
-        the identity where the config sets no rate for that placement."""
-        rate = {'hidden': self.hidden_dropout, 'head': self.head_dropout}[placement]
+        """Dropout at `placement` ('input', 'hidden' or 'head'), applied as
+        ``dropout(x, train=...)``; the identity where the config sets no rate for it."""
+        rate = {'input': self.input_dropout, 'hidden': self.hidden_dropout,
+                'head': self.head_dropout}[placement]
         return (AlphaDropout if self.alpha_dropout else Dropout)(rate=rate, name=name)
 
     def stochastic_depth(self, *, name: str, block: int, num_blocks: int) -> nn.Module:

@@ -23,7 +23,7 @@ from bnresearch.errors import UsageError
 from bnresearch.layers.activations import SELU_ALPHA, SELU_SCALE
 from bnresearch.layers.variables import RNG_STREAM
 
-DROPOUT_PLACEMENTS = ('hidden', 'head')
+DROPOUT_PLACEMENTS = ('input', 'hidden', 'head')
 
 # The value SELU saturates to for large negative inputs, -lambda * alpha: alpha-dropout sets
 # dropped units to it (Klambauer et al. 2017, section 3).

@@ -9,7 +9,7 @@ Every model is called as ``model.apply(variables, x, train=...)`` on channels-la
 returns float32 logits of shape (N, num_classes).
 
 Beyond the normalization and activation, ``build_model`` assembles the rest of the ``LayerKit``
-from the config: the weight init, quantized weight layers, dropout rates at the model's two
+from the config: the weight init, quantized weight layers, dropout rates at the model's three
 placements, stochastic depth, and the self-normalizing (SELU) switch.
 """
 import functools
@@ -72,15 +72,17 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
                 stochastic_depth: float = 0.0, quantization: dict | None = None,
                 dtype: Dtype = jnp.float32, batch_sizes: Sequence[int] = (),
                 eval_batch_size: int | None = None, images_per_epoch: int | None = None,
-                accumulation_steps: int = 1, image_shape: tuple[int, ...] | None = None, **model_options) -> nn.Module:
+                accumulation_steps: int = 1, image_shape: tuple[int, ...] | None = None,
+                **model_options) -> nn.Module:
     """Model `name` with the named normalization and activation everywhere.
 
     `weight_init`: by name (see ``bnresearch/layers/kit.py``), None for the default.
     `self_normalizing`: Klambauer et al.'s SELU network: needs activation 'selu', and sets
     LeCun-normal init for every weight layer and alpha-dropout for every dropout.
-    `dropout`: drop rates at the 'hidden' and 'head' placements. `stochastic_depth`: 1 - p_L
-    (residual models only). `quantization`: the options of ``quantization_spec`` (method, bits,
-    ...). `dtype` is the compute dtype; parameters stay float32 and logits are float32.
+    `dropout`: drop rates at the 'input', 'hidden' and 'head' placements. `stochastic_depth`:
+    1 - p_L (residual models only). `quantization`: the options of ``quantization_spec``
+    (method, bits, ...). `dtype` is the compute dtype; parameters stay float32 and logits are
+    float32.
 
     Raises a one-line UsageError naming the valid choices for an unknown model, normalization,
     activation, init, quantization method or option, for an invalid option value or combination,
@@ -128,7 +130,8 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
     layers = LayerKit(norm_factory=norm_factory,
                       activation_factory=get_activation(activation, **(activation_kwargs or {})),
                       conv_factory=conv_factory, dense_factory=dense_factory, dtype=dtype,
-                      hidden_dropout=rates['hidden'], head_dropout=rates['head'],
+                      input_dropout=rates['input'], hidden_dropout=rates['hidden'],
+                      head_dropout=rates['head'],
                       alpha_dropout=self_normalizing, stochastic_depth_rate=stochastic_depth)
     # Last: a normalization that replaces other layers (weight norm's weight layers, FRN's
     # activation) sees the kit the config built and refuses what it cannot combine with.

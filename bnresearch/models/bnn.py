@@ -63,6 +63,7 @@ class BinarizedMLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = self.layers.dropout(name='input_dropout', placement='input')(x, train=train)
         return _classifier(self, x.reshape(x.shape[0], -1), train, first=True)
 
 
@@ -86,6 +87,7 @@ class BinarizedVGG(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         kit = self.layers
+        x = kit.dropout(name='input_dropout', placement='input')(x, train=train)
         for stage, width in enumerate(self.widths, start=1):
             for conv in (1, 2):
                 layer = f'stage{stage}_conv{conv}'

@@ -89,6 +89,7 @@ class CifarResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = self.layers.dropout(name='input_dropout', placement='input')(x, train=train)
         x = self.layers.conv(STAGE_WIDTHS[0], (3, 3), padding=1, role='first', name='stem_conv')(x)
         x = self.layers.norm(name='stem_norm')(x, train=train)
         x = self.layers.activation(name='stem_act')(x)

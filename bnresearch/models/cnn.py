@@ -36,6 +36,7 @@ class CNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = self.layers.dropout(name='input_dropout', placement='input')(x, train=train)
         for stage, width in enumerate(self.widths, start=1):
             for conv in range(1, self.convs_per_stage + 1):
                 strides = 2 if stage > 1 and conv == 1 else 1

@@ -30,6 +30,7 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = self.layers.dropout(name='input_dropout', placement='input')(x, train=train)
         x = x.reshape(x.shape[0], -1)
         for layer, width in enumerate(self.hidden_sizes, start=1):
             role = 'first' if layer == 1 else 'hidden'

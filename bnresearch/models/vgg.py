@@ -62,6 +62,7 @@ class VGG(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         kit = self.layers
+        x = kit.dropout(name='input_dropout', placement='input')(x, train=train)
         configuration = CONFIGURATIONS[self.depth]
         conv = 0
         for position, item in enumerate(configuration):

@@ -125,7 +125,9 @@ def test_stochastic_depth_block_is_shortcut_plus_survival_times_branch(survival)
 def test_kit_placements_and_rates():
     kit = LayerKit(norm_factory=get_normalization('none'),
                    activation_factory=get_activation('relu'),
-                   hidden_dropout=0.1, head_dropout=0.5, stochastic_depth_rate=0.5)
+                   input_dropout=0.2, hidden_dropout=0.1, head_dropout=0.5,
+                   stochastic_depth_rate=0.5)
+    assert kit.dropout(name='d', placement='input').rate == 0.2
     assert kit.dropout(name='d', placement='hidden').rate == 0.1
     assert kit.dropout(name='d', placement='head').rate == 0.5
     assert isinstance(kit.dropout(name='d', placement='head'), Dropout)

@@ -164,6 +164,22 @@ RESIDUAL_SMALL = {'resnet20': {}, 'preact_resnet20': {}, 'wrn': {'depth': 10, 'w
                   'resnet18': {'stem': 'cifar'}}
 
 
+def first_layer_call(model, x):
+    """(module path, input shape) of the first layer the model calls in a training-mode forward
+    (traced only)."""
+    calls = []
+
+    def record(next_fun, args, kwargs, context):
+        if context.module.scope.path and context.method_name == '__call__':
+            calls.append((context.module.scope.path, args[0].shape))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(functools.partial(model.init_with_output, train=True),
+                       {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x)
+    return calls[0]
+
+
 def recorded_calls(model, x, module_type, attribute):
     """(module path, attribute) for every call of a `module_type` module in a training-mode
     forward, traced only (the modules' attributes need no compute)."""
@@ -235,13 +251,21 @@ def test_stochastic_depth_in_a_model_is_random_at_train_and_fixed_at_eval():
     ('cnn', {}, 6, 1),                                   # after each conv's activation
     ('wrn', {'depth': 10, 'width': 1}, 3, 1),            # between the two convs of each block
     ('resnet20', {}, 9, 1),
+    ('resnet18', {'stem': 'cifar'}, 8, 1),
     ('vgg11', {}, 3, 2),   # after convs not followed by a pool; before both classifier layers
+    ('inception', {'base_width': 2}, 5, 1),              # after each Inception module
+    ('bnn_mlp', {'hidden_sizes': (8, 8)}, 2, 1),
     ('bnn_vgg', {'widths': (4, 4, 4), 'hidden_sizes': (8,)}, 7, 1),
 ])
 def test_dropout_placements(name, options, hidden, head):
-    model = build_model(name, num_classes=10, dropout={'hidden': 0.1, 'head': 0.4}, **options)
+    model = build_model(name, num_classes=10, dropout={'input': 0.2, 'hidden': 0.1, 'head': 0.4},
+                        **options)
     rates = [rate for _, rate in recorded_calls(model, jnp.zeros(DIGITS), Dropout, 'rate')]
     assert rates.count(0.1) == hidden and rates.count(0.4) == head
+    # input dropout: once, on the images themselves, before any other layer sees them
+    assert rates.count(0.2) == 1
+    first_layer_path, first_input_shape = first_layer_call(model, jnp.zeros(DIGITS))
+    assert first_layer_path == ('input_dropout',) and first_input_shape == DIGITS
 
 
 def test_self_normalizing_network_uses_lecun_init_and_alpha_dropout():
@@ -250,7 +274,7 @@ def test_self_normalizing_network_uses_lecun_init_and_alpha_dropout():
     x = jnp.zeros((2, 16, 16, 2))
     calls = recorded_calls(model, x, nn.Module, '__class__')
     dropouts = [cls for _, cls in calls if cls in (Dropout, AlphaDropout)]
-    assert dropouts == [AlphaDropout] * 3  # two hidden placements and the head one
+    assert dropouts == [AlphaDropout] * 4  # the input, two hidden placements and the head one
     params = model.init(jax.random.key(0), x, train=True)['params']
     for layer, fan_in in (('dense1', 512), ('dense2', 512), ('head', 512)):
         # LeCun-normal: variance 1 / fan_in (He-normal would be 2 / fan_in); with 5,000+ draws
@@ -302,8 +326,8 @@ def test_weight_decay_on_kernels_decays_latent_kernels_but_not_slopes_gains_or_b
     ('cnn', {'stochastic_depth': 0.5}, "stochastic_depth needs a model with residual blocks; "
                                        "'cnn' has none"),
     ('resnet20', {'stochastic_depth': 1.0}, 'stochastic_depth must lie in [0, 1)'),
-    ('cnn', {'dropout': {'input': 0.2}},
-     'unknown model.dropout placement(s) input; valid: hidden, head'),
+    ('cnn', {'dropout': {'inputs': 0.2}},
+     'unknown model.dropout placement(s) inputs; valid: input, hidden, head'),
     ('cnn', {'dropout': {'head': -0.1}}, 'dropout.head must lie in [0, 1)'),
     ('mlp', {'self_normalizing': True}, "self_normalizing needs model.activation 'selu'"),
     ('mlp', {'self_normalizing': True, 'activation': 'selu', 'weight_init': 'he_normal'},
