@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from bnresearch.report.runs import read_metrics, series  # noqa: E402
+from bnresearch.report.runs import epochs_at, read_metrics, series  # noqa: E402
 from bnresearch.report.table import Variant, variant_row  # noqa: E402
 from bnresearch.sweep.naming import short_labels, unique_names, value_text  # noqa: E402
 
@@ -41,11 +41,9 @@ def _band(curves: list[list[tuple[float, float]]]):
 
 
 def _in_epochs(metrics: list[dict], curve: list[tuple[int, float]]):
-    """`curve` against the epochs trained at its steps, read off the train records' train/epoch
-    (linear between them, exact at the logged steps)."""
-    steps, epochs = zip(*series(metrics, "train/epoch"))
-    return [(float(np.interp(step, (0, *steps), (0.0, *epochs))), value)
-            for step, value in curve]
+    """`curve` against the epochs trained at its steps (see epochs_at)."""
+    epochs = epochs_at(metrics, [step for step, _ in curve])
+    return [(epoch, value) for epoch, (_, value) in zip(epochs, curve)]
 
 
 def _examples_per_step_differ(all_metrics: list[list[dict]]) -> bool:

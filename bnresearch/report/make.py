@@ -70,21 +70,22 @@ def make_report(sweep_dir, target_accuracy: float = DEFAULT_TARGET_ACCURACY) -> 
         figure_paths.append(sweep_dir / f"final_accuracy_vs_{labels[field]}.png")
         figures.final_accuracy_against(groups, field, figure_paths[-1])
 
-    target = f"steps to {target_accuracy:g}"
-    headers = ["variant", "done", "diverged", "final eval acc", "best eval acc", target,
-               "wall time"]
+    headers = ["variant", "done", "diverged", "final eval acc", "best eval acc",
+               f"steps to {target_accuracy:g}", f"epochs to {target_accuracy:g}", "wall time"]
     cells = [[r["variant"], f"{r['done']}/{r['points']}", str(r["diverged"]),
               text.mean_std(r["final_accuracy_mean"], r["final_accuracy_std"]),
               text.mean_std(r["best_accuracy_mean"], r["best_accuracy_std"]),
               (text.mean_std(r["steps_to_target_mean"], r["steps_to_target_std"], 0)
                + (f" ({r['reached_target']}/{r['done']})" if r["reached_target"] else ""))
               if r["reached_target"] else "",
+              text.mean_std(r["epochs_to_target_mean"], r["epochs_to_target_std"], 2),
               text.duration(r["wall_time_s_mean"])] for r in rows]
 
     config = _shown_config(sweep.config_file) + (f":{sweep.arg}" if sweep.arg else "")
     note = ("Mean ± sample standard deviation (ddof=1) over the seeds that finished; diverged "
             f"points are counted, not averaged. Steps to {target_accuracy:g}: first evaluated "
-            "step at or above it (reached/finished). Wall time: mean training time of a point.")
+            "step at or above it (reached/finished), and the epochs trained by then, the "
+            "measure that compares across batch sizes. Wall time: mean training time of a point.")
     markdown = [f"# Sweep report: {sweep_dir.resolve().name}", "",
                 f"Config `{config}`, {len(sweep.points)} points in {len(groups)} variants. "
                 f"Regenerate with `{regenerate_command(sweep_dir, target_accuracy)}`.", "",
@@ -92,5 +93,5 @@ def make_report(sweep_dir, target_accuracy: float = DEFAULT_TARGET_ACCURACY) -> 
     markdown += [f"![{path.stem}]({path.name})\n" for path in figure_paths]
     md_path = sweep_dir / "report.md"
     md_path.write_text("\n".join(markdown))
-    return Report(text.table(headers, cells, right={1, 2, 5, 6}),
+    return Report(text.table(headers, cells, right={1, 2, 5, 6, 7}),
                   [md_path, csv_path, *figure_paths])

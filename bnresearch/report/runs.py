@@ -8,6 +8,8 @@ import json
 import math
 import pathlib
 
+import numpy as np
+
 FINISHED = ("done", "diverged")
 
 
@@ -37,6 +39,17 @@ def series(metrics: list[dict], key: str) -> list[tuple[int, float]]:
     return [(record["step"], record[key]) for record in metrics if key in record]
 
 
+def epochs_at(metrics: list[dict], steps: list[int]) -> list[float] | None:
+    """The epochs trained at `steps`, read off the train records' train/epoch: exact at the logged
+    steps and linear between them (so exact wherever the batch size stayed the same in between);
+    None for a run that logged no epochs."""
+    logged = series(metrics, "train/epoch")
+    if not logged:
+        return None
+    logged_steps, epochs = zip(*logged)
+    return [float(np.interp(step, (0, *logged_steps), (0.0, *epochs))) for step in steps]
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSummary:
     status: str                 # done | diverged | running | preempted | failed | pending
@@ -46,6 +59,7 @@ class RunSummary:
     best_accuracy: float | None   # best eval accuracy seen so far
     wall_time_s: float | None     # training time of the run, summed over launches
     steps_to_target: int | None   # first evaluated step with eval accuracy >= the target
+    epochs_to_target: float | None  # the epochs trained at that step (see epochs_at)
 
 
 def summarize_run(run_dir, target_accuracy: float | None = None) -> RunSummary:
@@ -68,4 +82,5 @@ def summarize_run(run_dir, target_accuracy: float | None = None) -> RunSummary:
         best_accuracy=max((value for _, value in evals), default=None),
         wall_time_s=status.get("wall_time_s"),
         steps_to_target=reached[0] if reached else None,
+        epochs_to_target=(epochs_at(metrics, reached[:1]) or [None])[0] if reached else None,
     )

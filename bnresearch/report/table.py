@@ -1,6 +1,6 @@
 """One row per variant of a sweep: its points' overrides minus the seed, aggregated over seeds.
 
-Accuracies and steps to the target come from the points that finished training (status done);
+Accuracies and steps and epochs to the target come from the points that finished training (status done);
 diverged points are counted, not averaged (they have no final accuracy). Spread is the sample
 standard deviation over seeds (ddof=1), blank for a single seed.
 """
@@ -63,15 +63,18 @@ def variant_row(variant: Variant) -> dict:
     done = variant.done()
     final = mean_and_std(run.final_accuracy for run in done)
     best = mean_and_std(run.best_accuracy for run in done)
-    reached = [run.steps_to_target for run in done if run.steps_to_target is not None]
-    to_target = mean_and_std(reached)
+    reached = [run for run in done if run.steps_to_target is not None]
+    steps_to_target = mean_and_std(run.steps_to_target for run in reached)
+    epochs_to_target = mean_and_std(run.epochs_to_target for run in reached)
     return {
         "variant": variant.name, **variant.values,
         "points": len(variant.runs), "done": len(done),
         "diverged": sum(run.status == "diverged" for run in variant.runs),
         "final_accuracy_mean": final[0], "final_accuracy_std": final[1],
         "best_accuracy_mean": best[0], "best_accuracy_std": best[1],
-        "steps_to_target_mean": to_target[0], "steps_to_target_std": to_target[1],
+        "steps_to_target_mean": steps_to_target[0], "steps_to_target_std": steps_to_target[1],
+        "epochs_to_target_mean": epochs_to_target[0],
+        "epochs_to_target_std": epochs_to_target[1],
         "reached_target": len(reached),
         "wall_time_s_mean": mean_and_std(run.wall_time_s for run in done)[0],
     }

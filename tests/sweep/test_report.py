@@ -18,6 +18,7 @@ from tests.sweep.sweeps import REPO
 VARIANTS = {"batch_size=16": ["batch_size=16,seed=0", "batch_size=16,seed=1"],
             "batch_size=32": ["batch_size=32,seed=0"]}
 DIVERGED = "norm=none,base_lr=1e+30"
+DIGITS_TRAIN_EXAMPLES = 1797 - 360  # scikit-learn's digits less our test split
 
 
 def evals(run_dir):
@@ -30,11 +31,12 @@ def read_csv(path):
         return {row["variant"]: row for row in csv.DictReader(file)}
 
 
-def expected_row(workdir, points, target):
+def expected_row(workdir, points, target, batch_size):
     final = np.array([evals(workdir / p)[-1][1] for p in points])
     best = np.array([max(a for _, a in evals(workdir / p)) for p in points])
     reached = [next((s for s, a in evals(workdir / p) if a >= target), None) for p in points]
     reached = np.array([s for s in reached if s is not None], dtype=float)
+    steps_per_epoch = DIGITS_TRAIN_EXAMPLES // batch_size
     wall = np.array([json.loads((workdir / p / "status.json").read_text())["wall_time_s"]
                      for p in points])
     def std(values):  # over seeds, ddof=1; none for a single seed
@@ -44,6 +46,10 @@ def expected_row(workdir, points, target):
             "best_accuracy_mean": best.mean(), "best_accuracy_std": std(best),
             "steps_to_target_mean": reached.mean() if reached.size else None,
             "steps_to_target_std": std(reached),
+            # one batch size throughout, and an epoch of whole batches only
+            "epochs_to_target_mean": (reached.mean() / steps_per_epoch if reached.size else None),
+            "epochs_to_target_std": (None if std(reached) is None
+                                     else std(reached) / steps_per_epoch),
             "reached_target": reached.size, "wall_time_s_mean": wall.mean()}
 
 
@@ -59,9 +65,10 @@ def test_report_numbers_are_those_of_the_metrics_files(finished_sweep):
     rows = read_csv(workdir / "report.csv")
     assert list(rows) == [*VARIANTS, DIVERGED, "norm=no_such_norm"]
     for variant, points in VARIANTS.items():
-        row, expected = rows[variant], expected_row(workdir, points, target)
+        batch_size = int(variant.split("=")[1])
+        row, expected = rows[variant], expected_row(workdir, points, target, batch_size)
         assert (row["points"], row["done"], row["diverged"]) == (str(len(points)),) * 2 + ("0",)
-        assert int(row["batch_size"]) == int(variant.split("=")[1])
+        assert int(row["batch_size"]) == batch_size
         for key, value in expected.items():
             if value is None:
                 assert row[key] == ""
@@ -73,12 +80,12 @@ def test_report_numbers_are_those_of_the_metrics_files(finished_sweep):
     assert (diverged["points"], diverged["done"], diverged["diverged"]) == ("1", "0", "1")
     assert (diverged["final_accuracy_mean"], diverged["base_lr"]) == ("", "1e+30")
     # The table a terminal shows, and the markdown one, hold the same numbers.
-    expected = expected_row(workdir, VARIANTS["batch_size=16"], target)
+    expected = expected_row(workdir, VARIANTS["batch_size=16"], target, 16)
     shown = f"{expected['final_accuracy_mean']:.4f} ± {expected['final_accuracy_std']:.4f}"
     assert shown in result.stdout
     markdown = (workdir / "report.md").read_text()
     assert f"| batch_size=16 | 2/2 | 0 | {shown} |" in markdown
-    assert f"| {DIVERGED} | 0/1 | 1 |  |  |  |  |" in markdown
+    assert f"| {DIVERGED} | 0/1 | 1 |  |  |  |  |  |" in markdown
     assert re.search(rf"^{re.escape(DIVERGED)} +0/1 +1$", result.stdout, re.M)
     assert f"Regenerate with `python -m bnresearch.report {workdir} " \
            f"--target_accuracy={target!r}`." in markdown
@@ -156,3 +163,17 @@ def test_a_sweep_with_no_result_writes_no_report(tmp_path, capsys):
     # Asked for anyway, the report shows the two points, neither finished.
     make_report(tmp_path / "s")
     assert "| base | 0/2 | 0 |" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_epochs_to_target_follow_the_logged_epochs_across_a_batch_size_change(tmp_path):
+    from bnresearch.report.runs import summarize_run
+    # 10 steps of 0.1 epoch (batch B), then steps of 0.5 epoch (batch 5B), logged every 2 steps;
+    # eval accuracy first reaches 0.9 at step 13, an odd step: between logged epochs 2.0 and 3.0.
+    epoch = {step: 0.1 * min(step, 10) + 0.5 * max(step - 10, 0) for step in range(1, 17)}
+    records = [{"step": s, "train/loss": 1.0, "train/epoch": epoch[s]} for s in range(2, 17, 2)]
+    records += [{"step": s, "eval/accuracy": a} for s, a in ((5, 0.5), (13, 0.92), (16, 0.95))]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "status.json").write_text(json.dumps({"status": "done", "step": 16}))
+    summary = summarize_run(tmp_path, target_accuracy=0.9)
+    assert (summary.steps_to_target, summary.epochs_to_target) == (13, pytest.approx(2.5))
+    assert summarize_run(tmp_path, target_accuracy=0.99).epochs_to_target is None
