@@ -73,6 +73,7 @@ def summarize_run(run_dir, target_accuracy: float | None = None) -> RunSummary:
         final = evals[-1][1]
     reached = [step for step, value in evals
                if target_accuracy is not None and value >= target_accuracy]
+    epochs_to_target = epochs_at(metrics, reached[:1]) if reached else None  # [epoch] or None
     return RunSummary(
         status=status.get("status", "pending"),
         step=(status["step"] if status.get("status") in FINISHED
@@ -82,5 +83,5 @@ def summarize_run(run_dir, target_accuracy: float | None = None) -> RunSummary:
         best_accuracy=max((value for _, value in evals), default=None),
         wall_time_s=status.get("wall_time_s"),
         steps_to_target=reached[0] if reached else None,
-        epochs_to_target=(epochs_at(metrics, reached[:1]) or [None])[0] if reached else None,
+        epochs_to_target=epochs_to_target[0] if epochs_to_target else None,
     )

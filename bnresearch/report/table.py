@@ -1,8 +1,8 @@
 """One row per variant of a sweep: its points' overrides minus the seed, aggregated over seeds.
 
-Accuracies and steps and epochs to the target come from the points that finished training (status done);
-diverged points are counted, not averaged (they have no final accuracy). Spread is the sample
-standard deviation over seeds (ddof=1), blank for a single seed.
+Accuracies and steps and epochs to the target come from the points that finished training
+(status done); diverged points are counted, not averaged (they have no final accuracy). Spread is
+the sample standard deviation over seeds (ddof=1), blank for a single seed.
 """
 import dataclasses
 import math
