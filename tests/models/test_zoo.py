@@ -164,36 +164,32 @@ RESIDUAL_SMALL = {'resnet20': {}, 'preact_resnet20': {}, 'wrn': {'depth': 10, 'w
                   'resnet18': {'stem': 'cifar'}}
 
 
-def first_layer_call(model, x):
-    """(module path, input shape) of the first layer the model calls in a training-mode forward
-    (traced only)."""
+def module_calls(model, x):
+    """(module, module path, input shape) for every module call in a training-mode forward, in
+    call order, traced only (the modules' attributes and the shapes need no compute)."""
     calls = []
 
     def record(next_fun, args, kwargs, context):
-        if context.module.scope.path and context.method_name == '__call__':
-            calls.append((context.module.scope.path, args[0].shape))
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-        jax.eval_shape(functools.partial(model.init_with_output, train=True),
-                       {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x)
-    return calls[0]
-
-
-def recorded_calls(model, x, module_type, attribute):
-    """(module path, attribute) for every call of a `module_type` module in a training-mode
-    forward, traced only (the modules' attributes need no compute)."""
-    calls = []
-
-    def record(next_fun, args, kwargs, context):
-        if isinstance(context.module, module_type) and context.method_name == '__call__':
-            calls.append((context.module.scope.path, getattr(context.module, attribute)))
+        if context.method_name == '__call__':
+            calls.append((context.module, context.module.scope.path,
+                          args[0].shape if args else None))
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):
         jax.eval_shape(functools.partial(model.init_with_output, train=True),
                        {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x)
     return calls
+
+
+def first_layer_call(model, x):
+    """(module path, input shape) of the first layer the model calls (the model itself aside)."""
+    return next((path, shape) for _, path, shape in module_calls(model, x) if path)
+
+
+def recorded_calls(model, x, module_type, attribute):
+    """(module path, attribute) for every call of a `module_type` module."""
+    return [(path, getattr(module, attribute)) for module, path, _ in module_calls(model, x)
+            if isinstance(module, module_type)]
 
 
 @pytest.mark.parametrize('name', list(RESIDUAL_SMALL))
