@@ -59,3 +59,13 @@ def test_an_unknown_config_arg_is_named(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "unknown config arg 'modle'; valid: activation, dataset, model, norm" in result.stderr
+
+
+def test_the_sweeps_command_runs_the_installed_package_from_any_directory(tmp_path):
+    """Sweep points run `python -m bnresearch.launch`: the same command line as launch.py, and
+    from a directory without the checkout on the path, as the package is installed."""
+    result = subprocess.run([sys.executable, "-m", "bnresearch.launch", f"--workdir={tmp_path}",
+                             "--status"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: {tmp_path} holds neither a sweep (sweep.json) nor a run "
+                             "(config.json)\n")

@@ -2,6 +2,7 @@
 
     python -m bnresearch.report DIR [--target_accuracy=0.95]
 
-Reads files only and imports no training code (no JAX): it runs on a laptop holding a copy of
-the sweep directory, and while the sweep is still training.
+Reads files only and imports no training code (no JAX) and nothing of the sweep, which imports
+the report: it runs on a laptop holding a copy of the sweep directory, and while the sweep is
+still training. The records both read, sweep.json and the names of variants, live here.
 """

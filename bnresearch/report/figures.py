@@ -9,9 +9,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+from bnresearch.report.naming import short_labels, unique_names, value_text  # noqa: E402
 from bnresearch.report.runs import epochs_at, read_metrics, series  # noqa: E402
 from bnresearch.report.table import Variant, variant_row  # noqa: E402
-from bnresearch.sweep.naming import short_labels, unique_names, value_text  # noqa: E402
 
 _DPI = 120
 

@@ -4,12 +4,13 @@ import dataclasses
 import math
 import pathlib
 import shlex
+import subprocess
 
 from bnresearch.errors import UsageError
 from bnresearch.report import figures, text
+from bnresearch.report.naming import short_labels
+from bnresearch.report.sweep_file import read_sweep
 from bnresearch.report.table import variant_row, variants
-from bnresearch.sweep.naming import short_labels
-from bnresearch.sweep.spec import LAUNCH, read_sweep
 
 DEFAULT_TARGET_ACCURACY = 0.9
 
@@ -29,8 +30,16 @@ def _csv_value(value):
 
 
 def _shown_config(config_file: str) -> str:
-    path, repo = pathlib.Path(config_file), LAUNCH.parent
-    return str(path.relative_to(repo)) if path.is_relative_to(repo) else str(path)
+    """The config file relative to the git checkout that holds it, as a command run there names
+    it (configs/...), whatever directory the report runs in; else its path as recorded."""
+    path = pathlib.Path(config_file)
+    try:
+        checkout = subprocess.run(["git", "-C", str(path.parent), "rev-parse", "--show-toplevel"],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):  # not in a checkout, or the path is gone
+        return str(path)
+    # A recorded path through a symbolic link may not lie below git's resolved checkout path.
+    return str(path.relative_to(checkout)) if path.is_relative_to(checkout) else str(path)
 
 
 def regenerate_command(sweep_dir, target_accuracy: float) -> str:

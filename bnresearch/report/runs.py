@@ -10,7 +10,7 @@ import pathlib
 
 import numpy as np
 
-FINISHED = ("done", "diverged")
+from bnresearch.run_status import DONE, FINISHED, PENDING
 
 
 def read_json(path: pathlib.Path) -> dict:
@@ -52,7 +52,7 @@ def epochs_at(metrics: list[dict], steps: list[int]) -> list[float] | None:
 
 @dataclasses.dataclass(frozen=True)
 class RunSummary:
-    status: str                 # done | diverged | running | preempted | failed | pending
+    status: str                 # a word of bnresearch.run_status (PENDING: no status.json)
     step: int                   # last step with metrics (or the status's step)
     total_steps: int | None
     final_accuracy: float | None  # eval accuracy at the end of a finished run
@@ -69,13 +69,13 @@ def summarize_run(run_dir, target_accuracy: float | None = None) -> RunSummary:
     evals = [(step, value) for step, value in series(metrics, "eval/accuracy")
              if math.isfinite(value)]
     final = None
-    if status.get("status") == "done" and evals and evals[-1][0] == status.get("step"):
+    if status.get("status") == DONE and evals and evals[-1][0] == status.get("step"):
         final = evals[-1][1]
     reached = [step for step, value in evals
                if target_accuracy is not None and value >= target_accuracy]
     epochs_to_target = epochs_at(metrics, reached[:1]) if reached else None  # [epoch] or None
     return RunSummary(
-        status=status.get("status", "pending"),
+        status=status.get("status", PENDING),
         step=(status["step"] if status.get("status") in FINISHED
               else max([record["step"] for record in metrics] + [status.get("step", 0)])),
         total_steps=status.get("total_steps"),

@@ -9,9 +9,10 @@ import math
 
 import numpy as np
 
+from bnresearch.report.naming import unique_names
 from bnresearch.report.runs import RunSummary, summarize_run
-from bnresearch.sweep.naming import unique_names
-from bnresearch.sweep.spec import Sweep
+from bnresearch.report.sweep_file import Sweep
+from bnresearch.run_status import DIVERGED, DONE
 
 SEED = "seed"
 
@@ -25,7 +26,7 @@ class Variant:
     runs: list[RunSummary]
 
     def done(self) -> list[RunSummary]:
-        return [run for run in self.runs if run.status == "done"]
+        return [run for run in self.runs if run.status == DONE]
 
 
 def variants(sweep: Sweep, sweep_dir, target_accuracy: float | None) -> list[Variant]:
@@ -69,7 +70,7 @@ def variant_row(variant: Variant) -> dict:
     return {
         "variant": variant.name, **variant.values,
         "points": len(variant.runs), "done": len(done),
-        "diverged": sum(run.status == "diverged" for run in variant.runs),
+        "diverged": sum(run.status == DIVERGED for run in variant.runs),
         "final_accuracy_mean": final[0], "final_accuracy_std": final[1],
         "best_accuracy_mean": best[0], "best_accuracy_std": best[1],
         "steps_to_target_mean": steps_to_target[0], "steps_to_target_std": steps_to_target[1],

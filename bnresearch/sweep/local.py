@@ -16,9 +16,10 @@ import subprocess
 import time
 from typing import Callable
 
+from bnresearch.report.sweep_file import Point, Sweep
 from bnresearch.sweep import points as point_files
 from bnresearch.sweep.devices import Slot
-from bnresearch.sweep.spec import Point, Sweep
+from bnresearch.sweep.spec import point_command
 
 _PR_SET_PDEATHSIG = 1
 
@@ -113,7 +114,7 @@ def run_local(sweep: Sweep, sweep_dir, points: list[Point], slots: list[Slot], *
 
 
 def _start(sweep: Sweep, sweep_dir, point: Point, slot: Slot) -> _Running:
-    command = sweep.command(point, sweep_dir)
+    command = point_command(sweep, point, sweep_dir)
     log = point_files.log_path(sweep_dir, point)
     log.parent.mkdir(parents=True, exist_ok=True)
     point_files.exit_path(sweep_dir, point).unlink(missing_ok=True)

@@ -14,11 +14,13 @@ launch) and DIR/logs/<name>.exit.json (how its last launch ended). A point is
 import json
 import pathlib
 
-from bnresearch.report.runs import FINISHED, read_json
-from bnresearch.sweep.spec import Point
+from bnresearch.report.runs import read_json
+from bnresearch.report.sweep_file import Point
+from bnresearch.run_status import (DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PENDING,
+                                   PREEMPTED, RUNNING)
 
 LOGS = "logs"
-STATES = ("done", "diverged", "running", "preempted", "interrupted", "failed", "pending")
+STATES = (DONE, DIVERGED, RUNNING, PREEMPTED, INTERRUPTED, FAILED, PENDING)
 
 
 def counted(counts) -> str:
@@ -61,11 +63,11 @@ def state(sweep_dir, point: Point) -> str:
     if status in FINISHED:
         return status
     exit_code = read_json(exit_path(sweep_dir, point)).get("exit_code")
-    if (exit_code or 0) > 0 or status == "failed":
-        return "failed"
-    if exit_code is not None and exit_code < 0 and status in (None, "running"):
-        return "interrupted"  # a signal ended it before it could save (e.g. while compiling)
-    return status or "pending"
+    if (exit_code or 0) > 0 or status == FAILED:
+        return FAILED
+    if exit_code is not None and exit_code < 0 and status in (None, RUNNING):
+        return INTERRUPTED  # a signal ended it before it could save (e.g. while compiling)
+    return status or PENDING
 
 
 def error_of(sweep_dir, point: Point) -> str:

@@ -10,13 +10,15 @@ import fcntl
 import pathlib
 
 from bnresearch.errors import UsageError
+from bnresearch.report import text
 from bnresearch.report.make import (DEFAULT_TARGET_ACCURACY, check_target_accuracy, make_report,
                                     regenerate_command)
-from bnresearch.report.runs import FINISHED, summarize_run
-from bnresearch.report import text
+from bnresearch.report.runs import summarize_run
+from bnresearch.report.sweep_file import Point, Sweep
+from bnresearch.run_status import FAILED, FINISHED, PENDING
 from bnresearch.sweep import points as point_files
 from bnresearch.sweep.devices import device_slots
-from bnresearch.sweep.spec import Point, Sweep, claim
+from bnresearch.sweep.spec import claim
 
 
 def _say(message: str) -> None:
@@ -26,7 +28,7 @@ def _say(message: str) -> None:
 def _ended(sweep_dir, point: Point, exit_code: int, seconds: float) -> None:
     state = point_files.state(sweep_dir, point)
     run = summarize_run(point_files.run_dir(sweep_dir, point))
-    if state == "failed":
+    if state == FAILED:
         error = point_files.error_of(sweep_dir, point)
         _say(f"{'FAILED':<11} {point.name} (exit {exit_code}): {error}"
              f"  [log: {point_files.log_path(sweep_dir, point)}]")
@@ -65,10 +67,10 @@ def launch_sweep(sweep: Sweep, sweep_dir, *, parallel: int = 1, retry_failed: bo
     lock = _hold_lock(sweep_dir)  # noqa: F841  (held until this process exits)
     states = {point.name: point_files.state(sweep_dir, point) for point in sweep.points}
     to_run = [point for point in sweep.points if states[point.name] not in FINISHED
-              and (retry_failed or states[point.name] != "failed")]
+              and (retry_failed or states[point.name] != FAILED)]
     counts = collections.Counter(states.values())
-    known = point_files.counted({**counts, "pending": 0})
-    skipped = counts["failed"] if not retry_failed else 0
+    known = point_files.counted({**counts, PENDING: 0})
+    skipped = counts[FAILED] if not retry_failed else 0
     _say(f"sweep {sweep_dir}: {len(sweep.points)} points" + (f" ({known})" if known else "")
          + f"; {len(to_run)} to run"
          + (f"; {skipped} failed skipped (--retry_failed runs them)" if skipped else ""))

@@ -3,11 +3,13 @@
     python launch.py --config FILE --workdir DIR --sweep --executor slurm \
         --slurm_partition gpu --slurm_time 240 --gpus_per_point 1 --cpus_per_point 8
 
-Each job runs the point's launch.py command, exactly as the local executor does, with its output
-in DIR/logs/<name>.log. When SLURM warns of a preemption or of the time limit (submitit asks for
-SIGUSR2 90 s ahead), the job forwards SIGTERM to the point, which saves a checkpoint and stops,
-and submitit requeues the job, which resumes from that checkpoint. `--executor submitit_local`
-runs the same jobs through submitit's local executor: the SLURM code path without a cluster.
+Each job runs the point's command (`python -m bnresearch.launch ...`), exactly as the local
+executor does, with its output in DIR/logs/<name>.log; the jobs import bnresearch as installed in
+the sweep's environment. When SLURM warns of a preemption or of the time limit (submitit asks
+for SIGUSR2 90 s ahead), the job forwards SIGTERM to the point, which saves a checkpoint and
+stops, and submitit requeues the job, which resumes from that checkpoint. `--executor
+submitit_local` runs the same jobs through submitit's local executor: the SLURM code path
+without a cluster.
 """
 import os
 import shutil
@@ -18,8 +20,9 @@ import time
 import submitit
 
 from bnresearch.errors import UsageError
+from bnresearch.report.sweep_file import Point, Sweep
 from bnresearch.sweep import points as point_files
-from bnresearch.sweep.spec import LAUNCH, Point, Sweep
+from bnresearch.sweep.spec import point_command
 
 EXECUTORS = {"slurm": "slurm", "submitit_local": "local"}
 # Settings from the command line (--slurm_partition, ...) or a config's get_slurm(arg).
@@ -77,7 +80,7 @@ def _wait_for_exit(pid: int, timeout_s: float) -> None:
 
 
 class PointJob(submitit.helpers.Checkpointable):
-    """What one SLURM job runs: the point's launch.py, its output appended to the point's log."""
+    """What one SLURM job runs: the point's command, its output appended to the point's log."""
 
     def __init__(self, command: list[str], sweep_dir: str, point: Point):
         self.command, self.sweep_dir, self.point = command, sweep_dir, point
@@ -111,10 +114,6 @@ def run_submitit(sweep: Sweep, sweep_dir, points: list[Point], *, executor: str,
                  parallel: int, on_end, say) -> bool:
     """Submits one job per point and waits; returns False if Ctrl-C stopped the waiting."""
     folder = point_files.log_path(sweep_dir, points[0]).parent / "submitit"
-    # The job process unpickles PointJob: it must import bnresearch from this checkout.
-    repo = str(LAUNCH.parent)
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [repo, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
     submitter = submitit.AutoExecutor(folder=folder, cluster=EXECUTORS[executor])
     submitter.update_parameters(
         name=f"sweep-{sweep_dir.name}", timeout_min=settings.get("time", DEFAULT_TIME_MIN),
@@ -124,7 +123,8 @@ def run_submitit(sweep: Sweep, sweep_dir, points: list[Point], *, executor: str,
         slurm_additional_parameters=_extra_options(settings.get("options", "")) or None,
         slurm_array_parallelism=parallel)
     with submitter.batch():
-        jobs = [submitter.submit(PointJob(sweep.command(point, sweep_dir), str(sweep_dir), point))
+        jobs = [submitter.submit(PointJob(point_command(sweep, point, sweep_dir), str(sweep_dir),
+                                          point))
                 for point in points]
     by_job = {job.job_id: (point, time.perf_counter()) for job, point in zip(jobs, points)}
     say(f"submitted {len(jobs)} {executor} job(s) ({', '.join(job.job_id for job in jobs)}); "

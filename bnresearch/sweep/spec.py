@@ -2,13 +2,13 @@
 
 `DIR/sweep.json` records the sweep a directory holds: the config file and arg, the overrides
 given on the sweep's command line (they apply to every point), the resolved base config, and the
-points with their run names. Each point runs as
+points with their run names (the record: bnresearch/report/sweep_file.py). Each point runs as
 
-    launch.py --config FILE[:ARG] --workdir DIR/<name> --config.FIELD=VALUE ...
+    python -m bnresearch.launch --config FILE[:ARG] --workdir DIR/<name> --config.FIELD=VALUE ...
 
-so a point is exactly a single run that anyone can relaunch by hand.
+which runs what `python launch.py` runs with those flags: a point is exactly a single run that
+anyone can relaunch by hand.
 """
-import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -19,54 +19,20 @@ import ml_collections
 from bnresearch.config.compare import differences, summarize
 from bnresearch.config.fields import field_type
 from bnresearch.errors import UsageError
+from bnresearch.report.naming import unique_names
+from bnresearch.report.sweep_file import SWEEP_FILE, Point, Sweep, json_roundtrip, read_sweep
 from bnresearch.sweep import grid
-from bnresearch.sweep.naming import unique_names
 
-SWEEP_FILE = "sweep.json"
-LAUNCH = pathlib.Path(__file__).resolve().parents[2] / "launch.py"
 _SCALARS = (bool, int, float, str)
 
 
-@dataclasses.dataclass(frozen=True)
-class Point:
-    name: str        # its run directory under the sweep directory
-    overrides: dict  # dotted config field -> value
-    label: str | None = None  # the variant's name, where the sweep gives one (grid.labeled)
-
-
-@dataclasses.dataclass(frozen=True)
-class Sweep:
-    config_file: str        # absolute path of the config module
-    arg: str | None         # the :ARG of --config, passed to get_config and get_sweep
-    common_overrides: dict  # --config.FIELD=VALUE of the sweep's own command line
-    base_config: dict       # get_config(arg) with the common overrides, as JSON
-    points: tuple[Point, ...]
-
-    def to_json(self) -> dict:
-        return _json_roundtrip({
-            "config_file": self.config_file, "arg": self.arg,
-            "common_overrides": self.common_overrides, "base_config": self.base_config,
-            "points": [{"name": p.name, "overrides": p.overrides, "label": p.label}
-                       for p in self.points]})
-
-    @classmethod
-    def from_json(cls, value: dict) -> "Sweep":
-        return cls(value["config_file"], value["arg"], value["common_overrides"],
-                   value["base_config"],
-                   tuple(Point(p["name"], p["overrides"], p.get("label"))
-                         for p in value["points"]))
-
-    def command(self, point: Point, sweep_dir: pathlib.Path) -> list[str]:
-        config = self.config_file + (f":{self.arg}" if self.arg is not None else "")
-        overrides = {**self.common_overrides, **point.overrides}
-        return [sys.executable, str(LAUNCH), f"--config={config}",
-                f"--workdir={pathlib.Path(sweep_dir).resolve() / point.name}",
-                *(f"--config.{field}={flag_text(value)}" for field, value in overrides.items())]
-
-
-def _json_roundtrip(value):
-    # Tuples become lists, as they will be when read back from sweep.json.
-    return json.loads(json.dumps(value))
+def point_command(sweep: Sweep, point: Point, sweep_dir) -> list[str]:
+    """The point's process: the installed package's launch module, not a file of a checkout."""
+    config = sweep.config_file + (f":{sweep.arg}" if sweep.arg is not None else "")
+    overrides = {**sweep.common_overrides, **point.overrides}
+    return [sys.executable, "-m", "bnresearch.launch", f"--config={config}",
+            f"--workdir={pathlib.Path(sweep_dir).resolve() / point.name}",
+            *(f"--config.{field}={flag_text(value)}" for field, value in overrides.items())]
 
 
 def flag_text(value) -> str:
@@ -140,16 +106,16 @@ def expand(config_file: str, arg: str | None, config: ml_collections.ConfigDict,
                 check_override(config, field, value)
             except UsageError as error:
                 raise UsageError(f"sweep point {index} {overrides}: {error}") from None
-        key = json.dumps(_json_roundtrip(overrides), sort_keys=True)
+        key = json.dumps(json_roundtrip(overrides), sort_keys=True)
         if key in seen:
             raise UsageError(f"sweep points {seen[key]} and {index} are the same: {overrides}")
         seen[key] = index
     names = unique_names(raw_points, labels)
     return Sweep(
         config_file=str(pathlib.Path(config_file).resolve()), arg=arg,
-        common_overrides=_json_roundtrip(common_overrides),
+        common_overrides=json_roundtrip(common_overrides),
         base_config=json.loads(config.to_json()),
-        points=tuple(Point(name, _json_roundtrip(p), label)
+        points=tuple(Point(name, json_roundtrip(p), label)
                      for name, p, label in zip(names, raw_points, labels)))
 
 
@@ -162,11 +128,6 @@ def module_settings(config_file: str, arg: str | None, function_name: str) -> di
     if not isinstance(settings, dict):
         raise UsageError(f"{function_name} of {config_file} must return a dict, got {settings!r}")
     return dict(settings)
-
-
-def read_sweep(sweep_dir) -> Sweep | None:
-    path = pathlib.Path(sweep_dir) / SWEEP_FILE
-    return Sweep.from_json(json.loads(path.read_text())) if path.exists() else None
 
 
 def _point_changes(old: list[dict], new: list[dict]) -> list[str]:

@@ -8,8 +8,9 @@ import pathlib
 from bnresearch.errors import UsageError
 from bnresearch.report import text
 from bnresearch.report.runs import summarize_run
+from bnresearch.report.sweep_file import read_sweep
+from bnresearch.run_status import FAILED
 from bnresearch.sweep import points as point_files
-from bnresearch.sweep.spec import read_sweep
 
 HEADERS = ["point", "status", "step", "best eval acc", "wall time"]
 
@@ -34,7 +35,7 @@ def status_text(directory) -> str:
         state = point_files.state(directory, point)
         counts[state] += 1
         rows.append(_row(point.name, state, point_files.run_dir(directory, point)))
-        if state == "failed":
+        if state == FAILED:
             error = point_files.error_of(directory, point) or "see its log"
             errors.append(f"  {point.name}: {error}  ({point_files.log_path(directory, point)})")
     lines = [f"{directory}: {len(sweep.points)} points: {point_files.counted(counts)}", "",

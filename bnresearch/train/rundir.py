@@ -4,7 +4,8 @@
     environment.json  one record per launch: packages, devices, code version, start step
     metrics.jsonl     one JSON object per event: {"step": ..., "train/loss": ..., ...}
     events.out.tfevents.*  the same scalars for TensorBoard
-    status.json       {"status": "running|done|diverged|preempted|failed", "step": ...}
+    status.json       {"status": ..., "step": ...}: RUNNING, then DONE, DIVERGED, PREEMPTED or
+                      FAILED (bnresearch/run_status.py)
     checkpoints/      orbax checkpoints (bnresearch.checkpoint)
 """
 import datetime
@@ -38,12 +39,13 @@ def _jsonable(config: ml_collections.ConfigDict) -> dict:
 
 
 def _code_version() -> str:
-    repo = pathlib.Path(__file__).resolve().parents[2]
+    # Asked from this file's directory, git finds the checkout holding the code that runs.
+    here = pathlib.Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                                 text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=repo, capture_output=True, text=True, check=True).stdout
+                               cwd=here, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return commit + (" (with uncommitted changes)" if dirty.strip() else "")

@@ -1,17 +1,12 @@
 """configs/norm_comparison.py: every variant is a valid config, the sweep's points are every
 variant x seed and apply to the locked config, and the arg names the valid variants."""
-import pathlib
-import sys
-
 import pytest
 
 from bnresearch.config.validation import validate_config
 from bnresearch.errors import UsageError
 from bnresearch.layers import NORMALIZATIONS
 from bnresearch.sweep import grid
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-from configs import norm_comparison  # noqa: E402  (configs/ is not a package on the path)
+from configs import norm_comparison
 
 
 def apply(config, overrides):

@@ -9,9 +9,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from bnresearch.errors import UsageError
+from bnresearch.report.naming import short_labels, unique_names
 from bnresearch.sweep import grid
-from bnresearch.sweep.naming import short_labels, unique_names
-from bnresearch.sweep.spec import check_override, claim, expand, flag_text
+from bnresearch.sweep.spec import check_override, claim, expand, flag_text, point_command
 from tests.sweep import tiny_sweep
 
 TINY = str(pathlib.Path(tiny_sweep.__file__))
@@ -66,12 +66,13 @@ def test_expansion_names_points_and_builds_their_commands(tmp_path):
     assert [p.name for p in sweep.points] == [
         "batch_size=16,seed=0", "batch_size=16,seed=1", "batch_size=32,seed=0",
         "norm=none,base_lr=1e+30", "norm=no_such_norm"]
-    command = sweep.command(sweep.points[1], tmp_path)
+    command = point_command(sweep, sweep.points[1], tmp_path)
     assert command[1:] == [
-        str(REPO / "launch.py"), f"--config={TINY}", f"--workdir={tmp_path / sweep.points[1].name}",
+        "-m", "bnresearch.launch", f"--config={TINY}",
+        f"--workdir={tmp_path / sweep.points[1].name}",
         "--config.dataset.data_dir=/d", "--config.batch_size=16", "--config.seed=1"]
-    assert expand(TINY, "one", locked_config(), {}).command(
-        sweep.points[0], tmp_path)[2] == f"--config={TINY}:one"
+    assert point_command(expand(TINY, "one", locked_config(), {}), sweep.points[0],
+                         tmp_path)[3] == f"--config={TINY}:one"
 
 
 def test_labeled_points_are_named_by_label_and_seed(tmp_path):
@@ -89,8 +90,8 @@ def test_labeled_points_are_named_by_label_and_seed(tmp_path):
     assert sweep.points[2].label == "small_init"
     assert sweep.points[2].overrides == {"model.norm_kwargs.scale_init": 0.1,
                                          "optimizer.lr_multipliers.scale": 0.01, "seed": 0}
-    assert not [flag for flag in sweep.command(sweep.points[2], tmp_path) if "_label" in flag
-                and flag.startswith("--config.")]
+    assert not [flag for flag in point_command(sweep, sweep.points[2], tmp_path)
+                if "_label" in flag and flag.startswith("--config.")]
     assert type(sweep).from_json(sweep.to_json()).points[2].label == "small_init"
 
 
@@ -160,6 +161,16 @@ def test_the_sweep_parent_and_the_report_import_no_jax():
     code = ("import sys; import bnresearch.sweep.runner, bnresearch.sweep.local, "
             "bnresearch.sweep.slurm, bnresearch.sweep.status, bnresearch.report.make; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_report_imports_nothing_of_the_sweep():
+    """One direction: the sweep writes the report; the report reads files (sweep.json too)."""
+    code = ("import sys; import bnresearch.report.__main__; "
+            "print(sorted(m for m in sys.modules if m.startswith('bnresearch.sweep')))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr

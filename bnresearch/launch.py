@@ -1,0 +1,184 @@
+"""Runs one experiment from a config, or a sweep of them.
+
+    python launch.py --config configs/quickstart.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
+    python launch.py --config FILE[:ARG] --workdir DIR --sweep [--parallel N] [--retry_failed]
+    python launch.py --workdir DIR --status
+
+Running the same command on the same workdir resumes from the latest checkpoint. With
+--coordinator_address, --num_processes and --process_id the run spans several processes
+(hosts of a GPU cluster or TPU pod) through jax.distributed. With --sweep, the config module's
+`get_sweep(arg)` lists the points; each runs as its own process of this module in DIR/<name>/
+(bnresearch/sweep). The sweep's own process never imports JAX.
+
+`python launch.py` in the repository and `python -m bnresearch.launch` wherever the package is
+installed run the same code; the sweep starts its points with the latter.
+"""
+import logging as std_logging
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from bnresearch.errors import UsageError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, with an optional :ARG (see the file's docstring).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of this run's (or sweep's) files.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for a multi-process run.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in that run.")
+
+_SWEEP = flags.DEFINE_bool("sweep", False, "Run the config's get_sweep(arg): one run per point.")
+_PARALLEL = flags.DEFINE_integer(
+    "parallel", 1, "Sweep points run at once; local: the GPUs or CPU cores are split among them.")
+_RETRY_FAILED = flags.DEFINE_bool("retry_failed", False, "Launch failed sweep points again.")
+_STATUS = flags.DEFINE_bool("status", False, "Print the status of the sweep (or run) in --workdir.")
+_TARGET = flags.DEFINE_float("target_accuracy", None,
+                             "Eval accuracy of the report's 'steps to' column (default 0.9).")
+_EXECUTOR = flags.DEFINE_enum("executor", "local", ["local", "slurm", "submitit_local"],
+                              "Where sweep points run; submitit_local tests the SLURM path.")
+_SLURM = {
+    "partition": flags.DEFINE_string("slurm_partition", None, "SLURM partition."),
+    "time": flags.DEFINE_integer("slurm_time", None, "Time limit of one point's job, minutes."),
+    "gpus_per_point": flags.DEFINE_integer("gpus_per_point", None, "GPUs of one point's job."),
+    "cpus_per_point": flags.DEFINE_integer("cpus_per_point", None, "CPUs of one point's job."),
+    "mem_gb": flags.DEFINE_float("mem_gb", None, "Memory of one point's job, GB."),
+    "options": flags.DEFINE_string("slurm_options", None,
+                                   "More sbatch options, e.g. account=abc,qos=high."),
+}
+
+
+def _start_distributed() -> None:
+    import jax
+    # CPU devices of different processes talk through gloo (by default they cannot talk at
+    # all); the setting only concerns CPU devices, so it is harmless on GPU and TPU hosts.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+
+
+def _show_progress_only() -> None:
+    """The console gets bnresearch's progress lines; libraries speak only to warn."""
+    logging.set_verbosity(logging.WARNING)  # absl's level: orbax and grain log through it
+    handler = std_logging.StreamHandler()
+    handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    progress = std_logging.getLogger("bnresearch")
+    progress.addHandler(handler)
+    progress.setLevel(std_logging.INFO)
+    progress.propagate = False
+
+
+def _run_sweep() -> int:
+    """Expands and runs the sweep; imports no JAX (the points are separate processes)."""
+    from bnresearch.sweep import runner, spec
+    config_flag = flags.FLAGS["config"]
+    config_file, _, arg = config_flag.config_filename.partition(":")
+    arg = arg if ":" in config_flag.config_filename else None
+    sweep = spec.expand(config_file, arg, _CONFIG.value,
+                        dict(config_flags.get_override_values(config_flag)))
+    slurm = spec.module_settings(config_file, arg, "get_slurm")
+    slurm.update({key: flag.value for key, flag in _SLURM.items() if flag.present})
+    return runner.launch_sweep(sweep, _WORKDIR.value, parallel=_PARALLEL.value,
+                               retry_failed=_RETRY_FAILED.value, executor=_EXECUTOR.value,
+                               slurm=slurm, target_accuracy=_TARGET.value)
+
+
+def _check_flags() -> None:
+    if not _WORKDIR.value:
+        raise UsageError("--workdir is required")
+    if _STATUS.value:
+        return
+    if _CONFIG.value is None:
+        raise UsageError("--config is required (except with --status)")
+    sweep_only = {"parallel": _PARALLEL, "retry_failed": _RETRY_FAILED, "executor": _EXECUTOR,
+                  "target_accuracy": _TARGET,
+                  **{flag.name: flag for flag in _SLURM.values()}}
+    if not _SWEEP.value:
+        given = [f"--{name}" for name, flag in sweep_only.items() if flag.present]
+        if given:
+            raise UsageError(f"{', '.join(given)}: for sweeps only; add --sweep")
+    elif _COORDINATOR.value:
+        raise UsageError("--coordinator_address is for one run over several processes, "
+                         "not for --sweep")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    _show_progress_only()
+    try:
+        _check_flags()
+        if _STATUS.value:
+            from bnresearch.sweep.status import status_text
+            print(status_text(_WORKDIR.value))
+            return
+        if _SWEEP.value:
+            sys.exit(_run_sweep())
+        if _COORDINATOR.value:
+            _start_distributed()
+        from bnresearch.train.loop import train_and_evaluate  # after jax.distributed, as it asks
+        status = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    std_logging.getLogger("bnresearch").info("finished with status %s; files in %s", status,
+                                             _WORKDIR.value)
+
+
+def _flag_text(argv, name: str) -> str | None:
+    """The value of --NAME=VALUE or --NAME VALUE in argv, if given."""
+    for index, item in enumerate(argv):
+        if item.startswith(f"--{name}="):
+            return item.split("=", 1)[1]
+        if item == f"--{name}" and index + 1 < len(argv):
+            return argv[index + 1]
+    return None
+
+
+def _unknown_override(argv) -> str | None:
+    """Names the misspelt part of a --config.FIELD override and the valid fields there."""
+    from bnresearch.config.fields import field_type
+    from bnresearch.sweep.spec import load_config_module
+    config_text = _flag_text(argv, "config")
+    if config_text is None:
+        return None
+    path, has_arg, arg = config_text.partition(":")
+    try:
+        module = load_config_module(path)
+        config = module.get_config(arg) if has_arg else module.get_config()
+    except Exception:  # the config itself is broken: absl's own message says more
+        return None
+    for item in argv:
+        if item.startswith("--config."):
+            try:
+                field_type(config, item[len("--config."):].split("=", 1)[0])
+            except UsageError as error:
+                return str(error)
+    return None
+
+
+def _parse_flags(argv):
+    """absl's parsing, but a bad override or config arg ends in one line, not a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+        unknown = _unknown_override(argv)
+        if unknown:
+            print(f"error: {unknown}", file=sys.stderr)
+            sys.exit(2)
+        text = str(error)
+        if "UsageError: " in text:  # raised by get_config(arg), wrapped in the file's traceback
+            text = text.rsplit("UsageError: ", 1)[1]
+        message = " ".join(text.replace("\\n", " ").replace("\\'", "").split()).strip("'\"")
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run() -> None:
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()
