@@ -4,89 +4,47 @@ Config files call `base_config()` and change what their experiment needs. The co
 before overrides apply, so `--config.FIELD=VALUE` can change any field listed here and a
 misspelt field is an error naming the fields that exist.
 
-The option blocks of the model (``norm_kwargs``, ``activation_kwargs``, ``options``) list every
+The option blocks of the model (``norm_kwargs``, ``activation_kwargs``, ``options``) hold every
 option of every registered variant as a typed placeholder: None means "the variant's own
 default", and ``--config.model.norm_kwargs.num_groups=8`` works on the locked config. An option
-set for a variant that does not have it is refused when the model is built. A test keeps these
-lists equal to the registries' options.
+set for a variant that does not have it is refused when the model is built. The options are
+declared on their modules; ``options.py`` is generated from the registries (see
+``bnresearch/registered_options.py``), as is the dataset block.
 """
 import ml_collections
 from ml_collections.config_dict import placeholder
+
+from bnresearch.config import options
+
+
+def _option_block(option_types: dict) -> ml_collections.ConfigDict:
+    """Every option unset (None: the variant's default), typed so that overrides parse."""
+    return ml_collections.ConfigDict(
+        {option: placeholder(option_type) for option, option_type in option_types.items()})
 
 
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
 
-    config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = "digits"       # see README: digits, mnist, ..., imagefolder:PATH
-    config.dataset.data_dir = ""         # TFDS data dir; "" = TFDS's default ($TFDS_DATA_DIR)
-    config.dataset.augment = "auto"      # auto | none | crop | crop_flip | resized_crop_flip
-    config.dataset.crop_padding = 4      # crop, crop_flip: zero padding before the random crop
-    config.dataset.image_size = 224      # resized_crop_flip: side of the square crop
-    config.dataset.num_workers = 0       # grain worker processes (0: in the main process)
-    config.dataset.num_threads = 1       # grain threads per process (more compete for the GIL)
-    config.dataset.prefetch = 2          # batches read ahead by grain
+    # name: digits, mnist, ..., imagefolder:PATH (docs/data.md); the fields are those of
+    # bnresearch/data/catalog.py's DatasetSettings, documented there.
+    config.dataset = ml_collections.ConfigDict(options.DATASET_DEFAULTS)
 
     config.model = ml_collections.ConfigDict()
     # mlp | cnn | resnet20 ... resnet110 (CIFAR) | preact_resnet20, 56, 110 (basic), 164, 1001
     # (bottleneck) | wrn | resnet18, 34, 50, 101, 152 (ImageNet) | vgg11, 13, 16, 19 | inception |
-    # bnn_mlp | bnn_vgg  (see README, "Model zoo")
+    # bnn_mlp | bnn_vgg  (docs/models.md)
     config.model.name = "cnn"
     # batch | ghost_batch | batch_renorm | batch_kalman | batch_layer | layer | group | instance |
-    # frn | weight | batchless | none (README: Normalizations)
+    # frn | weight | batchless | none (docs/normalizations.md)
     config.model.norm = "batch"
-    config.model.norm_kwargs = ml_collections.ConfigDict({
-        # every normalization: log train/heterogeneity and train/bn_feasible (score >= this)
-        "heterogeneity_threshold": placeholder(float),
-        "epsilon": placeholder(float),
-        "scale_init": placeholder(float),  # initial gain (gamma) of every normalization with one
-        # batch, ghost_batch, batch_renorm, batch_kalman, weight (mean-only BN): running averages
-        "momentum": placeholder(float),    # weight on the OLD value, unless pytorch convention
-        "momentum_convention": placeholder(str),  # batch, ghost_batch: flax | pytorch
-        "eval_statistics": placeholder(str),      # batch, ghost_batch: running | batch
-        "virtual_batch_size": placeholder(int),   # ghost_batch: examples per virtual batch
-        "rmax": placeholder(float),          # batch_renorm: final r_max
-        "dmax": placeholder(float),          # batch_renorm: final d_max
-        "relax_start": placeholder(int),     # batch_renorm: step where r_max, d_max start relaxing
-        "rmax_end": placeholder(int),        # batch_renorm: step where r_max reaches rmax
-        "dmax_end": placeholder(int),        # batch_renorm: step where d_max reaches dmax
-        "prediction_weight": placeholder(float),   # batch_kalman: p
-        "max_variance_ratio": placeholder(float),  # batch_kalman: no fusion at or above it
-        "population_batch_mean": placeholder(bool),    # batch_layer: the four eval switches,
-        "population_batch_var": placeholder(bool),     # true = population statistic,
-        "population_feature_mean": placeholder(bool),  # false = the evaluation batch's
-        "population_feature_var": placeholder(bool),
-        "num_groups": placeholder(int),    # group: G; or
-        "group_size": placeholder(int),    # group: C/G
-        "tlu": placeholder(bool),          # frn: its TLU replaces the model's relu
-        "mean_only_batch_norm": placeholder(bool),  # weight: mean-only BN after each layer
-        "data_dependent_init": placeholder(bool),   # weight: Salimans & Kingma's init
-    })
+    config.model.norm_kwargs = _option_block(options.NORMALIZATION_OPTIONS)
     # relu | leaky_relu | prelu | elu | selu | gelu_exact | gelu_tanh | swish | silu | tanh |
     # sigmoid | hard_tanh
     config.model.activation = "relu"
-    config.model.activation_kwargs = ml_collections.ConfigDict({
-        "negative_slope": placeholder(float),  # leaky_relu (0.01)
-        "slope_init": placeholder(float),      # prelu: initial per-channel slope (0.25)
-        "alpha": placeholder(float),           # elu (1.0)
-        "beta": placeholder(float),            # swish: (initial) beta (1.0)
-        "learnable_beta": placeholder(bool),   # swish: learn beta (False)
-    })
-    config.model.options = ml_collections.ConfigDict({  # the model's own options
-        "hidden_sizes": placeholder(tuple),  # mlp, bnn_mlp; bnn_vgg: its dense layers
-        "widths": placeholder(tuple),        # cnn; bnn_vgg: its three conv stages
-        "convs_per_stage": placeholder(int), # cnn
-        "shortcut": placeholder(str),        # CIFAR resnets: pad | projection
-        # every residual model: start the last norm's gain of each block at 0
-        "zero_init_residual": placeholder(bool),
-        "depth": placeholder(int),           # wrn: 6n + 4 (28)
-        "width": placeholder(int),           # wrn: widening factor k (10)
-        "stem": placeholder(str),            # ImageNet resnets: imagenet | cifar (small inputs)
-        "classifier_width": placeholder(int),  # vgg: hidden dense width (512); 0: one dense
-        "base_width": placeholder(int),      # inception: w (32)
-        "factorized_kernel": placeholder(int),  # inception: n of the 1xn, nx1 convs (7)
-    })
+    config.model.activation_kwargs = _option_block(options.ACTIVATION_OPTIONS)
+    config.model.options = _option_block(options.MODEL_OPTIONS)  # the model's own options
     # Kernel init of every weight layer: he_normal | lecun_normal | glorot_uniform; None: He-normal
     # (LeCun-normal for a dense logits layer), or lecun_normal when self_normalizing.
     config.model.weight_init = placeholder(str)
@@ -132,7 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.batch_augmentation = ml_collections.ConfigDict()
     config.batch_augmentation.multiplicity = 1
     # The peak learning rate is base_lr at base_batch_size, rescaled for the examples per update
-    # (batch_size x optimizer.accumulation_steps) by the rule (bnresearch/config/learning_rate.py):
+    # (batch_size x optimizer.accumulation_steps) by the rule (bnresearch/optim/learning_rate.py):
     # overriding batch_size rescales the lr.
     config.base_lr = 0.1
     config.base_batch_size = 128

@@ -4,7 +4,7 @@ Names: ``digits`` (scikit-learn's 8x8 digits, prepared locally), the TFDS datase
 ``TFDS_DATASETS``, and ``imagefolder:PATH`` (a local ``PATH/{train,test}/<class>/*`` tree).
 
 ``check_dataset_name`` and ``DatasetSettings.from_config`` read no data (an imagefolder name
-only checks that its folders exist), so config validation can call them before any compute.
+only checks that its folders exist), so the config check can call them before any compute.
 """
 import dataclasses
 import os
@@ -15,16 +15,6 @@ from bnresearch.errors import UsageError
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
 AUGMENT_CHOICES = ("auto",) + AUGMENTATION_NAMES
-REQUIRED_CONFIG_FIELDS = (
-    "name",
-    "data_dir",
-    "augment",
-    "crop_padding",
-    "image_size",
-    "num_workers",
-    "num_threads",
-    "prefetch",
-)
 
 
 class DatasetError(UsageError):
@@ -119,25 +109,31 @@ class DatasetSettings:
     prefetch: batches each process prepares ahead, at least num_threads.
     """
 
-    name: str
-    data_dir: str
-    augment: str
-    crop_padding: int
-    image_size: int
-    num_workers: int
-    num_threads: int
-    prefetch: int
+    name: str = "digits"
+    data_dir: str = ""
+    augment: str = "auto"
+    crop_padding: int = 4
+    image_size: int = 224
+    num_workers: int = 0
+    num_threads: int = 1
+    prefetch: int = 2
+
+    @classmethod
+    def config_fields(cls) -> tuple[str, ...]:
+        """The fields of the config's ``dataset`` block, which the schema generates from these
+        (``bnresearch/registered_options.py``)."""
+        return tuple(field.name for field in dataclasses.fields(cls))
 
     @classmethod
     def from_config(cls, dataset_config: Any) -> "DatasetSettings":
-        """Reads and checks every field of ``REQUIRED_CONFIG_FIELDS`` (a ConfigDict or dict)."""
-        missing = [field for field in REQUIRED_CONFIG_FIELDS if field not in dataset_config]
+        """Reads and checks every field of ``cls.config_fields()`` (a ConfigDict or dict)."""
+        missing = [field for field in cls.config_fields() if field not in dataset_config]
         if missing:
             raise DatasetError(
                 f"dataset config lacks {', '.join(missing)}; required fields:"
-                f" {', '.join(REQUIRED_CONFIG_FIELDS)}"
+                f" {', '.join(cls.config_fields())}"
             )
-        settings = cls(**{field: dataset_config[field] for field in REQUIRED_CONFIG_FIELDS})
+        settings = cls(**{field: dataset_config[field] for field in cls.config_fields()})
         settings.check()
         return settings
 

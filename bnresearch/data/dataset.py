@@ -94,7 +94,7 @@ class _PreparedData:
 def load_dataset(dataset_config: Any) -> Dataset:
     """Prepares the configured dataset if needed (once per data dir) and opens its splits.
 
-    Reads the fields listed in ``catalog.REQUIRED_CONFIG_FIELDS``; raises DatasetError for a
+    Reads the fields of ``DatasetSettings.config_fields()``; raises DatasetError for a
     bad field, a folder that is not a dataset, or data that cannot be prepared here.
     """
     settings = DatasetSettings.from_config(dataset_config)

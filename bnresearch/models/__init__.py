@@ -181,3 +181,21 @@ def model_from_config(model_config: ml_collections.ConfigDict, *, num_classes: i
         dropout=model_config.dropout.to_dict(), stochastic_depth=model_config.stochastic_depth,
         quantization=set_options(model_config.quantization), dtype=dtype, **facts,
         **set_options(model_config.options))
+
+
+def check_model_config(model_config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
+                       eval_batch_size: int) -> None:
+    """Raises a one-line UsageError for anything wrong with the config's ``model`` block that
+    shows without data: names, options, option values, and batch sizes the normalization cannot
+    take. Builds nothing that is kept and traces nothing."""
+    model_from_config(model_config, num_classes=2, batch_sizes=batch_sizes,
+                      eval_batch_size=eval_batch_size)
+
+
+def check_model_at_batch_size(model: nn.Module, batch_size: int,
+                              image_shape: tuple[int, ...]) -> None:
+    """Raises UsageError if `model` cannot train on batches of `batch_size` images (checked and
+    traced abstractly, as ``build_model`` does at the run's batch sizes)."""
+    check_normalization_batch_sizes(model.layers.norm_factory, batch_size)
+    trace_at_batch_sizes(model, tuple(image_shape), batch_size)
+

@@ -15,7 +15,7 @@ warmup_steps), 0, 1):
 - polynomial: (1 - f) ** power (power 2 in You et al.'s LARS runs, arXiv:1708.03888).
 - exponential: decay_rate ** (epochs since warmup ended), continuous rather than staircase;
   epochs are counted phase by phase, so the rate per epoch holds under batch-size schedules.
-Batch-size schedules: each phase has its own peak lr (``bnresearch.config.learning_rate``).
+Batch-size schedules: each phase has its own peak lr (``bnresearch.optim.learning_rate``).
 """
 import dataclasses
 from typing import Callable

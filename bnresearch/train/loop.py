@@ -1,150 +1,31 @@
 """The training loop: from a config and a workdir to a trained, evaluated, checkpointed model.
 
-Read top to bottom: validate, claim the workdir, the plan (every duration in steps, the
-batch-size phases, the lr schedule), data, model and optimizer, the state (fresh or restored from
-the latest checkpoint), compile once per batch size, then the loop: one update per iteration (k
-train-step calls when gradients accumulate), the noise-scale measurement when due, periodic
-logging, evaluation and checkpoints. The math lives in `steps.py`.
+`train_and_evaluate` reads as its table of contents: `preflight` (every check, the dataset, the
+plan, the model and the optimizer, resolved once; `preflight.py`), claim the workdir,
+`restore_or_init` the train state, `compile_steps` once per batch size, then `run_loop`: one
+update per iteration (k train-step calls when gradients accumulate), the noise-scale measurement
+when due, periodic logging, evaluation and checkpoints. The math lives in `steps.py`.
 """
 import dataclasses
 import functools
 import logging
 import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from bnresearch import data, models
+from bnresearch import data
 from bnresearch.checkpoint.manager import Checkpointer, PreemptionWatch
-from bnresearch.config.durations import parse_duration
-from bnresearch.config.learning_rate import legw_warmup_epochs, phase_peak_lrs
-from bnresearch.config.validation import validate_config
-from bnresearch.optim.batch_size_schedule import (Cadence, Phase, Timeline, make_timeline,
-                                                  schedule_from_config)
-from bnresearch.optim.optimizers import make_optimizer
-from bnresearch.optim.schedules import ScheduleSpec, make_schedule
-from bnresearch.parallel.mesh import (batch_sharding, check_batch_size, global_batch, make_mesh,
-                                      replicated)
+from bnresearch.parallel.mesh import batch_sharding, global_batch, replicated
+from bnresearch.run_status import DIVERGED, DONE, FAILED, PREEMPTED, RUNNING
 from bnresearch.train import steps
+from bnresearch.train.preflight import Setup, preflight
 from bnresearch.train.rundir import MetricsLog, RunDirectory
 from bnresearch.train.state import TrainState, create_train_state
-from bnresearch.errors import UsageError
 
 log = logging.getLogger(__name__)
-
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """Every duration of the run in steps (updates), its batch-size phases and its lr schedule."""
-    timeline: Timeline
-    total_steps: int
-    accumulation_steps: int      # train-step calls (micro-batches) per update
-    multiplicity: int            # batch augmentation: images per distinct example in a batch
-    log: Cadence
-    eval: Cadence
-    checkpoint: Cadence
-    noise_scale: Cadence | None  # None: not measured
-    schedule: ScheduleSpec
-
-    @property
-    def phases(self) -> tuple[Phase, ...]:
-        """The phases the run reaches."""
-        return tuple(phase for phase in self.timeline.phases if phase.first_step < self.total_steps)
-
-    def phases_from(self, step: int) -> tuple[Phase, ...]:
-        """The phases of the updates that follow `step` completed ones."""
-        current = self.timeline.phase_at(step)
-        return tuple(phase for phase in self.phases if phase.first_step >= current.first_step)
-
-    def images_per_call(self, phase: Phase) -> int:
-        """The batch one train-step call sees: a phase's batch size times the copies."""
-        return phase.batch_size * self.multiplicity
-
-    def batch_size_changes(self) -> tuple[tuple[int, int], ...]:
-        """For the input pipeline: (first batch, batch size) of each phase after the first."""
-        return tuple((phase.first_step * self.accumulation_steps, phase.batch_size)
-                     for phase in self.phases[1:])
-
-
-def _schedule_spec(config: ml_collections.ConfigDict, timeline: Timeline,
-                   total_steps: int) -> ScheduleSpec:
-    """The lr schedule in steps. The lr rule sees examples per update (batch_size x k, copies of
-    batch augmentation not counted); LEGW stretches the warmup by the first phase's B/B0."""
-    phases = timeline.phases
-    warmup = config.schedule.warmup
-    if config.schedule.warmup_rule == "legw":
-        warmup_epochs = legw_warmup_epochs(parse_duration(warmup)[0],
-                                           phases[0].examples_per_update, config.base_batch_size)
-        warmup_steps = timeline.step_at_epoch(warmup_epochs)
-    else:
-        warmup_steps = timeline.step_at(warmup)
-    return ScheduleSpec(
-        phases=phases,
-        peak_lrs=phase_peak_lrs(config.base_lr, config.base_batch_size, config.lr_scaling,
-                                [phase.examples_per_update for phase in phases],
-                                config.batch_size_schedule.lr),
-        total_steps=total_steps,
-        warmup_steps=warmup_steps,
-        decay=config.schedule.decay,
-        boundaries=tuple(timeline.step_at(b) for b in config.schedule.boundaries),
-        decay_factor=config.schedule.decay_factor,
-        power=config.schedule.power,
-        decay_rate=config.schedule.decay_rate,
-    )
-
-
-def make_plan(config: ml_collections.ConfigDict, num_train: int) -> Plan:
-    timeline = make_timeline(num_train, config.batch_size, config.optimizer.accumulation_steps,
-                             schedule_from_config(config.batch_size_schedule))
-    total_steps = timeline.step_at(config.train_duration)
-    if total_steps <= 0:
-        raise UsageError(f"train_duration={config.train_duration!r} is less than one step")
-    noise_scale = config.noise_scale
-    return Plan(
-        timeline=timeline,
-        total_steps=total_steps,
-        accumulation_steps=config.optimizer.accumulation_steps,
-        multiplicity=config.batch_augmentation.multiplicity,
-        log=timeline.every(config.log_every, minimum=1),
-        eval=timeline.every(config.eval_every),
-        checkpoint=timeline.every(config.checkpoint.every),
-        noise_scale=timeline.every(noise_scale.every, minimum=1) if noise_scale.enabled else None,
-        schedule=_schedule_spec(config, timeline, total_steps),
-    )
-
-
-def check_batches_split(config: ml_collections.ConfigDict, mesh) -> None:
-    """Every batch a train step sees (each phase's, with batch augmentation's copies) and the eval
-    batch must split evenly over the devices."""
-    multiplicity = config.batch_augmentation.multiplicity
-    batch_sizes = [("batch_size", config.batch_size)] + [
-        (f"batch_size_schedule.batch_sizes[{index}]", size)
-        for index, size in enumerate(config.batch_size_schedule.batch_sizes)]
-    for name, size in batch_sizes:
-        if multiplicity > 1:
-            name = f"{name} x batch_augmentation.multiplicity ({size} x {multiplicity})"
-        check_batch_size(name, size * multiplicity, mesh)
-    check_batch_size("eval_batch_size", config.eval_batch_size, mesh)
-
-
-def _check_noise_scale_sub_batches(build_model, sub_batches: int, batch_sizes) -> None:
-    """The noise scale takes gradients on sub-batches of B / sub_batches images, each normalized
-    on its own: the model must work at that size too (ghost batch norm's virtual batches must
-    fit, batch statistics need more than one value per channel)."""
-    sizes = sorted({size // sub_batches for size in batch_sizes})
-    try:
-        build_model(batch_sizes=sizes)
-    except UsageError as error:
-        raise UsageError(f"noise_scale.sub_batches={sub_batches} measures gradients on "
-                         f"sub-batches of {', '.join(map(str, sizes))} images: {error}") from None
-
-
-def _is_due(step: int, cadence: Cadence, total_steps: int) -> bool:
-    return step == total_steps or cadence.is_due(step)
 
 
 class _Progress:
@@ -219,125 +100,148 @@ def _batch_shapes(images: int, image_shape, mesh) -> dict:
             "label": jax.ShapeDtypeStruct((images,), jnp.int32, sharding=sharding)}
 
 
-def _compile_per_batch_size(step_fn, *, batch_sizes, image_shape, abstract_state, state_sharding,
-                            mesh, out_shardings, donate_state: bool) -> dict:
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """The train state's shapes and shardings, known without computing it (a restore needs only
+    these): `abstract` holds ShapeDtypeStructs that carry the shardings."""
+    abstract: Any
+    sharding: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where training starts: the state after `step` updates, the wall time already spent and,
+    after a preemption between logging steps, the logging window it left open."""
+    state: TrainState
+    step: int
+    elapsed_s: float
+    pending: dict | None
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledSteps:
+    """The step functions, compiled: train (and noise scale) per images per call."""
+    train: dict[int, Callable]
+    noise_scale: dict[int, Callable] | None
+    eval: Callable
+
+
+def _init_fn(setup: Setup):
+    return functools.partial(create_train_state, setup.model, setup.optimizer,
+                             measure_noise_scale=setup.plan.noise_scale is not None)
+
+
+def state_layout(setup: Setup) -> StateLayout:
+    """The state's shapes from an abstract init; parameters and optimizer state replicated."""
+    plan, mesh = setup.plan, setup.mesh
+    first_images = _batch_shapes(plan.train_batch_sizes[0], setup.dataset.info.image_shape,
+                                 mesh)["image"]
+    shapes = jax.eval_shape(_init_fn(setup), jax.random.PRNGKey(0), first_images)
+    sharding = jax.tree.map(lambda _: replicated(mesh), shapes)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            shapes, sharding)
+    return StateLayout(abstract=abstract, sharding=sharding)
+
+
+def make_train_iterator(setup: Setup):
+    """The training stream: a pure function of (seed, position), so a restore can seek it."""
+    plan = setup.plan
+    return data.make_train_iterator(
+        setup.dataset, seed=setup.config.seed, batch_size=setup.config.batch_size,
+        batch_size_changes=plan.batch_size_changes(), multiplicity=plan.multiplicity,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def restore_or_init(setup: Setup, layout: StateLayout, checkpointer: Checkpointer,
+                    train_iterator) -> Start:
+    """The latest checkpoint's state (moving `train_iterator` to its position), or a fresh one."""
+    step = checkpointer.latest_step()
+    if step is not None:
+        state, progress = checkpointer.restore(step, layout.abstract, train_iterator)
+        log.info("resumed from the checkpoint at step %d", step)
+        return Start(state, step, progress["elapsed_s"], progress.get("pending"))
+    # Initialized on the first training batch, read from an iterator of its own so the training
+    # stream is untouched.
+    first_batch = global_batch(next(make_train_iterator(setup)), setup.mesh)
+    key = jax.random.PRNGKey(setup.config.seed)
+    # It runs once, so it is compiled without backend optimization: XLA's optimizing the random
+    # initializers costs seconds per layer (9 s of a small CNN's 20 s run on a CPU core), and the
+    # values it gives agree with the optimized program's to rounding.
+    init_once = jax.jit(_init_fn(setup), out_shardings=layout.sharding).lower(
+        key, first_batch["image"]).compile({"xla_backend_optimization_level": 0})
+    return Start(init_once(key, first_batch["image"]), 0, 0.0, None)
+
+
+def _compile_per_batch_size(step_fn, *, batch_sizes, setup: Setup, layout: StateLayout,
+                            out_shardings, donate_state: bool) -> dict:
     """`step_fn(state, batch)` compiled ahead of time once per batch size, by size.
 
     A compiled executable never recompiles (a call with another shape is an error), so a
     batch-size schedule compiles each size once, up front, and the steady state cannot recompile.
     """
-    jitted = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding(mesh)),
+    mesh = setup.mesh
+    jitted = jax.jit(step_fn, in_shardings=(layout.sharding, batch_sharding(mesh)),
                      out_shardings=out_shardings, donate_argnums=0 if donate_state else ())
-    return {size: jitted.lower(abstract_state, _batch_shapes(size, image_shape, mesh)).compile()
+    return {size: jitted.lower(layout.abstract,
+                               _batch_shapes(size, setup.dataset.info.image_shape, mesh)).compile()
             for size in sorted(set(batch_sizes))}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Trains (or resumes) the experiment of `config` in `workdir`; returns its final status."""
-    validate_config(config)
-    mesh = make_mesh()
-    check_batches_split(config, mesh)
-    rundir = RunDirectory(workdir)
-    rundir.check(config)
-    previous = rundir.status()
-    if previous.get("status") == "done":
-        log.info("%s already finished at step %d; nothing to do", workdir, previous["step"])
-        return "done"
-
-    dataset = data.load_dataset(config.dataset)
-    plan = make_plan(config, dataset.info.num_train)
-    # With the run's facts the build traces the model at every batch size a train step sees
-    # (shapes only), so what a normalization cannot do at them fails here, before the workdir is
-    # claimed.
-    build_model = functools.partial(
-        models.model_from_config, config.model, num_classes=dataset.info.num_classes,
-        dtype=COMPUTE_DTYPES[config.compute_dtype],
-        images_per_epoch=dataset.info.num_train * plan.multiplicity,
-        accumulation_steps=plan.accumulation_steps, image_shape=dataset.info.image_shape)
-    train_batch_sizes = [plan.images_per_call(phase) for phase in plan.phases]
-    model = build_model(batch_sizes=train_batch_sizes, eval_batch_size=config.eval_batch_size)
-    if plan.noise_scale is not None:
-        _check_noise_scale_sub_batches(build_model, config.noise_scale.sub_batches,
-                                       train_batch_sizes)
-    learning_rate_fn = make_schedule(plan.schedule)
-    optimizer = make_optimizer(config.optimizer, learning_rate_fn)
-    rundir.claim(config)  # only now: a config that fails to set up leaves the workdir untouched
-
-    # The state's shapes without computing it: a restore needs only these.
-    image_shape = dataset.info.image_shape
-    init = functools.partial(create_train_state, model, optimizer,
-                             measure_noise_scale=plan.noise_scale is not None)
-    first_images = _batch_shapes(plan.images_per_call(plan.phases[0]), image_shape, mesh)["image"]
-    state_shapes = jax.eval_shape(init, jax.random.PRNGKey(0), first_images)
-    state_sharding = jax.tree.map(lambda _: replicated(mesh), state_shapes)
-    abstract_state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        state_shapes, state_sharding)
-
-    def make_train_iterator():
-        return data.make_train_iterator(
-            dataset, seed=config.seed, batch_size=config.batch_size,
-            batch_size_changes=plan.batch_size_changes(), multiplicity=plan.multiplicity,
-            process_index=jax.process_index(), process_count=jax.process_count())
-
-    train_iterator = make_train_iterator()
-    checkpointer = Checkpointer(rundir.checkpoints.absolute(), keep=config.checkpoint.keep)
-    start_step = checkpointer.latest_step()
-    if start_step is None:
-        start_step, elapsed, pending = 0, 0.0, None
-        # Initialized on the first training batch, read from an iterator of its own so the
-        # training stream is untouched.
-        first_batch = global_batch(next(make_train_iterator()), mesh)
-        key = jax.random.PRNGKey(config.seed)
-        # It runs once, so it is compiled without backend optimization: XLA's optimizing the
-        # random initializers costs seconds per layer (9 s of a small CNN's 20 s run on a CPU
-        # core), and the values it gives agree with the optimized program's to rounding.
-        init_once = jax.jit(init, out_shardings=state_sharding).lower(
-            key, first_batch["image"]).compile({"xla_backend_optimization_level": 0})
-        state = init_once(key, first_batch["image"])
-    else:
-        state, progress = checkpointer.restore(start_step, abstract_state, train_iterator)
-        elapsed, pending = progress["elapsed_s"], progress.get("pending")
-        log.info("resumed from the checkpoint at step %d", start_step)
-    rundir.record_environment(start_step)
-    rundir.set_status("running", start_step, total_steps=plan.total_steps)
-
+def compile_steps(setup: Setup, layout: StateLayout, start_step: int) -> CompiledSteps:
+    """The train step (and the noise-scale step) for the batch of every phase still to come."""
+    config, plan, mesh = setup.config, setup.plan, setup.mesh
     compile_start = time.perf_counter()
     compile_for_each_batch_size = functools.partial(
         _compile_per_batch_size,
-        batch_sizes=[plan.images_per_call(phase) for phase in plan.phases_from(start_step)],
-        image_shape=image_shape, abstract_state=abstract_state, state_sharding=state_sharding,
-        mesh=mesh)
-    train_steps = compile_for_each_batch_size(
-        functools.partial(steps.train_step, model=model, optimizer=optimizer,
-                          learning_rate_fn=learning_rate_fn,
+        batch_sizes=plan.train_batch_sizes_from(start_step),
+        setup=setup, layout=layout)
+    train = compile_for_each_batch_size(
+        functools.partial(steps.train_step, model=setup.model, optimizer=setup.optimizer,
+                          learning_rate_fn=setup.learning_rate_fn,
                           label_smoothing=config.label_smoothing),
-        out_shardings=(state_sharding, replicated(mesh)), donate_state=True)
+        out_shardings=(layout.sharding, replicated(mesh)), donate_state=True)
+    noise_scale = None
     if plan.noise_scale is not None:
-        noise_scale_steps = compile_for_each_batch_size(
-            functools.partial(steps.noise_scale_step, model=model,
+        noise_scale = compile_for_each_batch_size(
+            functools.partial(steps.noise_scale_step, model=setup.model,
                               sub_batches=config.noise_scale.sub_batches,
                               ema_decay=config.noise_scale.ema_decay,
                               label_smoothing=config.label_smoothing),
             out_shardings=replicated(mesh), donate_state=False)
     log.info("compiled the train step for batch size(s) %s in %.1f s",
-             ", ".join(map(str, train_steps)), time.perf_counter() - compile_start)
-    eval_step = jax.jit(functools.partial(steps.eval_step, model=model),
+             ", ".join(map(str, train)), time.perf_counter() - compile_start)
+    eval_step = jax.jit(functools.partial(steps.eval_step, model=setup.model),
                         out_shardings=replicated(mesh))
+    return CompiledSteps(train=train, noise_scale=noise_scale, eval=eval_step)
 
-    metrics_log = MetricsLog(rundir, resume_step=start_step)
-    progress_log = _Progress(plan.total_steps, start_step)
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How the loop ended: the run's status, its last step and its wall time over all launches."""
+    status: str
+    step: int
+    wall_time_s: float
+
+
+def run_loop(setup: Setup, compiled: CompiledSteps, start: Start, checkpointer: Checkpointer,
+             train_iterator) -> Outcome:
+    """Trains from `start` to the plan's last step, a preemption or a divergence."""
+    config, plan, mesh, rundir = setup.config, setup.plan, setup.mesh, setup.rundir
+    state, step = start.state, start.step
+    metrics_log = MetricsLog(rundir, resume_step=step)
+    progress_log = _Progress(plan.total_steps, step)
     preemption = PreemptionWatch()
     # A preemption between logging steps saves the open logging window with the checkpoint, so
     # the resumed run logs exactly the records of one that never stopped.
-    window, window_start, measurements = (_pending_from_json(pending) if pending
-                                          else ([], start_step + 1, []))
-    status, step = "running", start_step
+    window, window_start, measurements = (_pending_from_json(start.pending) if start.pending
+                                          else ([], step + 1, []))
+    status = RUNNING
     clock_start = time.perf_counter()
 
     def save(at_step, **extra):
         checkpointer.save(at_step, state, train_iterator,
-                          {"elapsed_s": elapsed + time.perf_counter() - clock_start, **extra})
+                          {"elapsed_s": start.elapsed_s + time.perf_counter() - clock_start,
+                           **extra})
 
     try:
         while step < plan.total_steps:
@@ -348,15 +252,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
                 batch = global_batch(next(train_iterator), mesh)
                 if measure and call == 0:
                     # On the (first micro-)batch of update step + 1, before it is applied.
-                    noise_scale, noise_scalars = noise_scale_steps[images](state, batch)
+                    noise_scale, noise_scalars = compiled.noise_scale[images](state, batch)
                     state = state.replace(noise_scale=noise_scale)
                     measurements.append((step + 1, noise_scalars))
-                state, step_metrics = train_steps[images](state, batch)
+                state, step_metrics = compiled.train[images](state, batch)
                 window.append(step_metrics)
             step += 1
-            must_save = _is_due(step, plan.checkpoint, plan.total_steps)
+            must_save = plan.is_due(plan.checkpoint, step)
             preempted = preemption.should_stop(step)
-            if _is_due(step, plan.log, plan.total_steps) or must_save:
+            if plan.is_due(plan.log, step) or must_save:
                 scalars, diverged_at = _summarize_train(window, window_start,
                                                         plan.accumulation_steps)
                 window, window_start = [], step + 1
@@ -368,31 +272,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> str:
                 metrics_log.write(step, scalars)
                 if diverged_at is not None:
                     log.warning("loss is not finite at step %d: the run diverged", diverged_at)
-                    status, step = "diverged", diverged_at
+                    status, step = DIVERGED, diverged_at
                     break
                 progress_log.report(step, scalars, phase.examples_per_update * plan.multiplicity)
-            if _is_due(step, plan.eval, plan.total_steps):
-                eval_scalars = evaluate(eval_step, state, dataset, config.eval_batch_size, mesh)
+            if plan.is_due(plan.eval, step):
+                eval_scalars = evaluate(compiled.eval, state, setup.dataset,
+                                        config.eval_batch_size, mesh)
                 metrics_log.write(step, eval_scalars)
                 log.info("step %d | eval loss %.4f | eval accuracy %.4f", step,
-                             eval_scalars["eval/loss"], eval_scalars["eval/accuracy"])
+                         eval_scalars["eval/loss"], eval_scalars["eval/accuracy"])
             if must_save:
                 save(step)
             elif preempted:
                 save(step, pending=_pending_to_json(window, window_start, measurements))
             if preempted:
                 log.warning("preempted: saved the checkpoint at step %d and stopping", step)
-                status = "preempted"
+                status = PREEMPTED
                 break
         else:
-            status = "done"
+            status = DONE
     except Exception as error:
-        rundir.set_status("failed", step, error=f"{type(error).__name__}: {error}")
+        rundir.set_status(FAILED, step, error=f"{type(error).__name__}: {error}")
         raise
     finally:
         metrics_log.close()
-        checkpointer.close()
         preemption.close()
-    rundir.set_status(status, step, total_steps=plan.total_steps,
-                      wall_time_s=elapsed + time.perf_counter() - clock_start)
-    return status
+    return Outcome(status, step, start.elapsed_s + time.perf_counter() - clock_start)
+
+
+def train_and_evaluate(config, workdir: str) -> str:
+    """Trains (or resumes) the experiment of `config` in `workdir`; returns its final status."""
+    setup = preflight(config, RunDirectory(workdir))
+    if setup is None:
+        return DONE
+    setup.rundir.claim(config)  # only now: a config that fails preflight leaves it untouched
+    layout = state_layout(setup)
+    train_iterator = make_train_iterator(setup)
+    checkpointer = Checkpointer(setup.rundir.checkpoints.absolute(), keep=config.checkpoint.keep)
+    try:
+        start = restore_or_init(setup, layout, checkpointer, train_iterator)
+        setup.rundir.record_environment(start.step)
+        setup.rundir.set_status(RUNNING, start.step, total_steps=setup.plan.total_steps)
+        compiled = compile_steps(setup, layout, start.step)
+        outcome = run_loop(setup, compiled, start, checkpointer, train_iterator)
+    finally:
+        checkpointer.close()  # waits for the last checkpoint: only then is the status final
+    setup.rundir.set_status(outcome.status, outcome.step, total_steps=setup.plan.total_steps,
+                            wall_time_s=outcome.wall_time_s)
+    return outcome.status

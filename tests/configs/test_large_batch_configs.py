@@ -2,7 +2,7 @@
 default config gives the config its arg selects."""
 import pytest
 
-from bnresearch.config.validation import validate_config
+from bnresearch.train.preflight import check_config
 from configs import batch_augmentation, batch_scaling, increase_batch
 
 
@@ -33,7 +33,7 @@ def test_each_sweep_entry_is_the_config_of_its_arg(module, points):
     assert len(sweep) == 2 * points and {entry["seed"] for entry in sweep} == {0, 1}
     for overrides in sweep[:points]:
         config = overridden(module, overrides)
-        validate_config(config)
+        check_config(config)
         assert config.to_dict() == module.get_config(arg_of(module, overrides)).to_dict()
 
 

@@ -2,7 +2,7 @@
 variant x seed and apply to the locked config, and the arg names the valid variants."""
 import pytest
 
-from bnresearch.config.validation import validate_config
+from bnresearch.train.preflight import check_config
 from bnresearch.errors import UsageError
 from bnresearch.layers import NORMALIZATIONS
 from bnresearch.sweep import grid
@@ -28,7 +28,7 @@ def test_every_normalization_is_compared():
 def test_each_variant_is_a_valid_config(variant):
     config = norm_comparison.get_config(f'norm={variant}')
     config.lock()
-    validate_config(config)
+    check_config(config)
     expected = norm_comparison.variant_overrides(variant)
     assert config.model.norm == expected['model.norm']
 
@@ -42,7 +42,7 @@ def test_sweep_points_are_every_variant_and_seed_and_reach_the_config():
         config = norm_comparison.get_config()
         config.lock()  # overrides of fields that do not exist would fail here
         apply(config, {k: v for k, v in point.items() if k != grid.LABEL})
-        validate_config(config)
+        check_config(config)
     small_init = [p for p in points if p.get('model.norm_kwargs.scale_init') == 0.1]
     assert len(small_init) == 3 and all(p['model.norm'] == 'batch' for p in small_init)
 

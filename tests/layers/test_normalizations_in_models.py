@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bnresearch.config.defaults import base_config
-from bnresearch.config.validation import validate_config
+from bnresearch.train.preflight import check_config
 from bnresearch.data.dataset import load_dataset
 from bnresearch.data.pipeline import make_train_iterator
 from bnresearch.errors import UsageError
@@ -109,15 +109,15 @@ def test_batch_size_one(name, options):
     assert np.isfinite(metrics['loss'])
 
 
-def test_ghost_batch_sizes_are_checked_by_config_validation():
+def test_ghost_batch_sizes_are_checked_by_the_config_check():
     config = base_config()
     config.model.norm = 'ghost_batch'
     config.batch_size = 100
     with pytest.raises(UsageError, match='batch_size=100 does not split into virtual batches of '
                                          'virtual_batch_size=128'):
-        validate_config(config)
+        check_config(config)
     config.model.norm_kwargs.virtual_batch_size = 25
-    validate_config(config)
+    check_config(config)
 
 
 @pytest.fixture(scope='module')

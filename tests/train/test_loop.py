@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bnresearch.errors import UsageError
-from bnresearch.train import loop
+from bnresearch.train import preflight
 from bnresearch.train.loop import train_and_evaluate
 from tests.train.runs import launch, read_metrics, read_status, tiny_config
 
@@ -309,12 +309,12 @@ def test_accumulation_and_batch_augmentation_count_updates_of_distinct_examples(
                          **{"optimizer.accumulation_steps": 2,
                             "batch_augmentation.multiplicity": 2, "checkpoint.every": "0 steps"})
     builds = []
-    build = loop.models.model_from_config
-    monkeypatch.setattr(loop.models, "model_from_config",
+    build = preflight.models.model_from_config
+    monkeypatch.setattr(preflight.models, "model_from_config",
                         lambda *args, **facts: builds.append(facts) or build(*args, **facts))
     assert train_and_evaluate(config, str(tmp_path)) == "done"
     # Layers that count epochs or updates in forward passes are told what those are by the
-    # builds that know the data (config validation builds without them): an epoch shows them
+    # builds that know the data (the config check builds without them): an epoch shows them
     # 1437 x 2 images, an update is 2 passes.
     assert {(facts["images_per_epoch"], facts["accumulation_steps"]) for facts in builds
             if "image_shape" in facts} == {(1437 * 2, 2)}

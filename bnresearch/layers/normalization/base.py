@@ -139,7 +139,7 @@ class Normalization(nn.Module):
     def check_batch_sizes(self, batch_size: int, eval_batch_size: int | None) -> None:
         """Raises UsageError if this normalization cannot work at these (global) batch sizes.
 
-        Called by ``build_model`` (and so by config validation) when the batch sizes are known.
+        Called by ``build_model`` (and so by the config check) when the batch sizes are known.
         Shape-dependent impossibilities (one value per channel) are raised while tracing; see
         ``check_enough_values``.
         """

@@ -2,11 +2,9 @@ import math
 
 import pytest
 
-from bnresearch.config.learning_rate import (check_warmup, legw_warmup_epochs, phase_peak_lrs,
+from bnresearch.optim.learning_rate import (check_warmup, legw_warmup_epochs, phase_peak_lrs,
                                              scaled_learning_rate)
 from bnresearch.errors import UsageError
-from bnresearch.train.loop import make_plan
-from configs import batch_scaling
 
 
 @pytest.mark.parametrize("batch_size", [32, 128, 256, 1024, 8192])
@@ -33,27 +31,6 @@ def test_unknown_rule():
 def test_legw_warmup_grows_with_the_batch(batch_size, warmup_epochs):
     # You et al. 2019: 5 warmup epochs at 256 become 5 * B/256 epochs at B.
     assert legw_warmup_epochs(5.0, batch_size, 256) == pytest.approx(warmup_epochs)
-
-
-# 1437 digits: (batch size, steps per epoch, LEGW warmup steps, linear warmup steps) for one
-# warmup epoch at base batch 64. LEGW's B/64 epochs at 1437 // B steps each keep the warmup
-# about as long in steps as at 64 (rounding aside), where a plain 1-epoch warmup shrinks.
-LEGW_CASES = [(64, 22, 22, 22), (128, 11, 22, 11), (256, 5, 20, 5), (512, 2, 16, 2),
-              (32, 44, 22, 44)]
-
-
-@pytest.mark.parametrize("batch_size, steps_per_epoch, legw_steps, linear_steps", LEGW_CASES)
-def test_a_runs_plan_stretches_the_legw_warmup_and_scales_the_lr_by_sqrt(
-        batch_size, steps_per_epoch, legw_steps, linear_steps):
-    # batch_scaling's base: lr 0.1 at batch 64, one warmup epoch, 20 epochs.
-    for warmup, scaling, expected_steps in (("legw", "sqrt", legw_steps),
-                                            ("linear", "sqrt", linear_steps)):
-        config = batch_scaling.get_config(
-            f"batch_size={batch_size},scaling={scaling},warmup={warmup}")
-        plan = make_plan(config, num_train=1437)
-        assert plan.total_steps == 20 * steps_per_epoch
-        assert plan.schedule.warmup_steps == expected_steps
-        assert plan.schedule.peak_lrs == (pytest.approx(0.1 * math.sqrt(batch_size / 64)),)
 
 
 def test_legw_requires_sqrt_scaling_and_epochs():

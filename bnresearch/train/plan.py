@@ -1,0 +1,133 @@
+"""The plan of a run: every duration, batch size, learning rate and cadence, resolved once.
+
+`make_plan(config, num_train)` turns the config's durations ("30 epochs", "500 steps"), its
+batch-size phases, batch augmentation's copies, gradient accumulation, the lr rule and schedule,
+and the cadences of logging, evaluation, checkpoints and measurements into numbers of steps
+(optimizer updates) and images. Everything downstream (preflight's checks, the model's build
+facts, the input pipeline, the compiled steps, the loop) reads the plan and recomputes none of it.
+
+How durations become steps under a batch-size schedule is `optim.batch_size_schedule.Timeline`'s
+business; how a batch size scales the lr is `optim.learning_rate`'s; the schedule's shape is
+`optim.schedules`'. This module is where they meet the config.
+"""
+import dataclasses
+
+import ml_collections
+
+from bnresearch.config.durations import parse_duration
+from bnresearch.errors import UsageError
+from bnresearch.optim.batch_size_schedule import (Cadence, Phase, Timeline, make_timeline,
+                                                  schedule_from_config)
+from bnresearch.optim.learning_rate import legw_warmup_epochs, phase_peak_lrs
+from bnresearch.optim.schedules import ScheduleSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Every duration of the run in steps (updates), its batch-size phases and its lr schedule."""
+    timeline: Timeline
+    total_steps: int
+    accumulation_steps: int      # train-step calls (micro-batches) per update
+    multiplicity: int            # batch augmentation: images per distinct example in a batch
+    images_per_epoch: int        # training images of an epoch, batch augmentation's copies too
+    log: Cadence
+    eval: Cadence
+    checkpoint: Cadence
+    noise_scale: Cadence | None  # None: not measured
+    schedule: ScheduleSpec
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        """The phases the run reaches."""
+        return tuple(phase for phase in self.timeline.phases if phase.first_step < self.total_steps)
+
+    def phases_from(self, step: int) -> tuple[Phase, ...]:
+        """The phases of the updates that follow `step` completed ones."""
+        current = self.timeline.phase_at(step)
+        return tuple(phase for phase in self.phases if phase.first_step >= current.first_step)
+
+    def images_per_call(self, phase: Phase) -> int:
+        """The batch one train-step call sees: a phase's batch size times the copies."""
+        return phase.batch_size * self.multiplicity
+
+    @property
+    def train_batch_sizes(self) -> tuple[int, ...]:
+        """The batch of a train-step call in each phase the run reaches."""
+        return self.train_batch_sizes_from(0)
+
+    def train_batch_sizes_from(self, step: int) -> tuple[int, ...]:
+        """The batch of a train-step call in each phase still to come after `step` updates."""
+        return tuple(self.images_per_call(phase) for phase in self.phases_from(step))
+
+    def batch_size_changes(self) -> tuple[tuple[int, int], ...]:
+        """For the input pipeline: (first batch, batch size) of each phase after the first."""
+        return tuple((phase.first_step * self.accumulation_steps, phase.batch_size)
+                     for phase in self.phases[1:])
+
+    def is_due(self, cadence: Cadence, step: int) -> bool:
+        """Whether a periodic action is due after `step` updates (always at the last one)."""
+        return step == self.total_steps or cadence.is_due(step)
+
+
+def configured_batch_sizes(config: ml_collections.ConfigDict) -> tuple[tuple[str, int], ...]:
+    """(field, images per train-step call) of every batch size the config names: `batch_size`
+    and each entry of `batch_size_schedule`, times batch augmentation's copies. Needs no data, so
+    the checks that depend on batch sizes alone run before the dataset is opened."""
+    multiplicity = config.batch_augmentation.multiplicity
+    named = [("batch_size", config.batch_size)] + [
+        (f"batch_size_schedule.batch_sizes[{index}]", size)
+        for index, size in enumerate(config.batch_size_schedule.batch_sizes)]
+    if multiplicity == 1:
+        return tuple(named)
+    return tuple((f"{field} x batch_augmentation.multiplicity ({size} x {multiplicity})",
+                  size * multiplicity) for field, size in named)
+
+
+def _lr_schedule(config: ml_collections.ConfigDict, timeline: Timeline,
+                 total_steps: int) -> ScheduleSpec:
+    """The lr schedule in steps. The lr rule sees examples per update (batch_size x k, copies of
+    batch augmentation not counted); LEGW stretches the warmup by the first phase's B/B0."""
+    phases = timeline.phases
+    warmup = config.schedule.warmup
+    if config.schedule.warmup_rule == "legw":
+        warmup_epochs = legw_warmup_epochs(parse_duration(warmup)[0],
+                                           phases[0].examples_per_update, config.base_batch_size)
+        warmup_steps = timeline.step_at_epoch(warmup_epochs)
+    else:
+        warmup_steps = timeline.step_at(warmup)
+    return ScheduleSpec(
+        phases=phases,
+        peak_lrs=phase_peak_lrs(config.base_lr, config.base_batch_size, config.lr_scaling,
+                                [phase.examples_per_update for phase in phases],
+                                config.batch_size_schedule.lr),
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+        decay=config.schedule.decay,
+        boundaries=tuple(timeline.step_at(b) for b in config.schedule.boundaries),
+        decay_factor=config.schedule.decay_factor,
+        power=config.schedule.power,
+        decay_rate=config.schedule.decay_rate,
+    )
+
+
+def make_plan(config: ml_collections.ConfigDict, num_train: int) -> Plan:
+    """The plan of `config` on a training split of `num_train` examples; UsageError if a batch
+    exceeds the data or the run would take no step."""
+    timeline = make_timeline(num_train, config.batch_size, config.optimizer.accumulation_steps,
+                             schedule_from_config(config.batch_size_schedule))
+    total_steps = timeline.step_at(config.train_duration)
+    if total_steps <= 0:
+        raise UsageError(f"train_duration={config.train_duration!r} is less than one step")
+    noise_scale = config.noise_scale
+    return Plan(
+        timeline=timeline,
+        total_steps=total_steps,
+        accumulation_steps=config.optimizer.accumulation_steps,
+        multiplicity=config.batch_augmentation.multiplicity,
+        images_per_epoch=num_train * config.batch_augmentation.multiplicity,
+        log=timeline.every(config.log_every, minimum=1),
+        eval=timeline.every(config.eval_every),
+        checkpoint=timeline.every(config.checkpoint.every),
+        noise_scale=timeline.every(noise_scale.every, minimum=1) if noise_scale.enabled else None,
+        schedule=_lr_schedule(config, timeline, total_steps),
+    )

@@ -1,0 +1,151 @@
+"""Preflight: everything a run needs, checked and resolved once, before its workdir is claimed.
+
+`preflight(config, rundir)` goes from the cheapest check to the costliest, so a typo fails in a
+second with one line naming what is valid and a bad launch never touches an existing result:
+
+1. `check_config`: every field, with no data and no compute (names, option values, ranges,
+   durations, and what the configured batch sizes alone decide);
+2. the devices: every batch the config names splits over the mesh;
+3. the workdir: empty, or this same experiment (to resume); a finished run stops here;
+4. the dataset: prepared once, opened; its facts (classes, image shape, training examples);
+5. the `Plan` (`plan.py`): steps, phases, batches, lr schedule, cadences;
+6. the model, built once with the run's facts and traced at every batch the plan feeds (the noise
+   scale's sub-batches too); then the optimizer on the plan's lr schedule.
+
+What it returns (`Setup`) is all the training loop reads.
+"""
+import dataclasses
+import logging
+from typing import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from bnresearch import data, models
+from bnresearch.config.durations import parse_duration
+from bnresearch.errors import UsageError
+from bnresearch.measure.noise_scale import check_noise_scale_config
+from bnresearch.optim.batch_size_schedule import schedule_from_config
+from bnresearch.optim.learning_rate import BATCH_SIZE_SCHEDULE_LR, LR_SCALING_RULES, check_warmup
+from bnresearch.optim.optimizers import check_optimizer_config, make_optimizer
+from bnresearch.optim.schedules import DECAYS, check_decay_options, make_schedule
+from bnresearch.parallel.mesh import check_batch_size, make_mesh
+from bnresearch.train.plan import Plan, configured_batch_sizes, make_plan
+from bnresearch.run_status import DONE
+from bnresearch.train.rundir import RunDirectory
+
+log = logging.getLogger(__name__)
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """A run, resolved: what the training loop reads, and nothing it has to recompute."""
+    config: ml_collections.ConfigDict
+    rundir: RunDirectory
+    dataset: data.Dataset
+    plan: Plan
+    mesh: Mesh
+    model: nn.Module
+    learning_rate_fn: Callable
+    optimizer: optax.GradientTransformation
+
+
+def _check_choice(field: str, value: str, valid) -> None:
+    if value not in valid:
+        raise UsageError(f"unknown {field} {value!r}; valid: {', '.join(valid)}")
+
+
+def _check_positive(field: str, value) -> None:
+    if not isinstance(value, int) or value <= 0:
+        raise UsageError(f"{field}={value!r} must be a positive whole number")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises a one-line UsageError for anything wrong with `config` that needs no data."""
+    data.check_dataset_name(config.dataset.name)
+    check_optimizer_config(config.optimizer)
+    _check_choice("lr_scaling", config.lr_scaling, LR_SCALING_RULES)
+    _check_choice("schedule.decay", config.schedule.decay, tuple(DECAYS))
+    check_decay_options(config.schedule)
+    _check_choice("compute_dtype", config.compute_dtype, tuple(COMPUTE_DTYPES))
+    for field, value in (("batch_size", config.batch_size),
+                         ("eval_batch_size", config.eval_batch_size),
+                         ("base_batch_size", config.base_batch_size),
+                         ("batch_augmentation.multiplicity",
+                          config.batch_augmentation.multiplicity),
+                         ("checkpoint.keep", config.checkpoint.keep)):
+        _check_positive(field, value)
+    schedule_from_config(config.batch_size_schedule)
+    _check_choice("batch_size_schedule.lr", config.batch_size_schedule.lr, BATCH_SIZE_SCHEDULE_LR)
+    check_warmup(config.schedule.warmup, config.schedule.warmup_rule, config.lr_scaling)
+    images_per_call = [size for _, size in configured_batch_sizes(config)]
+    check_noise_scale_config(config.noise_scale, images_per_call)
+    models.check_model_config(config.model, batch_sizes=images_per_call,
+                              eval_batch_size=config.eval_batch_size)
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise UsageError(f"label_smoothing={config.label_smoothing!r} must lie in [0, 1)")
+    for duration in (config.train_duration, config.schedule.warmup, config.log_every,
+                     config.eval_every, config.checkpoint.every, *config.schedule.boundaries):
+        parse_duration(duration)
+
+
+def _check_batches_split(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+    """Every batch a train step may see (each phase's, with batch augmentation's copies) and the
+    eval batch must split evenly over the devices."""
+    for field, size in configured_batch_sizes(config):
+        check_batch_size(field, size, mesh)
+    check_batch_size("eval_batch_size", config.eval_batch_size, mesh)
+
+
+def _build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo,
+                 plan: Plan) -> nn.Module:
+    """The model, built once with the run's facts: tracing it at every batch a train step sees
+    (shapes only) raises what a normalization cannot do at them, before any compute."""
+    model = models.model_from_config(
+        config.model, num_classes=info.num_classes, dtype=COMPUTE_DTYPES[config.compute_dtype],
+        images_per_epoch=plan.images_per_epoch, accumulation_steps=plan.accumulation_steps,
+        image_shape=info.image_shape, batch_sizes=plan.train_batch_sizes,
+        eval_batch_size=config.eval_batch_size)
+    if plan.noise_scale is not None:
+        _check_noise_scale_sub_batches(model, config.noise_scale.sub_batches, plan,
+                                       info.image_shape)
+    return model
+
+
+def _check_noise_scale_sub_batches(model: nn.Module, sub_batches: int, plan: Plan,
+                                   image_shape) -> None:
+    """The noise scale takes gradients on sub-batches of B / sub_batches images, each normalized
+    on its own: the model must work at that size too (ghost batch norm's virtual batches must
+    fit, batch statistics need more than one value per channel)."""
+    sizes = sorted({size // sub_batches for size in plan.train_batch_sizes})
+    try:
+        for size in sizes:
+            models.check_model_at_batch_size(model, size, image_shape)
+    except UsageError as error:
+        raise UsageError(f"noise_scale.sub_batches={sub_batches} measures gradients on "
+                         f"sub-batches of {', '.join(map(str, sizes))} images: {error}") from None
+
+
+def preflight(config: ml_collections.ConfigDict, rundir: RunDirectory) -> Setup | None:
+    """The run of `config` in `rundir`, resolved and checked; None if that run already finished.
+    Raises a one-line UsageError for anything that cannot work; writes nothing."""
+    check_config(config)
+    mesh = make_mesh()
+    _check_batches_split(config, mesh)
+    rundir.check(config)
+    previous = rundir.status()
+    if previous.get("status") == DONE:
+        log.info("%s already finished at step %d; nothing to do", rundir.path, previous["step"])
+        return None
+    dataset = data.load_dataset(config.dataset)
+    plan = make_plan(config, dataset.info.num_train)
+    model = _build_model(config, dataset.info, plan)
+    learning_rate_fn = make_schedule(plan.schedule)
+    return Setup(config=config, rundir=rundir, dataset=dataset, plan=plan, mesh=mesh,
+                 model=model, learning_rate_fn=learning_rate_fn,
+                 optimizer=make_optimizer(config.optimizer, learning_rate_fn))
