@@ -12,6 +12,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402  (must follow the environment above)
 import pytest  # noqa: E402
 
+from bnresearch.data.dataset import load_dataset  # noqa: E402
+from tests.data.datatest_utils import make_config  # noqa: E402
+from tests.sweep.sweeps import launch_sweep  # noqa: E402
 jax.config.update("jax_disable_most_optimizations", True)
 
 
@@ -19,3 +22,19 @@ jax.config.update("jax_disable_most_optimizations", True)
 def data_dir(tmp_path_factory):
     """One TFDS data dir for the whole session: digits are prepared into it once."""
     return str(tmp_path_factory.mktemp("tensorflow_datasets"))
+
+
+# One finished sweep of tests/sweep/tiny_sweep.py for the session (3 points that train, 1 that
+# diverges and 1 that fails, run 2 at a time), read by the sweep's and the report's tests.
+@pytest.fixture(scope="session")
+def prepared_data_dir(data_dir):
+    """Digits prepared before any point starts: concurrent points must not each prepare them."""
+    load_dataset(make_config("digits", data_dir))
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(tmp_path_factory, prepared_data_dir):
+    workdir = tmp_path_factory.mktemp("sweep") / "tiny"
+    result = launch_sweep(workdir, prepared_data_dir, "--parallel=2")
+    return workdir, result

@@ -20,7 +20,6 @@ TINY_OVERRIDES = {
 
 
 def tiny_config(data_dir, **overrides):
-    sys.path.insert(0, str(REPO))
     from configs import quickstart
     config = quickstart.get_config()
     config.dataset.data_dir = data_dir

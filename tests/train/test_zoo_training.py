@@ -3,7 +3,6 @@ CNN (small widths), the quantized digits configs reach their accuracy claims in 
 of the loop, and label smoothing works end to end through the loop. The full accuracy runs are
 the configs' own (see their docstrings)."""
 import functools
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,7 @@ from bnresearch.optim.optimizers import make_optimizer
 from bnresearch.train.loop import train_and_evaluate
 from bnresearch.train.state import create_train_state
 from bnresearch.train.steps import train_step
-from tests.train.runs import REPO, read_metrics, read_status, tiny_config
+from tests.train.runs import read_metrics, read_status, tiny_config
 
 STEPS = 4
 TINY_CNN = {'widths': (8, 16), 'convs_per_stage': 2}
@@ -97,7 +96,6 @@ def test_every_quantizer_trains_the_cnn(quantizer, digits_batch):
 
 
 def load_config(module):
-    sys.path.insert(0, str(REPO))
     config_module = __import__(f'configs.{module}', fromlist=['get_config'])
     return config_module.get_config()
 

@@ -1,11 +1,12 @@
 """The report of a finished sweep against the metrics files it came from.
 
-Lives next to the sweep tests to share their finished sweep (bnresearch/report reads it).
+Reads the finished sweep of tests/conftest.py, which the sweep tests share.
 """
 import csv
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 
@@ -53,8 +54,15 @@ def expected_row(workdir, points, target, batch_size):
             "reached_target": reached.size, "wall_time_s_mean": wall.mean()}
 
 
-def test_report_numbers_are_those_of_the_metrics_files(finished_sweep):
-    workdir, _ = finished_sweep
+def own_copy(finished_sweep, tmp_path):
+    """The shared sweep copied: a regenerated report must not change what other tests read."""
+    workdir = tmp_path / "tiny"
+    shutil.copytree(finished_sweep[0], workdir)
+    return workdir
+
+
+def test_report_numbers_are_those_of_the_metrics_files(finished_sweep, tmp_path):
+    workdir = own_copy(finished_sweep, tmp_path)
     # A target between the accuracies the runs reached, so some points reach it and some not.
     all_evals = [a for points in VARIANTS.values() for p in points for _, a in evals(workdir / p)]
     target = float(np.median(all_evals))
@@ -91,8 +99,8 @@ def test_report_numbers_are_those_of_the_metrics_files(finished_sweep):
            f"--target_accuracy={target!r}`." in markdown
 
 
-def test_report_figures_are_pngs_and_linked_from_the_markdown(finished_sweep):
-    workdir, _ = finished_sweep
+def test_report_figures_are_pngs_and_linked_from_the_markdown(finished_sweep, tmp_path):
+    workdir = own_copy(finished_sweep, tmp_path)
     report = make_report(workdir)
     names = [path.name for path in report.files]
     assert names == ["report.md", "report.csv", "curves.png", "final_accuracy_vs_batch_size.png"]
