@@ -27,6 +27,8 @@ References:
     Function Approximation in Reinforcement Learning", 2017, arXiv:1702.03118.
   hard_tanh: the activation of binarized networks, Hubara, Courbariaux, Soudry, El-Yaniv & Bengio,
     "Binarized Neural Networks", NeurIPS 2016, arXiv:1602.02830.
+  mish: Misra, "Mish: A Self Regularized Non-Monotonic Activation Function", 2019,
+    arXiv:1908.08681.
 """
 import functools
 
@@ -139,6 +141,17 @@ class HardTanh(nn.Module):
         return jnp.clip(x, -1, 1)
 
 
+class Mish(nn.Module):
+    """x tanh(softplus(x)), softplus(x) = log(1 + e^x) (Misra 2019, eq. 1).
+
+    ``jax.nn.softplus`` is log(1 + e^x) computed without overflow, so the value and its gradient
+    stay finite for large |x| (the naive log(1 + exp(x)) has a NaN gradient once exp(x) is inf).
+    """
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x * jnp.tanh(jax.nn.softplus(x))
+
+
 ACTIVATIONS: dict[str, ModuleFactory] = {
     'relu': ReLU,
     'leaky_relu': LeakyReLU,
@@ -152,6 +165,7 @@ ACTIVATIONS: dict[str, ModuleFactory] = {
     'tanh': Tanh,
     'sigmoid': Sigmoid,
     'hard_tanh': HardTanh,
+    'mish': Mish,
 }
 
 

@@ -19,6 +19,21 @@ def sigmoid(x):
     return 1 / (1 + np.exp(-x))
 
 
+def softplus(x):
+    return np.logaddexp(0, x)  # log(1 + e^x) without overflow
+
+
+def mish(x):
+    return x * np.tanh(softplus(x))
+
+
+def mish_derivative(x):
+    # d/dx x tanh(sp(x)) = tanh(sp(x)) + x sech^2(sp(x)) sigmoid(x), with sp' = sigmoid; the
+    # sigmoid as e^-softplus(-x) so that it does not overflow either
+    t = np.tanh(softplus(x))
+    return t + x * (1 - t**2) * np.exp(-softplus(-x))
+
+
 # Klambauer et al. 2017, eq. 14, written out independently of the module's constants.
 SELU_LAMBDA, SELU_ALPHA = 1.0507009873554805, 1.6732632423543772
 
@@ -40,6 +55,7 @@ FORMULAS = [
     ('tanh', {}, np.tanh(X64)),
     ('sigmoid', {}, sigmoid(X64)),
     ('hard_tanh', {}, np.clip(X64, -1, 1)),
+    ('mish', {}, mish(X64)),
 ]
 
 
@@ -85,6 +101,38 @@ def test_learnable_swish_beta_is_a_scalar_parameter_with_its_gradient():
     assert get_activation('swish')().init(jax.random.key(0), X) == {}  # fixed beta: no params
 
 
+# where exp(x) overflows float32 (x > 88.7) a naive log(1 + exp(x)) has an inf/inf = NaN gradient
+LARGE = np.array([-1000.0, -100.0, -30.0, -20.0, 20.0, 30.0, 89.0, 100.0, 1000.0], np.float32)
+
+
+def test_mish_is_finite_and_exact_for_large_inputs():
+    out = get_activation('mish')().apply({}, LARGE)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, mish(LARGE.astype(np.float64)), rtol=1e-6, atol=1e-6)
+
+
+def test_mish_derivative():
+    # the closed form against Misra 2019's own expression e^x omega / delta^2 (section 3.1) and
+    # a float64 central difference, at moderate x where neither overflows
+    x = np.linspace(-5.0, 5.0, 21)
+    e = np.exp(x)
+    omega = 4 * (x + 1) + 4 * e**2 + e**3 + e * (4 * x + 6)
+    delta = 2 * e + e**2 + 2
+    np.testing.assert_allclose(mish_derivative(x), e * omega / delta**2, rtol=1e-12, atol=1e-12)
+    h = 1e-5
+    np.testing.assert_allclose(mish_derivative(x), (mish(x + h) - mish(x - h)) / (2 * h),
+                               rtol=1e-8, atol=1e-8)
+    # the module's gradient against the closed form, large |x| included: finite, 1 far right,
+    # 0 far left, and the minimum of mish near x = -1.19 (derivative 0 there)
+    activation = get_activation('mish')()
+    points = np.concatenate([X.ravel(), LARGE, np.float32([-1.19, 0.0])])
+    grad = jax.vmap(jax.grad(lambda v: activation.apply({}, v)))(points)
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad, mish_derivative(points.astype(np.float64)),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mish_derivative(np.array([0.0, -1.19])), [0.6, 0.0], atol=2e-3)
+
+
 @pytest.mark.parametrize('name', list(ACTIVATIONS))
 def test_activation_keeps_input_dtype(name):
     activation = get_activation(name)()
@@ -95,7 +143,7 @@ def test_activation_keeps_input_dtype(name):
 def test_registry_names_valid_choices():
     with pytest.raises(ValueError, match=re.escape(
             'valid activations: relu, leaky_relu, prelu, elu, selu, gelu_exact, gelu_tanh, '
-            'swish, silu, tanh, sigmoid, hard_tanh')):
+            'swish, silu, tanh, sigmoid, hard_tanh, mish')):
         get_activation('gelu')
     with pytest.raises(ValueError, match=re.escape("option(s) 'beta' for activation 'elu'; "
                                                    'valid options: alpha')):
