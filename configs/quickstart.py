@@ -5,7 +5,8 @@
 98.6% test accuracy in 42 s on 2 CPU cores (no network needed).
 
 The arg picks common variants, e.g. `configs/quickstart.py:model=resnet20,norm=group`:
-  dataset, model, norm, activation: names as in the README.
+  dataset, model, norm, activation: names as in docs/data.md, docs/models.md,
+  docs/normalizations.md and docs/activations.md.
 """
 from bnresearch.config.arg import parse_arg
 from bnresearch.config.defaults import base_config
@@ -30,7 +31,7 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-    """The normalizations compared, one seed each (README: Sweeps):
+    """The normalizations compared, one seed each (docs/sweeps.md):
 
         python launch.py --config configs/quickstart.py --workdir runs/norms --sweep --parallel 2
     """
