@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from bnresearch.config.durations import parse_duration
+from bnresearch.config.ranges import check_ranges
 from bnresearch.errors import UsageError
 
 
@@ -90,12 +91,8 @@ def check_noise_scale_config(config: ml_collections.ConfigDict, batch_sizes) -> 
     if not isinstance(config.enabled, bool):
         raise UsageError(f"noise_scale.enabled={config.enabled!r} must be true or false")
     parse_duration(config.every)
+    check_ranges(config, "noise_scale")
     sub_batches = config.sub_batches
-    if isinstance(sub_batches, bool) or not isinstance(sub_batches, int) or sub_batches < 2:
-        raise UsageError(f"noise_scale.sub_batches={sub_batches!r} must be a whole number >= 2 "
-                         "(two batch sizes are needed)")
-    if not 0.0 <= config.ema_decay < 1.0:
-        raise UsageError(f"noise_scale.ema_decay={config.ema_decay!r} must lie in [0, 1)")
     if config.enabled:
         for size in batch_sizes:
             if size % sub_batches:

@@ -41,6 +41,7 @@ from typing import Callable
 import ml_collections
 import optax
 
+from bnresearch.config.ranges import check_ranges
 from bnresearch.errors import UsageError
 from bnresearch.optim.accumulation import accumulate
 from bnresearch.optim.constraints import clip_latent_weights
@@ -134,7 +135,8 @@ def weight_decay_style(config: ml_collections.ConfigDict) -> str:
 
 
 def check_optimizer_config(config: ml_collections.ConfigDict) -> None:
-    """Raises UsageError for an unknown name, style, target or group, or a bad step count."""
+    """Raises UsageError for an unknown name, style, target or group, or a number out of its
+    range (``bnresearch/config/ranges.py``)."""
     _check_choice("name", config.name, tuple(OPTIMIZERS))
     _check_choice("weight_decay_style", config.weight_decay_style, WEIGHT_DECAY_STYLES)
     _check_choice("weight_decay_on", config.weight_decay_on, TARGETS)
@@ -144,9 +146,7 @@ def check_optimizer_config(config: ml_collections.ConfigDict) -> None:
     if unknown:
         raise UsageError(f"unknown optimizer.lr_multipliers group(s) {', '.join(unknown)}; "
                          f"valid: {', '.join(GROUPS)}")
-    steps = config.accumulation_steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise UsageError(f"optimizer.accumulation_steps={steps!r} must be a positive whole number")
+    check_ranges(config, "optimizer")
 
 
 def make_optimizer(config: ml_collections.ConfigDict,

@@ -22,6 +22,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from bnresearch.config.ranges import check_ranges
 from bnresearch.errors import UsageError
 from bnresearch.optim.batch_size_schedule import Phase
 
@@ -97,10 +98,7 @@ def _warmup(step, spec):
 
 def check_decay_options(config) -> None:
     """Raises UsageError for a decay option (of the config's `schedule` block) out of range."""
-    for option in ("decay_factor", "power", "decay_rate"):
-        value = config[option]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise UsageError(f"schedule.{option}={value!r} must be a positive number")
+    check_ranges(config, "schedule")
 
 
 def make_schedule(spec: ScheduleSpec) -> Schedule:

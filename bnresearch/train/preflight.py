@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 
 from bnresearch import data, models
 from bnresearch.config.durations import parse_duration
+from bnresearch.config.ranges import check_ranges
 from bnresearch.errors import UsageError
 from bnresearch.measure.noise_scale import check_noise_scale_config
 from bnresearch.optim.batch_size_schedule import schedule_from_config
@@ -60,26 +61,15 @@ def _check_choice(field: str, value: str, valid) -> None:
         raise UsageError(f"unknown {field} {value!r}; valid: {', '.join(valid)}")
 
 
-def _check_positive(field: str, value) -> None:
-    if not isinstance(value, int) or value <= 0:
-        raise UsageError(f"{field}={value!r} must be a positive whole number")
-
-
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises a one-line UsageError for anything wrong with `config` that needs no data."""
+    check_ranges(config)
     data.check_dataset_name(config.dataset.name)
     check_optimizer_config(config.optimizer)
     _check_choice("lr_scaling", config.lr_scaling, LR_SCALING_RULES)
     _check_choice("schedule.decay", config.schedule.decay, tuple(DECAYS))
     check_decay_options(config.schedule)
     _check_choice("compute_dtype", config.compute_dtype, tuple(COMPUTE_DTYPES))
-    for field, value in (("batch_size", config.batch_size),
-                         ("eval_batch_size", config.eval_batch_size),
-                         ("base_batch_size", config.base_batch_size),
-                         ("batch_augmentation.multiplicity",
-                          config.batch_augmentation.multiplicity),
-                         ("checkpoint.keep", config.checkpoint.keep)):
-        _check_positive(field, value)
     schedule_from_config(config.batch_size_schedule)
     _check_choice("batch_size_schedule.lr", config.batch_size_schedule.lr, BATCH_SIZE_SCHEDULE_LR)
     check_warmup(config.schedule.warmup, config.schedule.warmup_rule, config.lr_scaling)
@@ -87,8 +77,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     check_noise_scale_config(config.noise_scale, images_per_call)
     models.check_model_config(config.model, batch_sizes=images_per_call,
                               eval_batch_size=config.eval_batch_size)
-    if not 0.0 <= config.label_smoothing < 1.0:
-        raise UsageError(f"label_smoothing={config.label_smoothing!r} must lie in [0, 1)")
     for duration in (config.train_duration, config.schedule.warmup, config.log_every,
                      config.eval_every, config.checkpoint.every, *config.schedule.boundaries):
         parse_duration(duration)
