@@ -6,6 +6,7 @@ needs neither TensorFlow nor network: ``tfds`` data sources hand over the encode
 pixels: digits, MNIST, CIFAR) is decoded once, when the dataset is opened, and served from
 memory; a larger one is decoded at each read, while batches are made.
 """
+
 import dataclasses
 import functools
 import logging
@@ -24,8 +25,14 @@ from bnresearch.data.catalog import (
     imagefolder_path,
     resolve_data_dir,
 )
-from bnresearch.data.imagefolder import ImageFolder, image_folder_config, scan_image_folder
-from bnresearch.data.images import decode_image
+from bnresearch.data.imagefolder import (
+    ImageFolder,
+    decode_failure,
+    image_folder_config,
+    other_prepared_copies,
+    scan_image_folder,
+)
+from bnresearch.data.images import decode_image, describe_decode_error
 from bnresearch.data.prepare import prepare_once
 
 _log = logging.getLogger(__name__)
@@ -89,6 +96,7 @@ class _PreparedData:
     std: tuple[float, ...]
     auto_augment: str
     uniform_size: tuple[int, int] | None  # (H, W) shared by all images, None if sizes vary
+    folder: str | None = None  # an image folder's absolute path, to name a file that fails
 
 
 def load_dataset(dataset_config: Any) -> Dataset:
@@ -128,18 +136,46 @@ def load_dataset(dataset_config: Any) -> Dataset:
 
 
 class _DecodingSource:
-    """A split's records, each with its image decoded when it is read."""
+    """A split's records, each with its image decoded when it is read.
 
-    def __init__(self, records: Sequence[dict[str, Any]], channels: int):
+    An image that does not decode raises DatasetError naming it: for an image folder its file
+    (``folder`` + the record's file_name), else the record and the prepared copy (``location``).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[dict[str, Any]],
+        channels: int,
+        location: str,
+        folder: str | None = None,
+    ):
         self._records = records
         self._channels = channels
+        self._location = location
+        self._folder = folder
 
     def __len__(self) -> int:
         return len(self._records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self._records[index]
-        return {**record, "image": decode_image(record["image"], self._channels)}
+        try:
+            image = decode_image(record["image"], self._channels)
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError...: all damage.
+            raise DatasetError(self._decode_failure(index, record, err)) from err
+        return {**record, "image": image}
+
+    def _decode_failure(self, index: int, record: dict[str, Any], err: Exception) -> str:
+        file_name = record.get("file_name")
+        if isinstance(file_name, bytes):
+            file_name = file_name.decode(errors="replace")
+        if self._folder is not None and file_name:
+            return decode_failure(os.path.join(self._folder, file_name), err)
+        return (
+            f"cannot decode image {index}{f' ({file_name})' if file_name else ''} of"
+            f" {self._location} ({describe_decode_error(err)}): the prepared copy is damaged;"
+            " remove it to prepare it again"
+        )
 
     def __iter__(self):  # array_record signals the end with ValueError, not IndexError
         return (self[index] for index in range(len(self)))
@@ -150,9 +186,9 @@ def _open_split(prepared: _PreparedData, split: str) -> Sequence[dict[str, Any]]
     decoded on demand (decoding then runs in the pipeline's threads or workers)."""
     # TFDS would decode with TensorFlow or keep each file's own mode; images.decode_image does
     # it with PIL, to the dataset's channels.
-    encoded = prepared.builder.as_data_source(split,
-                                              decoders={"image": tfds.decode.SkipDecoding()})
-    records = _DecodingSource(encoded, prepared.channels)
+    encoded = prepared.builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    location = f"split {split!r} in {prepared.builder.data_dir}"
+    records = _DecodingSource(encoded, prepared.channels, location, prepared.folder)
     if prepared.uniform_size is None:
         return records
     pixels = len(records) * math.prod(prepared.uniform_size) * prepared.channels
@@ -197,13 +233,40 @@ def _prepare_digits(data_dir: str) -> _PreparedData:
 
 
 def _prepare_imagefolder(folder: str, data_dir: str) -> _PreparedData:
+    # The config's name hashes the folder's file list, sizes and mtimes (see imagefolder): a
+    # changed folder is a new variant, prepared under its own lock, and an unchanged one finds
+    # its copy prepared.
     config = image_folder_config(scan_image_folder(folder))
-    builder = prepare_once(lambda: ImageFolder(data_dir=data_dir, config=config), _write_array_record)
+
+    def prepare(builder: tfds.core.DatasetBuilder) -> None:
+        _write_array_record(builder)
+        # Copies of the folder's earlier states are left in place, not removed: a run started
+        # before the change (a sweep's other points) may be reading one now, and a folder put
+        # back as it was reuses its copy. Each costs the folder's size, so say where they are.
+        stale = other_prepared_copies(data_dir, config)
+        if stale:
+            _log.warning(
+                "Prepared copies of earlier states of %s remain in %s (each as large as the"
+                " folder's images); remove them once no run reads them",
+                config.folder,
+                ", ".join(stale),
+            )
+
+    builder = prepare_once(lambda: ImageFolder(data_dir=data_dir, config=config), prepare)
     metadata = builder.info.metadata
     uniform_size = tuple(metadata["uniform_size"]) if metadata["uniform_size"] else None
     small = metadata["min_side"] <= SMALL_IMAGE_MAX_SIDE
     auto_augment = "crop_flip" if small else "resized_crop_flip"
-    return _PreparedData(builder, "test", 3, metadata["mean"], metadata["std"], auto_augment, uniform_size)
+    return _PreparedData(
+        builder,
+        "test",
+        3,
+        metadata["mean"],
+        metadata["std"],
+        auto_augment,
+        uniform_size,
+        folder=config.folder,
+    )
 
 
 def _prepare_tfds(name: str, spec: TfdsDatasetSpec, data_dir: str) -> _PreparedData:

@@ -1,13 +1,18 @@
 """Image folders become TFDS datasets with labels from folder names and the pixels written."""
+
+import dataclasses
+import io
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from bnresearch.data.catalog import DatasetError
 from bnresearch.data import dataset as dataset_module
+from bnresearch.data import imagefolder as imagefolder_module
+from bnresearch.data.catalog import DatasetError
 from bnresearch.data.dataset import load_dataset
+from bnresearch.data.imagefolder import folder_fingerprint, scan_image_folder
 from tests.data.datatest_utils import make_config, write_image_folder
 
 CLASSES = ["cat", "dog", "emu"]
@@ -109,6 +114,165 @@ def test_unreadable_image_is_named(tmp_path):
 
 def test_image_in_another_format_is_refused_at_preparation(tmp_path):
     write_image_folder(tmp_path / "f", ["a"], {"train": 1, "test": 1}, (4, 4))
-    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "f" / "test" / "a" / "gif.png", format="GIF")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(
+        tmp_path / "f" / "test" / "a" / "gif.png", format="GIF"
+    )
     with pytest.raises(DatasetError, match="cannot read image .*gif.png"):
         load_folder(tmp_path / "f", tmp_path / "data")
+
+
+# The prepared copy follows its source; decode failures name the file.
+
+
+def jpeg_bytes(pixels):
+    encoded = io.BytesIO()
+    Image.fromarray(pixels).save(encoded, format="JPEG", quality=95)
+    return encoded.getvalue()
+
+
+def decoded_file(path):
+    """The file's pixels as PIL alone reads them, RGB."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def count_preparations(monkeypatch):
+    calls = []
+    write = dataset_module._write_array_record
+    monkeypatch.setattr(
+        dataset_module, "_write_array_record", lambda builder: calls.append(1) or write(builder)
+    )
+    return calls
+
+
+def prepared_copies(data_dir):
+    return sorted(os.listdir(data_dir / "imagefolder"))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_truncated_jpeg_is_named_then_fixed_in_place_is_prepared_again(tmp_path, split):
+    # train/: met by the statistics sample; test/: by the end-of-file check while records are
+    # written. Either way preparation fails naming the file, and the fixed file is used next.
+    root = tmp_path / "f"
+    write_image_folder(root, ["a", "b"], {"train": 2, "test": 1}, (8, 10))
+    cut = root / split / "b" / "cut.jpg"
+    whole = jpeg_bytes(np.random.default_rng(1).integers(0, 256, (8, 10, 3), dtype=np.uint8))
+    cut.write_bytes(whole[:-69])  # a partial copy
+    with pytest.raises(DatasetError) as failure:
+        load_folder(root, tmp_path / "data")
+    message = str(failure.value)
+    assert "\n" not in message
+    assert f"cannot decode image {cut} (" in message and "re-copy or remove it" in message
+
+    cut.write_bytes(whole)
+    dataset = load_folder(root, tmp_path / "data")
+    source = dataset.train_source if split == "train" else dataset.test_source
+    (record,) = [r for r in source if r["file_name"].decode() == f"{split}/b/cut.jpg"]
+    np.testing.assert_array_equal(record["image"], decoded_file(cut))
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_image_failing_only_at_read_time_is_named(tmp_path, monkeypatch, in_memory):
+    # Its header and last bytes are whole, so preparation stores it without decoding; the read
+    # that decodes it names the file, whether that is when the split opens or a batch meets it.
+    if not in_memory:
+        monkeypatch.setattr(dataset_module, "IN_MEMORY_MAX_BYTES", 0)
+    root = tmp_path / "f"
+    write_image_folder(root, ["a"], {"train": 1, "test": 1}, (8, 10))
+    whole = jpeg_bytes(np.random.default_rng(1).integers(0, 256, (8, 10, 3), dtype=np.uint8))
+    damaged = root / "test" / "a" / "hole.jpg"
+    scan = whole.index(b"\xff\xda") + 20  # inside the scan: a frame marker breaks the stream
+    damaged.write_bytes(whole[:scan] + b"\xff\xc0\x00\x02" + whole[scan + 4 :])
+    with pytest.raises(DatasetError) as failure:
+        dataset = load_folder(root, tmp_path / "data")
+        list(dataset.test_source)
+    message = str(failure.value)
+    assert "\n" not in message
+    assert f"cannot decode image {damaged} (" in message and "re-copy or remove it" in message
+
+
+def test_file_edited_in_place_gets_a_fresh_copy(tmp_path, monkeypatch):
+    # Same name, same size (uncompressed PNGs of one shape), new pixels: only the modification
+    # time tells, set here a second later so that no timestamp granularity can hide it.
+    root = tmp_path / "f"
+    write_image_folder(root, ["a", "b"], {"train": 2, "test": 1}, (8, 10))
+    edited = root / "train" / "a" / "edit.png"
+    old_pixels, new_pixels = np.random.default_rng(2).integers(0, 256, (2, 8, 10, 3), np.uint8)
+    Image.fromarray(old_pixels).save(edited, compress_level=0)
+    load_folder(root, tmp_path / "data")
+    before = os.stat(edited)
+    Image.fromarray(new_pixels).save(edited, compress_level=0)
+    os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    assert os.stat(edited).st_size == before.st_size
+    dataset = load_folder(root, tmp_path / "data")
+    (record,) = [r for r in dataset.train_source if r["file_name"].decode() == "train/a/edit.png"]
+    np.testing.assert_array_equal(record["image"], new_pixels)
+    np.testing.assert_array_equal(record["image"], decoded_file(edited))
+    assert len(prepared_copies(tmp_path / "data")) == 2
+
+
+def test_unchanged_folder_is_not_prepared_again(small_folder, tmp_path, monkeypatch):
+    calls = count_preparations(monkeypatch)
+    root, _ = small_folder
+    load_folder(root, tmp_path / "data")
+    (copy,) = prepared_copies(tmp_path / "data")
+    info_file = tmp_path / "data" / "imagefolder" / copy / "1.0.0" / "dataset_info.json"
+    written_at = os.stat(info_file).st_mtime_ns
+    for _ in range(2):
+        assert load_folder(root, tmp_path / "data").info.num_train == 12
+    assert len(calls) == 1
+    assert prepared_copies(tmp_path / "data") == [copy]
+    assert os.stat(info_file).st_mtime_ns == written_at
+
+
+def test_added_image_is_picked_up_and_removing_it_reuses_the_first_copy(
+    tmp_path, monkeypatch, caplog
+):
+    calls = count_preparations(monkeypatch)
+    root = tmp_path / "f"
+    write_image_folder(root, ["a", "b"], {"train": 2, "test": 1}, (8, 8))
+    assert load_folder(root, tmp_path / "data").info.num_train == 4
+    (first,) = prepared_copies(tmp_path / "data")
+    added = root / "train" / "a" / "added.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(added)
+    with caplog.at_level("WARNING", logger=dataset_module.__name__):
+        assert load_folder(root, tmp_path / "data").info.num_train == 5
+    # The earlier copy stays (a run may be reading it) and the warning says where it is.
+    assert str(tmp_path / "data" / "imagefolder" / first) in caplog.text
+    added.unlink()
+    assert load_folder(root, tmp_path / "data").info.num_train == 4
+    assert len(calls) == 2
+    assert len(prepared_copies(tmp_path / "data")) == 2
+
+
+def test_file_changed_during_preparation_stops_it(tmp_path, monkeypatch):
+    # The copy would otherwise hold a state its name does not stand for; nothing is left of it,
+    # and the next load prepares the folder's new state.
+    root = tmp_path / "f"
+    write_image_folder(root, ["a", "b"], {"train": 2, "test": 1}, (8, 8))
+    changing = root / "test" / "b" / "00.png"
+    summary = imagefolder_module.image_size_summary
+
+    def change_then_summarize(paths):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(changing)
+        return summary(paths)
+
+    monkeypatch.setattr(imagefolder_module, "image_size_summary", change_then_summarize)
+    with pytest.raises(DatasetError, match=f"image {changing} changed while its folder was being"):
+        load_folder(root, tmp_path / "data")
+    monkeypatch.setattr(imagefolder_module, "image_size_summary", summary)
+    dataset = load_folder(root, tmp_path / "data")
+    (record,) = [r for r in dataset.test_source if r["file_name"].decode() == "test/b/00.png"]
+    np.testing.assert_array_equal(record["image"], np.zeros((8, 8, 3), np.uint8))
+
+
+def test_fingerprint_follows_sizes_and_modification_times(small_folder):
+    listing = scan_image_folder(str(small_folder[0]))
+    path = listing.files["test"][0][0]
+    size, mtime_ns = listing.stamps[path]
+    for stamp in [(size + 1, mtime_ns), (size, mtime_ns + 1)]:
+        changed = dataclasses.replace(listing, stamps={**listing.stamps, path: stamp})
+        assert folder_fingerprint(changed) != folder_fingerprint(listing)
+    assert folder_fingerprint(scan_image_folder(str(small_folder[0]))) == folder_fingerprint(
+        listing
+    )
