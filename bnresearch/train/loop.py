@@ -154,10 +154,11 @@ def make_train_iterator(setup: Setup):
 
 def restore_or_init(setup: Setup, layout: StateLayout, checkpointer: Checkpointer,
                     train_iterator) -> Start:
-    """The latest checkpoint's state (moving `train_iterator` to its position), or a fresh one."""
-    step = checkpointer.latest_step()
-    if step is not None:
-        state, progress = checkpointer.restore(step, layout.abstract, train_iterator)
+    """The newest checkpoint that restores (moving `train_iterator` to its position; damaged newer
+    ones are set aside), or a fresh state."""
+    restored = checkpointer.restore_latest(layout.abstract, train_iterator)
+    if restored is not None:
+        step, state, progress = restored
         log.info("resumed from the checkpoint at step %d", step)
         return Start(state, step, progress["elapsed_s"], progress.get("pending"))
     # Initialized on the first training batch, read from an iterator of its own so the training
