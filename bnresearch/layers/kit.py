@@ -6,24 +6,31 @@ factories of the ``LayerKit`` they are given. That is what lets a config swap, i
 once, the normalization and activation (by name) and the weight layers themselves (weight
 normalization reparametrizes them; quantized networks binarize them).
 
-A weight-layer factory is called as
-``kit.conv(features, kernel_size, strides=..., padding=..., use_bias=..., role=..., name=...)`` or
-``kit.dense(features, use_bias=..., role=..., name=...)`` and returns a module to apply to the
-input. ``role`` says where the layer sits: ``'first'`` (it sees the input images), ``'last'`` (it
-produces the logits) or ``'hidden'``. Quantized networks keep the first and last layers in full
-precision by convention, and the plain last layer keeps LeCun-normal init (variance 1/fan_in), the
-usual choice for logits.
+Models call ``kit.conv(features, kernel_size, strides=..., padding=..., use_bias=..., role=...,
+name=...)`` or ``kit.dense(features, use_bias=..., role=..., name=...)`` and apply the module it
+returns to the input. ``role`` says where the layer sits: ``'first'`` (it sees the input images),
+``'last'`` (it produces the logits) or ``'hidden'``. Quantized networks keep the first and last
+layers in full precision by convention, and the plain last layer keeps LeCun-normal init
+(variance 1/fan_in), the usual choice for logits.
 
-Initialization is a choice of the weight-layer factories (``weight_init``, see
-``kernel_initializer``): He-normal by default, LeCun-normal everywhere for self-normalizing (SELU)
-networks, Glorot-uniform as in the binarized-network papers.
+Initialization is a setting of the kit (``weight_init``, see ``kernel_initializer``): He-normal by
+default, LeCun-normal everywhere for self-normalizing (SELU) networks, Glorot-uniform as in the
+binarized-network papers. The kit hands it, with the compute dtype, to its weight-layer
+factories, which are called as ``conv_factory(features, kernel_size, strides=..., padding=...,
+use_bias=..., role=..., dtype=..., weight_init=..., name=...)`` and ``dense_factory(features,
+use_bias=..., role=..., dtype=..., weight_init=..., name=...)``.
+
+A model's forward pass builds its layers from ``kit.for_forward()``, called once at the top of
+its ``__call__`` and handed to its blocks: that is the kit of that one pass, which a
+normalization may give state its layers share during the pass (batch Kalman norm's record of the
+layers so far, ``bnresearch/layers/normalization/kalman.py``). For every other normalization it
+is the kit itself.
 
 The kit also holds the train-time regularizers a model places: dropout at the model's
 ``'input'``, ``'hidden'`` and ``'head'`` placements (alpha-dropout in self-normalizing networks)
 and stochastic depth on residual branches (``bnresearch/layers/regularization.py``).
 """
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -90,39 +97,15 @@ def plain_dense(features: int, *, use_bias: bool = True, role: str = 'hidden',
                     name=name)
 
 
-def plain_weight_layers(weight_init: str | None = None) -> tuple[WeightLayerFactory,
-                                                                   WeightLayerFactory]:
-    """The full-precision conv and dense factories with `weight_init` bound."""
-    check_weight_init(weight_init)
-    return (functools.partial(plain_conv, weight_init=weight_init),
-            functools.partial(plain_dense, weight_init=weight_init))
-
-
-def plain_weight_init(kit: 'LayerKit') -> str | None:
-    """The `weight_init` of the kit's weight layers if they are the plain ones; ValueError if
-    they were replaced (quantized, weight-normalized, ...)."""
-    inits = []
-    for factory, plain in ((kit.conv_factory, plain_conv), (kit.dense_factory, plain_dense)):
-        if factory is plain:
-            inits.append(None)
-        elif (isinstance(factory, functools.partial) and factory.func is plain
-              and set(factory.keywords) <= {'weight_init'}):
-            inits.append(factory.keywords.get('weight_init'))
-        else:
-            raise ValueError(f'{factory!r} is not a plain weight layer')
-    if inits[0] != inits[1]:
-        raise ValueError(f'conv and dense layers are initialized differently: {inits}')
-    return inits[0]
-
-
 @dataclasses.dataclass(frozen=True)
 class LayerKit:
-    """Factories for every layer a model builds, and the dtype they compute in.
+    """Factories for every layer a model builds, with the settings they are built with.
 
     ``norm_factory`` and ``activation_factory`` come from the registries, ``conv_factory`` and
-    ``dense_factory`` are weight-layer factories as described in the module docstring. Models
-    call the methods, which bind the dtype and the bias rule. Parameters are float32 whatever
-    ``dtype`` is.
+    ``dense_factory`` are weight-layer factories as described in the module docstring (the plain
+    full-precision ones by default), ``weight_init`` names their kernels' initialization (None:
+    see ``kernel_initializer``). Models call the methods, which pass the dtype, the
+    initialization and the bias rule on. Parameters are float32 whatever ``dtype`` is.
 
     ``input_dropout``, ``hidden_dropout`` and ``head_dropout`` are the drop rates at a model's
     three dropout placements (``'input'`` is on the images, before the first layer; each model
@@ -135,12 +118,27 @@ class LayerKit:
     activation_factory: ModuleFactory
     conv_factory: WeightLayerFactory = plain_conv
     dense_factory: WeightLayerFactory = plain_dense
+    weight_init: str | None = None
     dtype: Dtype = jnp.float32
     input_dropout: float = 0.0
     hidden_dropout: float = 0.0
     head_dropout: float = 0.0
     alpha_dropout: bool = False
     stochastic_depth_rate: float = 0.0
+
+    def __post_init__(self):
+        check_weight_init(self.weight_init)
+
+    def for_forward(self) -> 'LayerKit':
+        """The kit one forward pass of a model builds its layers from (see the module
+        docstring): the normalization's ``open_forward`` of this kit."""
+        return self.norm_factory(parent=None).open_forward(self)
+
+    @property
+    def has_plain_weight_layers(self) -> bool:
+        """Whether the weight layers are still the full-precision ``plain_conv`` and
+        ``plain_dense`` (not quantized, weight-normalized, ...)."""
+        return self.conv_factory is plain_conv and self.dense_factory is plain_dense
 
     def conv(self, features: int, kernel_size: Sequence[int], *, name: str, strides: int = 1,
              padding='SAME', use_bias: bool | None = None, role: str = 'hidden') -> nn.Module:
@@ -149,7 +147,8 @@ class LayerKit:
         if use_bias is None:
             use_bias = self.bias_before_norm
         return self.conv_factory(features, kernel_size, strides=strides, padding=padding,
-                                 use_bias=use_bias, role=role, dtype=self.dtype, name=name)
+                                 use_bias=use_bias, role=role, dtype=self.dtype,
+                                 weight_init=self.weight_init, name=name)
 
     def dense(self, features: int, *, name: str, use_bias: bool | None = None,
               role: str = 'hidden') -> nn.Module:
@@ -157,7 +156,7 @@ class LayerKit:
         if use_bias is None:
             use_bias = self.bias_before_norm
         return self.dense_factory(features, use_bias=use_bias, role=role, dtype=self.dtype,
-                                  name=name)
+                                  weight_init=self.weight_init, name=name)
 
     def norm(self, *, name: str, zero_scale: bool = False) -> nn.Module:
         """A normalization, applied as ``norm(x, train=...)``.

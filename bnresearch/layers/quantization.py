@@ -51,11 +51,10 @@ from flax.linen.linear import PaddingLike, canonicalize_padding
 from flax.typing import Dtype, Initializer
 
 from bnresearch.errors import UsageError
-from bnresearch.layers.kit import WeightLayerFactory, kernel_initializer, plain_weight_layers
-from bnresearch.layers.variables import RNG_STREAM
+from bnresearch.layers.kit import WeightLayerFactory, kernel_initializer, plain_conv, plain_dense
+from bnresearch.layers.variables import LATENT_KERNEL, RNG_STREAM
 
 FULL_PRECISION = 32  # bits: this operand is not quantized
-LATENT_KERNEL = 'latent_kernel'
 
 
 # --- the straight-through estimators ------------------------------------------------------------
@@ -428,26 +427,29 @@ class QuantizedConv(_QuantizedLayer):
         return self._finish(y, gradient_key)
 
 
-def quantized_weight_layers(spec: QuantizationSpec, weight_init: str | None = None
+def quantized_weight_layers(spec: QuantizationSpec
                             ) -> tuple[WeightLayerFactory, WeightLayerFactory]:
     """Conv and dense factories for the ``LayerKit``: quantized layers where ``spec.quantizes``
-    the role, the plain full-precision ones elsewhere; all initialized by `weight_init`."""
-    plain_conv, plain_dense = plain_weight_layers(weight_init)
+    the role, the plain full-precision ones elsewhere; all initialized by the kit's
+    `weight_init`."""
 
     def conv(features, kernel_size, *, strides=1, padding='SAME', use_bias=True, role='hidden',
-             dtype=jnp.float32, name=None):
+             dtype=jnp.float32, weight_init=None, name=None):
         if not spec.quantizes(role):
             return plain_conv(features, kernel_size, strides=strides, padding=padding,
-                              use_bias=use_bias, role=role, dtype=dtype, name=name)
+                              use_bias=use_bias, role=role, dtype=dtype, name=name,
+                              weight_init=weight_init)
         return QuantizedConv(features=features, spec=spec, quantize_input=role != 'first',
                              use_bias=use_bias,
                              kernel_init=kernel_initializer(weight_init, role, 'conv'),
                              dtype=dtype, kernel_size=tuple(kernel_size), strides=strides,
                              padding=padding, name=name)
 
-    def dense(features, *, use_bias=True, role='hidden', dtype=jnp.float32, name=None):
+    def dense(features, *, use_bias=True, role='hidden', dtype=jnp.float32, weight_init=None,
+              name=None):
         if not spec.quantizes(role):
-            return plain_dense(features, use_bias=use_bias, role=role, dtype=dtype, name=name)
+            return plain_dense(features, use_bias=use_bias, role=role, dtype=dtype, name=name,
+                               weight_init=weight_init)
         return QuantizedDense(features=features, spec=spec, quantize_input=role != 'first',
                               use_bias=use_bias,
                               kernel_init=kernel_initializer(weight_init, role, 'dense'),

@@ -1,4 +1,5 @@
-"""The variable collections and the random stream a layer may use, beyond its parameters.
+"""The variable collections and the random stream a layer may use, beyond its parameters, and
+the parameter names that code outside the layers looks up.
 
 - ``batch_stats``: state that persists across steps (running statistics, step counters of
   normalizations). Part of the TrainState and of every checkpoint.
@@ -14,6 +15,10 @@ Both sown collections are rebuilt from scratch at every step and exist only in t
 Randomness at train time (dropout, stochastic depth, stochastic quantizers) comes from one
 stream, ``self.make_rng(RNG_STREAM)``, which flax splits per call site; the train step seeds it
 from (seed, step), so a resumed run draws exactly what an uninterrupted one draws.
+
+``LATENT_KERNEL`` names the real-valued latent weights of quantized layers that the optimizer
+clips to [-1, 1] after each update (``bnresearch/layers/quantization.py`` gives the name,
+``bnresearch/optim/constraints.py`` clips the leaves that carry it).
 """
 STATE = "batch_stats"
 AUX_LOSS = "aux_loss"
@@ -21,3 +26,5 @@ ANALYSIS = "analysis"
 RNG_STREAM = "dropout"
 
 TRAIN_MUTABLE = (STATE, AUX_LOSS, ANALYSIS)
+
+LATENT_KERNEL = "latent_kernel"

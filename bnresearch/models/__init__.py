@@ -22,7 +22,7 @@ import ml_collections
 from flax.typing import Dtype
 
 from bnresearch.layers.activations import get_activation
-from bnresearch.layers.kit import LayerKit, plain_weight_layers
+from bnresearch.layers.kit import LayerKit, check_weight_init, plain_conv, plain_dense
 from bnresearch.layers.normalization import (bind_facts, check_normalization_batch_sizes,
                                              check_normalization_features, get_normalization)
 from bnresearch.layers.quantization import quantization_spec, quantized_weight_layers
@@ -120,16 +120,19 @@ def build_model(name: str, *, num_classes: int, norm: str = 'batch',
         check_drop_rate(f'model.dropout.{placement}', rates.setdefault(placement, 0.0))
     check_drop_rate('model.stochastic_depth', stochastic_depth)
     spec = quantization_spec(**(quantization or {}))
+    # LayerKit checks it as well; checked here so that its error comes before the lookups below.
+    check_weight_init(weight_init)
     if spec.method == 'none':
-        conv_factory, dense_factory = plain_weight_layers(weight_init)
+        conv_factory, dense_factory = plain_conv, plain_dense
     else:
-        conv_factory, dense_factory = quantized_weight_layers(spec, weight_init)
+        conv_factory, dense_factory = quantized_weight_layers(spec)
     norm_factory = bind_facts(get_normalization(norm, **(norm_kwargs or {})),
                               images_per_epoch=images_per_epoch,
                               accumulation_steps=accumulation_steps)
     layers = LayerKit(norm_factory=norm_factory,
                       activation_factory=get_activation(activation, **(activation_kwargs or {})),
-                      conv_factory=conv_factory, dense_factory=dense_factory, dtype=dtype,
+                      conv_factory=conv_factory, dense_factory=dense_factory,
+                      weight_init=weight_init, dtype=dtype,
                       input_dropout=rates['input'], hidden_dropout=rates['hidden'],
                       head_dropout=rates['head'],
                       alpha_dropout=self_normalizing, stochastic_depth_rate=stochastic_depth)

@@ -32,9 +32,10 @@ from bnresearch.layers.kit import LayerKit
 from bnresearch.models.common import check_positive_int, check_positive_ints
 
 
-def _classifier(module: nn.Module, x: jax.Array, train: bool, first: bool) -> jax.Array:
-    """The dense layers (weight -> norm -> act each) and the normalized logits layer."""
-    kit = module.layers
+def _classifier(module: nn.Module, kit: LayerKit, x: jax.Array, train: bool,
+                first: bool) -> jax.Array:
+    """The dense layers (weight -> norm -> act each) and the normalized logits layer, built from
+    `kit`, the kit of the forward pass."""
     for layer, width in enumerate(module.hidden_sizes, start=1):
         role = 'first' if first and layer == 1 else 'hidden'
         x = kit.dense(width, role=role, name=f'dense{layer}')(x)
@@ -63,8 +64,9 @@ class BinarizedMLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = self.layers.dropout(name='input_dropout', placement='input')(x, train=train)
-        return _classifier(self, x.reshape(x.shape[0], -1), train, first=True)
+        kit = self.layers.for_forward()
+        x = kit.dropout(name='input_dropout', placement='input')(x, train=train)
+        return _classifier(self, kit, x.reshape(x.shape[0], -1), train, first=True)
 
 
 class BinarizedVGG(nn.Module):
@@ -86,7 +88,7 @@ class BinarizedVGG(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        kit = self.layers
+        kit = self.layers.for_forward()
         x = kit.dropout(name='input_dropout', placement='input')(x, train=train)
         for stage, width in enumerate(self.widths, start=1):
             for conv in (1, 2):
@@ -98,4 +100,4 @@ class BinarizedVGG(nn.Module):
                 x = kit.activation(name=f'{layer}_act')(
                     kit.norm(name=f'{layer}_norm')(x, train=train))
                 x = kit.dropout(name=f'{layer}_dropout', placement='hidden')(x, train=train)
-        return _classifier(self, x.reshape(x.shape[0], -1), train, first=False)
+        return _classifier(self, kit, x.reshape(x.shape[0], -1), train, first=False)

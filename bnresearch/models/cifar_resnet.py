@@ -89,21 +89,22 @@ class CifarResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = self.layers.dropout(name='input_dropout', placement='input')(x, train=train)
-        x = self.layers.conv(STAGE_WIDTHS[0], (3, 3), padding=1, role='first', name='stem_conv')(x)
-        x = self.layers.norm(name='stem_norm')(x, train=train)
-        x = self.layers.activation(name='stem_act')(x)
+        layers = self.layers.for_forward()
+        x = layers.dropout(name='input_dropout', placement='input')(x, train=train)
+        x = layers.conv(STAGE_WIDTHS[0], (3, 3), padding=1, role='first', name='stem_conv')(x)
+        x = layers.norm(name='stem_norm')(x, train=train)
+        x = layers.activation(name='stem_act')(x)
         blocks_per_stage = (self.depth - 2) // 6
         num_blocks = 3 * blocks_per_stage
         for stage, width in enumerate(STAGE_WIDTHS, start=1):
             for block in range(1, blocks_per_stage + 1):
                 strides = 2 if stage > 1 and block == 1 else 1
                 x = BasicBlock(features=width, strides=strides, shortcut=self.shortcut,
-                               layers=self.layers, zero_init_residual=self.zero_init_residual,
+                               layers=layers, zero_init_residual=self.zero_init_residual,
                                index=(stage - 1) * blocks_per_stage + block,
                                num_blocks=num_blocks,
                                name=f'stage{stage}_block{block}')(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
-        x = self.layers.dropout(name='head_dropout', placement='head')(x, train=train)
-        logits = self.layers.dense(self.num_classes, use_bias=True, role='last', name='head')(x)
+        x = layers.dropout(name='head_dropout', placement='head')(x, train=train)
+        logits = layers.dense(self.num_classes, use_bias=True, role='last', name='head')(x)
         return logits.astype(jnp.float32)

@@ -36,19 +36,20 @@ class CNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = self.layers.dropout(name='input_dropout', placement='input')(x, train=train)
+        layers = self.layers.for_forward()
+        x = layers.dropout(name='input_dropout', placement='input')(x, train=train)
         for stage, width in enumerate(self.widths, start=1):
             for conv in range(1, self.convs_per_stage + 1):
                 strides = 2 if stage > 1 and conv == 1 else 1
                 role = 'first' if stage == conv == 1 else 'hidden'
                 layer = f'stage{stage}_conv{conv}'
-                x = self.layers.conv(width, (3, 3), strides=strides, padding=1, role=role,
-                                     name=layer)(x)
-                x = self.layers.norm(name=f'{layer}_norm')(x, train=train)
-                x = self.layers.activation(name=f'{layer}_act')(x)
-                x = self.layers.dropout(name=f'{layer}_dropout', placement='hidden')(
+                x = layers.conv(width, (3, 3), strides=strides, padding=1, role=role,
+                                name=layer)(x)
+                x = layers.norm(name=f'{layer}_norm')(x, train=train)
+                x = layers.activation(name=f'{layer}_act')(x)
+                x = layers.dropout(name=f'{layer}_dropout', placement='hidden')(
                     x, train=train)
         x = jnp.mean(x, axis=(1, 2))
-        x = self.layers.dropout(name='head_dropout', placement='head')(x, train=train)
-        logits = self.layers.dense(self.num_classes, use_bias=True, role='last', name='head')(x)
+        x = layers.dropout(name='head_dropout', placement='head')(x, train=train)
+        logits = layers.dense(self.num_classes, use_bias=True, role='last', name='head')(x)
         return logits.astype(jnp.float32)

@@ -129,7 +129,7 @@ class InceptionNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        kit, w = self.layers, self.base_width
+        kit, w = self.layers.for_forward(), self.base_width
         x = kit.dropout(name='input_dropout', placement='input')(x, train=train)
         x = ConvUnit(2 * w, (3, 3), kit, role='first', name='stem')(x, train=train)
         blocks = [ModuleA(w, kit, name='a1'), ModuleA(w, kit, name='a2'),

@@ -30,14 +30,15 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = self.layers.dropout(name='input_dropout', placement='input')(x, train=train)
+        layers = self.layers.for_forward()
+        x = layers.dropout(name='input_dropout', placement='input')(x, train=train)
         x = x.reshape(x.shape[0], -1)
         for layer, width in enumerate(self.hidden_sizes, start=1):
             role = 'first' if layer == 1 else 'hidden'
-            x = self.layers.dense(width, role=role, name=f'dense{layer}')(x)
-            x = self.layers.norm(name=f'norm{layer}')(x, train=train)
-            x = self.layers.activation(name=f'act{layer}')(x)
-            x = self.layers.dropout(name=f'dropout{layer}', placement='hidden')(x, train=train)
-        x = self.layers.dropout(name='head_dropout', placement='head')(x, train=train)
-        logits = self.layers.dense(self.num_classes, use_bias=True, role='last', name='head')(x)
+            x = layers.dense(width, role=role, name=f'dense{layer}')(x)
+            x = layers.norm(name=f'norm{layer}')(x, train=train)
+            x = layers.activation(name=f'act{layer}')(x)
+            x = layers.dropout(name=f'dropout{layer}', placement='hidden')(x, train=train)
+        x = layers.dropout(name='head_dropout', placement='head')(x, train=train)
+        logits = layers.dense(self.num_classes, use_bias=True, role='last', name='head')(x)
         return logits.astype(jnp.float32)

@@ -79,7 +79,7 @@ def preact_trunk(module: nn.Module, x: jax.Array, train: bool, *, blocks_per_sta
                  widths: tuple[int, ...], block: str, zero_init_residual: bool) -> jax.Array:
     """Stem conv, the three stages, final norm -> act, global pool, classifier (shared by
     PreActResNet and WideResNet, called from their compact __call__)."""
-    kit = module.layers
+    kit = module.layers.for_forward()
     x = kit.dropout(name='input_dropout', placement='input')(x, train=train)
     x = kit.conv(STEM_WIDTH, (3, 3), padding=1, role='first', name='stem_conv')(x)
     num_blocks = len(widths) * blocks_per_stage

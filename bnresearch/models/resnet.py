@@ -105,7 +105,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        kit = self.layers
+        kit = self.layers.for_forward()
         x = kit.dropout(name='input_dropout', placement='input')(x, train=train)
         if self.stem == 'imagenet':
             x = kit.conv(STAGE_WIDTHS[0], (7, 7), strides=2, padding=3, role='first',

@@ -61,7 +61,7 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        kit = self.layers
+        kit = self.layers.for_forward()
         x = kit.dropout(name='input_dropout', placement='input')(x, train=train)
         configuration = CONFIGURATIONS[self.depth]
         conv = 0

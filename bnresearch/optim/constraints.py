@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-LATENT_KERNEL = "latent_kernel"  # the parameter name quantized layers give clipped latent weights
+from bnresearch.layers.variables import LATENT_KERNEL
 
 
 def _is_latent(path) -> bool:

@@ -1,9 +1,11 @@
 """Model registry: shapes, CIFAR ResNet parameter counts against the published ones and a
 closed-form count, every model family x normalization and x activation, bfloat16 compute, the
-option-A shortcut, and errors raised at build time. (The rest of the zoo: test_zoo.py.)"""
+option-A shortcut, errors raised at build time, and every model building each forward pass from
+the kit of that pass. (The rest of the zoo: test_zoo.py.)"""
 import functools
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 
 from bnresearch.layers import ACTIVATIONS, NORMALIZATIONS, get_activation, get_normalization
 from bnresearch.layers.kit import LayerKit
+from bnresearch.layers.normalization.kalman import BatchKalmanNorm, KalmanConv, KalmanDense
 from bnresearch.models import MODEL_NAMES, MODELS, build_model
 from bnresearch.models.cifar_resnet import BasicBlock
 from bnresearch.errors import UsageError
@@ -262,3 +265,27 @@ def test_kalman_weight_layers_keep_the_configured_init():
         'params']['stage1_conv1']['kernel']
     assert variables['params']['stage1_conv1']['kernel'].shape == (3, 3, 1, 4)
     np.testing.assert_array_equal(kernels(model), kernels(plain))
+
+
+@pytest.mark.parametrize('name', list(FAMILIES))
+def test_every_model_builds_a_forward_pass_from_the_kit_of_that_pass(name):
+    """Batch Kalman norm's layers reach each other through the record of the forward pass, which
+    the model's kit of that pass (``LayerKit.for_forward``) hands them: in every model, all its
+    weight layers and normalizations hold one record, and the next pass holds a new one."""
+    model = build_model(name, num_classes=NUM_CLASSES, norm='batch_kalman', **FAMILIES[name][0])
+    passes = []
+
+    def collect(next_fun, args, kwargs, context):
+        if (context.method_name == '__call__'
+                and isinstance(context.module, (BatchKalmanNorm, KalmanConv, KalmanDense))):
+            passes[-1].append(context.module.record)
+        return next_fun(*args, **kwargs)
+
+    for _ in range(2):
+        passes.append([])
+        with nn.intercept_methods(collect):
+            jax.eval_shape(functools.partial(model.init, train=True), jax.random.key(0),
+                           jnp.zeros((2, 8, 8, 1)))
+    first, second = ({id(record) for record in records} for records in passes)
+    assert len(passes[0]) > 2 and None not in passes[0]
+    assert len(first) == len(second) == 1 and first != second

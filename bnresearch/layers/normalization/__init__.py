@@ -23,7 +23,9 @@ global batch under ``jax.jit`` on a mesh.
 
 Some variants change more of the model than the normalization slot; they say so in
 ``adapt_kit``, which ``build_model`` applies to the LayerKit (weight: the conv and dense layers;
-frn: the activation; batch_kalman: the conv and dense layers, so they report their kernels).
+frn: the activation; batch_kalman: the conv and dense layers, so they report their kernels), and
+in ``open_forward``, which every forward pass applies to it (batch_kalman: a fresh record of the
+pass, which those layers report to).
 """
 import functools
 
@@ -54,10 +56,10 @@ NORMALIZATIONS: dict[str, ModuleFactory] = {
 }
 
 # Fields that are facts of the model or the run, filled in by the kit or build_model rather
-# than set by users: the compute dtype, the model's activation (batch_kalman), the training
-# images a layer sees per epoch (batch_layer) and the forward passes of one optimizer update
-# (batch_renorm).
-BUILD_FACTS = ('dtype', 'activation', 'images_per_epoch', 'accumulation_steps')
+# than set by users: the compute dtype, the model's activation and the record of the forward
+# pass (batch_kalman), the training images a layer sees per epoch (batch_layer) and the forward
+# passes of one optimizer update (batch_renorm).
+BUILD_FACTS = ('dtype', 'activation', 'record', 'images_per_epoch', 'accumulation_steps')
 
 
 def get_normalization(name: str, **options) -> ModuleFactory:

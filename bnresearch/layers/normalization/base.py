@@ -80,6 +80,13 @@ def mean_and_variance(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, j
     return mean, variance
 
 
+def running_average(running: jax.Array, statistic: jax.Array, momentum: float) -> jax.Array:
+    """One step of the exponential moving average of a statistic, ``momentum`` weighing the old
+    value: the update of every running statistic kept for evaluation (batch renorm's moving
+    statistics aside, see ``renorm.py``)."""
+    return momentum * running + (1.0 - momentum) * statistic
+
+
 def spatial_axes(x: jax.Array) -> tuple[int, ...]:
     """The axes between the batch axis and the channel axis (none for (N, C) features)."""
     return tuple(range(1, x.ndim - 1))
@@ -152,6 +159,17 @@ class Normalization(nn.Module):
         layers, FRN the activation (its TLU), Kalman normalization the weight layers (so they
         report their kernels). Called once by ``build_model``; raises UsageError when the kit
         cannot be adapted (e.g. its weight layers were already replaced by quantized ones).
+        """
+        return kit
+
+    @nn.nowrap
+    def open_forward(self, kit):
+        """The LayerKit one forward pass of the model builds its layers from, given the model's
+        (``LayerKit.for_forward`` calls it at the top of every forward pass).
+
+        Most normalizations return it unchanged. Batch Kalman norm returns a kit whose layers
+        share a record of that pass, fresh at every pass, through which each of its layers
+        receives the previous one's statistics.
         """
         return kit
 

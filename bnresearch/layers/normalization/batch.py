@@ -19,7 +19,8 @@ from bnresearch.errors import UsageError
 from bnresearch.layers.normalization.base import (Normalization, check_choice, check_enough_values,
                                                   check_epsilon, check_fraction,
                                                   check_positive_int, elements_per_channel,
-                                                  mean_and_variance, scale_and_bias)
+                                                  mean_and_variance, running_average,
+                                                  scale_and_bias)
 
 MOMENTUM_CONVENTIONS = ('flax', 'pytorch')
 # The same EMA in both conventions: 0.9 on the old value is PyTorch's 0.1 on the new one.
@@ -30,8 +31,7 @@ EVAL_STATISTICS = ('running', 'batch')
 def update_running(running: jax.Array, statistic: jax.Array, momentum: float,
                    convention: str) -> jax.Array:
     """One EMA step: ``momentum`` weighs the old value ('flax') or the new one ('pytorch')."""
-    old_weight = momentum if convention == 'flax' else 1.0 - momentum
-    return old_weight * running + (1.0 - old_weight) * statistic
+    return running_average(running, statistic, momentum if convention == 'flax' else 1.0 - momentum)
 
 
 class BatchNorm(Normalization):

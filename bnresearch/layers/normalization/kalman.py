@@ -14,14 +14,18 @@ are used) when mean(var_pred / var_obs) >= 100 (``max_variance_ratio``); the fir
 layer has no prediction and is plain batch norm. Evaluation normalizes with EMAs of the fused
 statistics (``momentum`` on the old value, default 0.9, as in the authors' code).
 
-How the prediction is made. A sequential flax model passes no information between layers, so
-each training forward keeps a small record, private to that ``init``/``apply`` call (keyed by
-its root flax scope, which every call creates afresh, so nothing leaks from one call or trace
-to the next):
+How the prediction is made. The layers of a flax model pass nothing to each other but the
+activations, so each forward pass opens a record (``KalmanRecord``) that its layers share:
+``BatchKalmanNorm.open_forward``, which the model's ``LayerKit.for_forward()`` calls at the top of
+every ``init``/``apply``, returns the kit of that pass, whose weight layers and BKN layers all
+hold the same fresh record as a field (nothing carries over from one call or trace to the next):
   - the weight layers of the kit (``adapt_kit`` replaces the plain conv and dense factories by
     the recording ones below, initialized identically) append their kernel and bias;
   - each BKN layer, in training mode, reads the output moments the previous BKN layer left and
     the one weight layer recorded since, predicts, fuses, and leaves its own output moments.
+A BKN layer built without a record (alone, outside a model) has no predecessor: batch norm.
+The record lives in one trace: a model whose blocks were traced apart from each other
+(``nn.remat``, ``nn.scan``) would have to pass it between them as a value instead.
 The prediction is the expectation of the authors' Monte-Carlo estimate, computed analytically
 under the same assumptions (independent Gaussian channels): layer k-1's input is taken as
 N(mu_hat, var_hat) per channel; its output, normalized with those moments, is then
@@ -42,7 +46,6 @@ prediction (plain batch norm), as does every first layer.
 """
 import dataclasses
 import functools
-import weakref
 
 import flax.linen as nn
 import jax
@@ -54,7 +57,7 @@ from bnresearch.layers.kit import kernel_initializer
 from bnresearch.layers.normalization.base import (Normalization, check_enough_values,
                                                   check_epsilon, check_fraction,
                                                   elements_per_channel, mean_and_variance,
-                                                  scale_and_bias)
+                                                  running_average, scale_and_bias)
 from bnresearch.layers.normalization.weight import require_plain_weight_layers
 from bnresearch.layers.registry import ModuleFactory
 
@@ -100,65 +103,63 @@ def kalman_fuse(predicted_mean, predicted_var, observed_mean, observed_var, *,
             jnp.where(use_prediction, fused_var, observed_var))
 
 
-@dataclasses.dataclass
-class _Chain:
-    """What one forward pass has recorded so far for the next BKN layer."""
+# Compared and hashed by identity (eq=False): each forward pass has its own record, and the
+# modules and kits that hold one stay hashable.
+@dataclasses.dataclass(eq=False)
+class KalmanRecord:
+    """What one forward pass has recorded so far for the next BKN layer: the output moments the
+    last BKN layer left, and the (kernel, bias) of each weight layer called since."""
     output_moments: tuple[jax.Array, jax.Array] | None = None
     weight_layers: list = dataclasses.field(default_factory=list)
 
 
-_CHAINS: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
-
-
-def _chain_of(module: nn.Module) -> _Chain:
-    """The record of the init/apply call `module` runs in (flax keys its own caches alike)."""
-    root = module.scope.root
-    if root not in _CHAINS:
-        _CHAINS[root] = _Chain()
-    return _CHAINS[root]
-
-
 class KalmanConv(nn.Conv):
-    """``nn.Conv`` that records its kernel and bias for the next BKN layer."""
+    """``nn.Conv`` that records its kernel and bias in ``record`` for the next BKN layer."""
+    record: KalmanRecord | None = None
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         outputs = super().__call__(inputs)
-        params = self.variables['params']
-        _chain_of(self).weight_layers.append((params['kernel'], params.get('bias')))
+        if self.record is not None:
+            params = self.variables['params']
+            self.record.weight_layers.append((params['kernel'], params.get('bias')))
         return outputs
 
 
 class KalmanDense(nn.Dense):
-    """``nn.Dense`` that records its kernel and bias for the next BKN layer."""
+    """``nn.Dense`` that records its kernel and bias in ``record`` for the next BKN layer."""
+    record: KalmanRecord | None = None
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         outputs = super().__call__(inputs)
-        params = self.variables['params']
-        _chain_of(self).weight_layers.append((params['kernel'], params.get('bias')))
+        if self.record is not None:
+            params = self.variables['params']
+            self.record.weight_layers.append((params['kernel'], params.get('bias')))
         return outputs
 
 
 def kalman_conv(features, kernel_size, *, strides=1, padding='SAME', use_bias=True,
-                role='hidden', dtype=jnp.float32, name=None, weight_init=None) -> nn.Module:
-    """The kit's plain conv (same initialization), recording for BKN."""
+                role='hidden', dtype=jnp.float32, weight_init=None, name=None,
+                record=None) -> nn.Module:
+    """The kit's plain conv (same initialization), recording in `record` for BKN."""
     return KalmanConv(features, tuple(kernel_size), strides=strides, padding=padding,
                       use_bias=use_bias, kernel_init=kernel_initializer(weight_init, role, 'conv'),
-                      dtype=dtype, name=name)
+                      dtype=dtype, record=record, name=name)
 
 
 def kalman_dense(features, *, use_bias=True, role='hidden', dtype=jnp.float32,
-                 name=None, weight_init=None) -> nn.Module:
-    """The kit's plain dense layer (same initialization), recording for BKN."""
+                 weight_init=None, name=None, record=None) -> nn.Module:
+    """The kit's plain dense layer (same initialization), recording in `record` for BKN."""
     return KalmanDense(features, use_bias=use_bias,
                        kernel_init=kernel_initializer(weight_init, role, 'dense'), dtype=dtype,
-                       name=name)
+                       record=record, name=name)
 
 
 class BatchKalmanNorm(Normalization):
     """Batch Kalman normalization (Wang et al. 2018); see the module docstring.
 
     ``activation`` is not an option: ``adapt_kit`` binds the model's activation, through which
-    the prediction passes (None: ReLU).
+    the prediction passes (None: ReLU). Nor is ``record``, the record of the forward pass that
+    ``open_forward`` binds (None: no predecessor, so no prediction).
     """
     momentum: float = 0.9
     epsilon: float = 1e-5
@@ -166,6 +167,7 @@ class BatchKalmanNorm(Normalization):
     prediction_weight: float = 0.9
     max_variance_ratio: float = 100.0
     activation: ModuleFactory | None = None
+    record: KalmanRecord | None = None
 
     def __post_init__(self):
         check_fraction(KIND, 'momentum', self.momentum)
@@ -199,30 +201,31 @@ class BatchKalmanNorm(Normalization):
             observed_mean, observed_var = mean_and_variance(x, axes)
             mean = observed_mean.reshape(num_features)
             var = observed_var.reshape(num_features)
-            chain = _chain_of(self)
-            prediction = self._predict(chain, num_features)
+            prediction = self._predict(num_features)
             if prediction is not None:
                 mean, var = kalman_fuse(*prediction, mean, var,
                                         prediction_weight=self.prediction_weight,
                                         max_variance_ratio=self.max_variance_ratio)
-            # What the next BKN layer starts from: this layer's output, modelled as
-            # N(beta, gamma^2 var / (var + eps)) per channel.
-            chain.output_moments = (bias, jnp.square(scale) * var / (var + self.epsilon))
-            chain.weight_layers = []
+            if self.record is not None:
+                # What the next BKN layer starts from: this layer's output, modelled as
+                # N(beta, gamma^2 var / (var + eps)) per channel.
+                self.record.output_moments = (bias,
+                                              jnp.square(scale) * var / (var + self.epsilon))
+                self.record.weight_layers = []
             if not self.is_initializing():
-                momentum = self.momentum
-                running_mean.value = momentum * running_mean.value + (1 - momentum) * mean
-                running_var.value = momentum * running_var.value + (1 - momentum) * var
+                running_mean.value = running_average(running_mean.value, mean, self.momentum)
+                running_var.value = running_average(running_var.value, var, self.momentum)
         y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
         return y.astype(self.dtype)
 
     @nn.nowrap
-    def _predict(self, chain: _Chain, num_features: int):
+    def _predict(self, num_features: int):
         """Predicted (mean, var) of this layer's input, or None when no link applies."""
-        if chain.output_moments is None or len(chain.weight_layers) != 1:
+        record = self.record
+        if record is None or record.output_moments is None or len(record.weight_layers) != 1:
             return None
-        kernel, bias = chain.weight_layers[0]
-        in_mean, in_var = chain.output_moments
+        kernel, bias = record.weight_layers[0]
+        in_mean, in_var = record.output_moments
         if kernel.shape[-2] != in_mean.shape[0] or kernel.shape[-1] != num_features:
             return None
         act_mean, act_var = gaussian_activation_moments(self.activation_function(), in_mean,
@@ -231,13 +234,22 @@ class BatchKalmanNorm(Normalization):
 
     @nn.nowrap
     def adapt_kit(self, kit):
-        weight_init = require_plain_weight_layers(kit, KIND)
+        require_plain_weight_layers(kit, KIND)
         probe = jax.eval_shape(kit.activation_factory(parent=None).init, jax.random.key(0),
                                jax.ShapeDtypeStruct((1, 2), jnp.float32))
         if probe:
             raise UsageError(f'{KIND}: its prediction passes moments through the activation, '
                              'which must have no parameters')
         return dataclasses.replace(
-            kit, conv_factory=functools.partial(kalman_conv, weight_init=weight_init),
-            dense_factory=functools.partial(kalman_dense, weight_init=weight_init),
+            kit, conv_factory=kalman_conv, dense_factory=kalman_dense,
             norm_factory=functools.partial(kit.norm_factory, activation=kit.activation_factory))
+
+    @nn.nowrap
+    def open_forward(self, kit):
+        """The kit `kit` (as ``adapt_kit`` made it) with a fresh record bound into its weight
+        layers and BKN layers."""
+        record = KalmanRecord()
+        return dataclasses.replace(
+            kit, conv_factory=functools.partial(kit.conv_factory, record=record),
+            dense_factory=functools.partial(kit.dense_factory, record=record),
+            norm_factory=functools.partial(kit.norm_factory, record=record))

@@ -103,6 +103,10 @@ class BatchRenorm(Normalization):
                                            -d_limit, d_limit))
         y = (x - batch_mean) / batch_std * r + d
         if not self.is_initializing():
+            # The paper's form, old + rate * (new - old), rather than base.running_average's
+            # momentum * old + rate * new: equal in exact arithmetic, but they round differently
+            # in float32 (about one update in eight differs in its last bit), and this form is
+            # the one batch renorm's runs so far were trained with.
             rate = 1.0 - self.momentum
             moving_mean.value = moving_mean.value + rate * (batch_mean - moving_mean.value)
             moving_std.value = moving_std.value + rate * (batch_std - moving_std.value)

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 from flax.typing import Dtype
 
 from bnresearch.errors import UsageError
-from bnresearch.layers.kit import plain_weight_init
 from bnresearch.layers.normalization.base import (Normalization, check_enough_values,
-                                                  check_fraction, elements_per_channel)
+                                                  check_fraction, elements_per_channel,
+                                                  running_average)
 
 KIND = 'weight norm'
 # v ~ N(0, 0.05^2), the paper's initialization of the directions.
@@ -127,32 +127,32 @@ class WeightNormDense(nn.Module):
 
 def weight_norm_conv(features: int, kernel_size: Sequence[int], *, strides=1, padding='SAME',
                      use_bias: bool = True, role: str = 'hidden', dtype: Dtype = jnp.float32,
-                     name: str | None = None, data_dependent_init: bool = True) -> nn.Module:
-    """LayerKit conv factory: every role alike (the logits layer too, as in the paper)."""
-    del role
+                     weight_init: str | None = None, name: str | None = None,
+                     data_dependent_init: bool = True) -> nn.Module:
+    """LayerKit conv factory: every role alike (the logits layer too, as in the paper), and the
+    kit's ``weight_init`` ignored: the directions start as the paper's (``DIRECTION_STDDEV``)."""
+    del role, weight_init
     return WeightNormConv(features, kernel_size, strides=strides, padding=padding,
                           use_bias=use_bias, data_dependent_init=data_dependent_init,
                           dtype=dtype, name=name)
 
 
 def weight_norm_dense(features: int, *, use_bias: bool = True, role: str = 'hidden',
-                      dtype: Dtype = jnp.float32, name: str | None = None,
-                      data_dependent_init: bool = True) -> nn.Module:
-    """LayerKit dense factory: every role alike (the logits layer too, as in the paper)."""
-    del role
+                      dtype: Dtype = jnp.float32, weight_init: str | None = None,
+                      name: str | None = None, data_dependent_init: bool = True) -> nn.Module:
+    """LayerKit dense factory: as ``weight_norm_conv``."""
+    del role, weight_init
     return WeightNormDense(features, use_bias=use_bias, data_dependent_init=data_dependent_init,
                            dtype=dtype, name=name)
 
 
-def require_plain_weight_layers(kit, kind: str) -> str | None:
+def require_plain_weight_layers(kit, kind: str) -> None:
     """Raises UsageError unless the kit's weight layers are still the plain ones, so that a
     normalization that brings its own (weight norm, Kalman norm) never silently drops others,
-    such as quantized layers. Returns the weight init the plain layers were given."""
-    try:
-        return plain_weight_init(kit)
-    except ValueError:
+    such as quantized layers."""
+    if not kit.has_plain_weight_layers:
         raise UsageError(f'{kind} brings its own conv and dense layers and cannot combine with '
-                         'other replaced weight layers (e.g. quantized ones)') from None
+                         'other replaced weight layers (e.g. quantized ones)')
 
 
 class WeightNorm(Normalization):
@@ -200,8 +200,7 @@ class WeightNorm(Normalization):
                                 f'a batch statistic of {x.shape} features')
             mean = jnp.mean(x, axis=axes)
             if not self.is_initializing():
-                running_mean.value = (self.momentum * running_mean.value
-                                      + (1 - self.momentum) * mean)
+                running_mean.value = running_average(running_mean.value, mean, self.momentum)
         else:
             mean = running_mean.value
         return (x - mean + bias).astype(self.dtype)
