@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bnresearch.layers.variables import RNG_STREAM
+from bnresearch.layers.variables import RNG_STREAM, STATE
 from bnresearch.measure.noise_scale import init_noise_scale
 
 
@@ -37,7 +37,7 @@ def create_train_state(model, optimizer: optax.GradientTransformation, rng,
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        batch_stats=variables.get("batch_stats", {}),
+        batch_stats=variables.get(STATE, {}),
         opt_state=optimizer.init(params),
         rng=state_rng,
         noise_scale=init_noise_scale() if measure_noise_scale else None,

@@ -2,6 +2,8 @@
 import jax
 import numpy as np
 
+from bnresearch.layers.variables import STATE
+
 CONV_SHAPE = (6, 4, 5, 8)  # (N, H, W, C)
 DENSE_SHAPE = (6, 8)       # (N, C)
 
@@ -38,4 +40,4 @@ def moments(x, axes):
 
 def state_of(variables):
     """The persistent collections of a variables dict (what a train state keeps)."""
-    return {key: value for key, value in variables.items() if key in ('params', 'batch_stats')}
+    return {key: value for key, value in variables.items() if key in ('params', STATE)}

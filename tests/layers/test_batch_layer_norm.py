@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bnresearch.layers import get_normalization
+from bnresearch.layers.variables import STATE
 from tests.layers.normtest_utils import CONV_SHAPE, DENSE_SHAPE, init_with_random_affine, random_input
 
 EPS = 1e-3
@@ -43,7 +44,7 @@ def numpy_population(batches):
 
 def run_training(norm, variables, batches):
     for x in batches:
-        y, updates = norm.apply(variables, x, train=True, mutable=['batch_stats'])
+        y, updates = norm.apply(variables, x, train=True, mutable=[STATE])
         variables = {**variables, **updates}
     return y, variables
 
@@ -58,7 +59,7 @@ def test_training_output_and_population_statistics_match_numpy(shape):
     np.testing.assert_allclose(
         y, numpy_bln(batches[-1], numpy_statistics(batches[-1]), shape[0], params['scale'],
                      params['bias']), rtol=1e-5, atol=1e-5)
-    stats = variables['batch_stats']
+    stats = variables[STATE]
     assert int(stats['epoch_steps']) == 3 and float(stats['batch_size']) == shape[0]
     population = numpy_population(batches)
     for key in population:
@@ -99,7 +100,7 @@ def test_population_statistics_restart_every_epoch():
         _, variables = run_training(norm, variables, batches[steps - 1:steps])
         epoch_start = 2 * ((steps - 1) // 2)
         epoch_batches = batches[epoch_start:steps]
-        stats = variables['batch_stats']
+        stats = variables[STATE]
         assert int(stats['epoch_steps']) == len(epoch_batches)
         expected = numpy_population(epoch_batches)
         np.testing.assert_allclose(stats['batch_mean_sum'] / len(epoch_batches),
@@ -112,7 +113,7 @@ def test_before_any_step_the_population_is_zero_mean_unit_variance():
     norm = get_normalization('batch_layer')()
     x = random_input(DENSE_SHAPE)
     variables = init_with_random_affine(norm, x)
-    assert int(variables['batch_stats']['epoch_steps']) == 0  # init is not a step
+    assert int(variables[STATE]['epoch_steps']) == 0  # init is not a step
     params = variables['params']
     stats = {**numpy_statistics(x), 'batch_mean': 0.0, 'batch_var': 1.0}
     np.testing.assert_allclose(norm.apply(variables, x, train=False),
@@ -127,10 +128,10 @@ def test_at_batch_size_one_it_is_layer_norm_over_the_channels():
     x = random_input((1, 8))
     variables = init_with_random_affine(norm, x)
     params = variables['params']
-    y, updates = norm.apply(variables, x, train=True, mutable=['batch_stats'])
+    y, updates = norm.apply(variables, x, train=True, mutable=[STATE])
     mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
     layer_norm = (x - mean) / np.sqrt(var + EPS) * (1 - 1e-4) / np.sqrt(8)
     np.testing.assert_allclose(y, layer_norm * params['scale'] + params['bias'], rtol=1e-5,
                                atol=1e-5)
     assert np.all(np.isfinite(jax.tree.leaves(updates)[0]))
-    np.testing.assert_array_equal(updates['batch_stats']['batch_var_sum'], np.zeros((8,)))
+    np.testing.assert_array_equal(updates[STATE]['batch_var_sum'], np.zeros((8,)))

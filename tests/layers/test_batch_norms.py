@@ -8,6 +8,7 @@ from bnresearch.errors import UsageError
 from bnresearch.layers import get_normalization
 from bnresearch.layers.normalization import check_normalization_batch_sizes
 from bnresearch.layers.normalization.renorm import renorm_limits
+from bnresearch.layers.variables import STATE
 from tests.layers.normtest_utils import (CONV_SHAPE, DENSE_SHAPE, init_with_random_affine,
                                         moments, random_input)
 
@@ -18,7 +19,7 @@ def train_steps(module, variables, inputs):
     """Applies `module` in training mode to each input in turn; outputs and final variables."""
     outputs = []
     for x in inputs:
-        y, updates = module.apply(variables, x, train=True, mutable=['batch_stats'])
+        y, updates = module.apply(variables, x, train=True, mutable=[STATE])
         variables = {**variables, **updates}
         outputs.append(np.asarray(y))
     return outputs, variables
@@ -45,8 +46,8 @@ def test_pytorch_convention_weighs_the_new_value_and_stores_the_unbiased_varianc
         np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
         running_mean = (1 - momentum) * running_mean + momentum * mean.ravel()
         running_var = (1 - momentum) * running_var + momentum * var.ravel() * count / (count - 1)
-    np.testing.assert_allclose(variables['batch_stats']['mean'], running_mean, rtol=1e-6)
-    np.testing.assert_allclose(variables['batch_stats']['var'], running_var, rtol=1e-6)
+    np.testing.assert_allclose(variables[STATE]['mean'], running_mean, rtol=1e-6)
+    np.testing.assert_allclose(variables[STATE]['var'], running_var, rtol=1e-6)
 
 
 def test_default_momenta_of_the_two_conventions_are_the_same_average():
@@ -55,8 +56,8 @@ def test_default_momenta_of_the_two_conventions_are_the_same_average():
     for convention in ('flax', 'pytorch'):
         bn = get_normalization('batch', momentum_convention=convention)()
         _, updates = bn.apply(bn.init(jax.random.key(0), x, train=True), x, train=True,
-                              mutable=['batch_stats'])
-        stats[convention] = updates['batch_stats']
+                              mutable=[STATE])
+        stats[convention] = updates[STATE]
     np.testing.assert_allclose(stats['flax']['mean'], stats['pytorch']['mean'], rtol=1e-6)
     count = np.prod(CONV_SHAPE[:-1])
     # the variances differ exactly by the Bessel factor of the 10% new value
@@ -112,8 +113,8 @@ def test_ghost_batch_norm_matches_numpy_in_train_and_eval(shape):
         group_axes = (0, *axes)
         running_mean = momentum * running_mean + (1 - momentum) * mean.mean(group_axes)
         running_var = momentum * running_var + (1 - momentum) * var.mean(group_axes)
-    np.testing.assert_allclose(variables['batch_stats']['mean'], running_mean, rtol=1e-6)
-    np.testing.assert_allclose(variables['batch_stats']['var'], running_var, rtol=1e-6)
+    np.testing.assert_allclose(variables[STATE]['mean'], running_mean, rtol=1e-6)
+    np.testing.assert_allclose(variables[STATE]['var'], running_var, rtol=1e-6)
 
     x = random_input(shape, seed=2)
     expected = (x - running_mean) / np.sqrt(running_var + EPS) * params['scale'] + params['bias']
@@ -128,11 +129,11 @@ def test_ghost_batch_norm_with_the_whole_batch_is_batch_norm(convention):
     ghost = get_normalization('ghost_batch', virtual_batch_size=CONV_SHAPE[0],
                               momentum_convention=convention)()
     variables = init_with_random_affine(bn, x)
-    y_bn, stats_bn = bn.apply(variables, x, train=True, mutable=['batch_stats'])
-    y_ghost, stats_ghost = ghost.apply(variables, x, train=True, mutable=['batch_stats'])
+    y_bn, stats_bn = bn.apply(variables, x, train=True, mutable=[STATE])
+    y_ghost, stats_ghost = ghost.apply(variables, x, train=True, mutable=[STATE])
     np.testing.assert_allclose(y_ghost, y_bn, rtol=1e-6, atol=1e-6)
     for key in ('mean', 'var'):
-        np.testing.assert_allclose(stats_ghost['batch_stats'][key], stats_bn['batch_stats'][key],
+        np.testing.assert_allclose(stats_ghost[STATE][key], stats_bn[STATE][key],
                                    rtol=1e-6)
 
 
@@ -143,8 +144,8 @@ def test_ghost_groups_are_independent_of_each_other():
     variables = init_with_random_affine(ghost, x)
     changed = x.copy()
     changed[:2] = changed[:2] * 10 + 5
-    y, _ = ghost.apply(variables, x, train=True, mutable=['batch_stats'])
-    y_changed, _ = ghost.apply(variables, changed, train=True, mutable=['batch_stats'])
+    y, _ = ghost.apply(variables, x, train=True, mutable=[STATE])
+    y_changed, _ = ghost.apply(variables, changed, train=True, mutable=[STATE])
     np.testing.assert_array_equal(y_changed[2:], y[2:])
     assert not np.allclose(y_changed[:2], y[:2])
 
@@ -186,7 +187,7 @@ def test_batch_renorm_matches_numpy_with_the_schedule_counted_in_state(shape, ac
     brn = get_normalization('batch_renorm', **options)(accumulation_steps=accumulation_steps)
     inputs = [random_input(shape, seed=s) * (1 + s) + 2 * s for s in range(6)]
     variables = init_with_random_affine(brn, inputs[0])
-    assert int(variables['batch_stats']['steps']) == 0
+    assert int(variables[STATE]['steps']) == 0
     params = variables['params']
     outputs, variables = train_steps(brn, variables, inputs)
 
@@ -203,7 +204,7 @@ def test_batch_renorm_matches_numpy_with_the_schedule_counted_in_state(shape, ac
         np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
         moving_mean = moving_mean + (1 - momentum) * (mean.ravel() - moving_mean)
         moving_std = moving_std + (1 - momentum) * (std.ravel() - moving_std)
-    stats = variables['batch_stats']
+    stats = variables[STATE]
     assert int(stats['steps']) == len(inputs)
     np.testing.assert_allclose(stats['mean'], moving_mean, rtol=1e-5)
     np.testing.assert_allclose(stats['std'], moving_std, rtol=1e-5)
@@ -226,13 +227,13 @@ def test_batch_renorm_r_and_d_carry_no_gradient():
     # moving statistics that make r and d active but unclipped
     stats = {'mean': (mean.ravel() - 0.5).astype(np.float32),
              'std': (1.5 * np.sqrt(var.ravel())).astype(np.float32), 'steps': np.int32(10)}
-    variables = {**variables, 'batch_stats': stats}
+    variables = {**variables, STATE: stats}
 
     def total(x, power):
-        y, _ = brn.apply(variables, x, train=True, mutable=['batch_stats'])
+        y, _ = brn.apply(variables, x, train=True, mutable=[STATE])
         return (y ** power).sum()
 
-    y, _ = brn.apply(variables, x, train=True, mutable=['batch_stats'])
+    y, _ = brn.apply(variables, x, train=True, mutable=[STATE])
     assert not np.allclose(y, (x - mean) / np.sqrt(var + EPS), atol=1e-2)  # r, d do act
     for power in (1, 2):
         np.testing.assert_allclose(jax.grad(total)(x, power), 0.0, atol=1e-3)
@@ -246,8 +247,8 @@ def test_batch_renorm_train_output_is_invariant_to_per_channel_affine_input_at_t
     gain = rng.uniform(0.5, 3.0, CONV_SHAPE[-1]).astype(np.float32)
     shift = rng.normal(size=CONV_SHAPE[-1]).astype(np.float32) * 5
     variables = init_with_random_affine(brn, x)
-    y, _ = brn.apply(variables, x, train=True, mutable=['batch_stats'])
-    y_affine, _ = brn.apply(variables, x * gain + shift, train=True, mutable=['batch_stats'])
+    y, _ = brn.apply(variables, x, train=True, mutable=[STATE])
+    y_affine, _ = brn.apply(variables, x * gain + shift, train=True, mutable=[STATE])
     np.testing.assert_allclose(y_affine, y, rtol=1e-4, atol=1e-4)
 
 

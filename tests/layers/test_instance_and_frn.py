@@ -11,6 +11,7 @@ from bnresearch.errors import UsageError
 from bnresearch.layers import get_activation, get_normalization
 from bnresearch.layers.kit import LayerKit
 from bnresearch.layers.normalization.filter_response import ThresholdedLinearUnit
+from bnresearch.layers.variables import STATE
 from bnresearch.models import build_model
 from tests.layers.normtest_utils import (CONV_SHAPE, DENSE_SHAPE, init_with_random_affine,
                                         moments, random_input)
@@ -23,7 +24,7 @@ def test_instance_norm_matches_numpy(train):
     norm = get_normalization('instance')()
     x = random_input(CONV_SHAPE)
     variables = init_with_random_affine(norm, x)
-    assert 'batch_stats' not in variables
+    assert STATE not in variables
     params = variables['params']
     mean, var = moments(x, (1, 2))
     expected = (x - mean) / np.sqrt(var + 1e-5) * params['scale'] + params['bias']
@@ -68,7 +69,7 @@ def test_frn_matches_numpy(shape, train):
     norm = get_normalization('frn')()
     x = random_input(shape)
     variables = init_with_random_affine(norm, x)
-    assert 'batch_stats' not in variables
+    assert STATE not in variables
     params = variables['params']
     x64 = x.astype(np.float64)
     axes = tuple(range(1, len(shape) - 1))  # (H, W); none for dense features

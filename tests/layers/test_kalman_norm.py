@@ -13,6 +13,7 @@ from bnresearch.layers import get_activation, get_normalization
 from bnresearch.layers.kit import LayerKit
 from bnresearch.layers.normalization.kalman import (gaussian_activation_moments, kalman_fuse,
                                                     propagate_moments)
+from bnresearch.layers.variables import STATE
 from bnresearch.models import build_model
 from tests.layers.normtest_utils import DENSE_SHAPE, init_with_random_affine, moments, random_input
 
@@ -89,8 +90,8 @@ def test_two_layer_model_fuses_the_second_layers_statistics():
         width = params[norm]['scale'].shape[0]
         params[norm] = {'scale': rng.uniform(0.5, 2, width).astype(np.float32),
                         'bias': rng.normal(size=width).astype(np.float32)}
-    variables = {'params': params, 'batch_stats': variables['batch_stats']}
-    logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+    variables = {'params': params, STATE: variables[STATE]}
+    logits, updates = model.apply(variables, x, train=True, mutable=[STATE])
 
     h1 = x.reshape(16, -1).astype(np.float64) @ params['dense1']['kernel']
     mean1, var1 = moments(h1, (0,))
@@ -113,7 +114,7 @@ def test_two_layer_model_fuses_the_second_layers_statistics():
     expected_logits = a2 @ params['head']['kernel'] + params['head']['bias']
     np.testing.assert_allclose(logits, expected_logits, rtol=2e-2, atol=2e-2)
 
-    stats = updates['batch_stats']
+    stats = updates[STATE]
     # EMAs from (0, 1) with momentum 0.9 on the old value: layer 1 of its observed moments,
     # layer 2 of its fused ones
     np.testing.assert_allclose(stats['norm1']['mean'], 0.1 * mean1.ravel(), rtol=1e-4)
@@ -123,7 +124,7 @@ def test_two_layer_model_fuses_the_second_layers_statistics():
     assert not np.allclose(stats['norm2']['mean'], 0.1 * obs_mean.ravel(), rtol=1e-3)
 
     # evaluation normalizes with the EMAs
-    state = {'params': params, 'batch_stats': stats}
+    state = {'params': params, STATE: stats}
     eval_logits = model.apply(state, x, train=False)
     s = jax.tree.map(lambda v: np.asarray(v, np.float64), stats)
     a1 = np.maximum(numpy_bn(h1, s['norm1']['mean'], s['norm1']['var'], params['norm1']['scale'],
@@ -140,10 +141,10 @@ def test_a_layer_without_a_predecessor_is_batch_norm():
     kalman = get_normalization('batch_kalman')()
     batch = get_normalization('batch')()
     variables = init_with_random_affine(kalman, x)
-    y, stats = kalman.apply(variables, x, train=True, mutable=['batch_stats'])
-    y_bn, stats_bn = batch.apply(variables, x, train=True, mutable=['batch_stats'])
+    y, stats = kalman.apply(variables, x, train=True, mutable=[STATE])
+    y_bn, stats_bn = batch.apply(variables, x, train=True, mutable=[STATE])
     np.testing.assert_allclose(y, y_bn, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(stats['batch_stats']['var'], stats_bn['batch_stats']['var'],
+    np.testing.assert_allclose(stats[STATE]['var'], stats_bn[STATE]['var'],
                                rtol=1e-6)
 
 
@@ -153,9 +154,9 @@ def test_calls_do_not_share_their_record():
     model = build_model('mlp', num_classes=3, hidden_sizes=(6, 5), norm='batch_kalman')
     x = random_input((8, 2, 2, 1))
     variables = model.init(jax.random.key(0), x, train=True)
-    first, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
+    first, _ = model.apply(variables, x, train=True, mutable=[STATE])
     model.apply(variables, x[:3] * 5, train=False)
-    second, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
+    second, _ = model.apply(variables, x, train=True, mutable=[STATE])
     np.testing.assert_array_equal(first, second)
 
 

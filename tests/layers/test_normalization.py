@@ -11,6 +11,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bnresearch.layers import NORMALIZATIONS, check_normalization_features, get_normalization
 from bnresearch.layers.registry import has_field
+from bnresearch.layers.variables import STATE
 
 from tests.layers.normtest_utils import (CONV_SHAPE, DENSE_SHAPE, SMALL_OPTIONS,
                                         init_with_random_affine, random_input)
@@ -44,18 +45,18 @@ def test_batch_norm_train_eval_and_running_statistics(shape):
     scale, bias = variables['params']['scale'], variables['params']['bias']
     axes = tuple(range(len(shape) - 1))
     # init creates the running statistics (0, 1) without counting its forward pass as a step
-    np.testing.assert_array_equal(variables['batch_stats']['mean'], np.zeros(shape[-1]))
-    np.testing.assert_array_equal(variables['batch_stats']['var'], np.ones(shape[-1]))
+    np.testing.assert_array_equal(variables[STATE]['mean'], np.zeros(shape[-1]))
+    np.testing.assert_array_equal(variables[STATE]['var'], np.ones(shape[-1]))
 
     running_mean, running_var = np.zeros(shape[-1]), np.ones(shape[-1])
     for x in (first, second):
-        y, updates = bn.apply(variables, x, train=True, mutable=['batch_stats'])
+        y, updates = bn.apply(variables, x, train=True, mutable=[STATE])
         np.testing.assert_allclose(y, numpy_normalize(x, axes, scale, bias), rtol=1e-5, atol=1e-5)
         x64 = x.astype(np.float64)
         running_mean = momentum * running_mean + (1 - momentum) * x64.mean(axes)
         running_var = momentum * running_var + (1 - momentum) * x64.var(axes)  # biased
-        np.testing.assert_allclose(updates['batch_stats']['mean'], running_mean, rtol=1e-6)
-        np.testing.assert_allclose(updates['batch_stats']['var'], running_var, rtol=1e-6)
+        np.testing.assert_allclose(updates[STATE]['mean'], running_mean, rtol=1e-6)
+        np.testing.assert_allclose(updates[STATE]['var'], running_var, rtol=1e-6)
         variables = {**variables, **updates}
 
     x = random_input(shape, seed=2)
@@ -68,9 +69,9 @@ def test_batch_norm_default_momentum_is_flax_convention():
     bn = get_normalization('batch')()
     x = random_input(DENSE_SHAPE)
     variables = bn.init(jax.random.key(0), x, train=True)
-    _, updates = bn.apply(variables, x, train=True, mutable=['batch_stats'])
+    _, updates = bn.apply(variables, x, train=True, mutable=[STATE])
     # 0.9 weighs the old value: PyTorch's momentum=0.1
-    np.testing.assert_allclose(updates['batch_stats']['mean'], 0.1 * x.astype(np.float64).mean(0),
+    np.testing.assert_allclose(updates[STATE]['mean'], 0.1 * x.astype(np.float64).mean(0),
                                rtol=1e-6)
 
 
@@ -81,8 +82,8 @@ def test_batch_norm_train_output_is_invariant_to_per_channel_affine_input():
     gain = rng.uniform(0.5, 3.0, CONV_SHAPE[-1]).astype(np.float32)
     shift = rng.normal(size=CONV_SHAPE[-1]).astype(np.float32) * 5
     variables = init_with_random_affine(bn, x)
-    y, _ = bn.apply(variables, x, train=True, mutable=['batch_stats'])
-    y_affine, _ = bn.apply(variables, x * gain + shift, train=True, mutable=['batch_stats'])
+    y, _ = bn.apply(variables, x, train=True, mutable=[STATE])
+    y_affine, _ = bn.apply(variables, x * gain + shift, train=True, mutable=[STATE])
     np.testing.assert_allclose(y_affine, y, rtol=1e-4, atol=1e-4)
 
 
@@ -96,7 +97,7 @@ def test_batch_norm_sharded_batch_uses_global_statistics():
     # from global ones by a lot.
     x = x + np.repeat(np.arange(8, dtype=np.float32) * 10, 2)[:, None, None, None]
     variables = init_with_random_affine(bn, x)
-    step = jax.jit(lambda v, x: bn.apply(v, x, train=True, mutable=['batch_stats']))
+    step = jax.jit(lambda v, x: bn.apply(v, x, train=True, mutable=[STATE]))
 
     x_sharded = jax.device_put(x, NamedSharding(mesh, P('data')))
     assert len(x_sharded.sharding.device_set) == 8
@@ -107,16 +108,16 @@ def test_batch_norm_sharded_batch_uses_global_statistics():
 
     np.testing.assert_allclose(y_sharded, y_single, rtol=1e-5, atol=1e-5)
     for key in ('mean', 'var'):
-        np.testing.assert_allclose(stats_sharded['batch_stats'][key],
-                                   stats_single['batch_stats'][key], rtol=1e-5)
+        np.testing.assert_allclose(stats_sharded[STATE][key],
+                                   stats_single[STATE][key], rtol=1e-5)
     axes = (0, 1, 2)
     params = variables['params']
     np.testing.assert_allclose(y_sharded, numpy_normalize(x, axes, params['scale'], params['bias']),
                                rtol=1e-4, atol=1e-4)
     x64 = x.astype(np.float64)
-    np.testing.assert_allclose(stats_sharded['batch_stats']['mean'], 0.1 * x64.mean(axes),
+    np.testing.assert_allclose(stats_sharded[STATE]['mean'], 0.1 * x64.mean(axes),
                                rtol=1e-5)
-    np.testing.assert_allclose(stats_sharded['batch_stats']['var'], 0.9 + 0.1 * x64.var(axes),
+    np.testing.assert_allclose(stats_sharded[STATE]['var'], 0.9 + 0.1 * x64.var(axes),
                                rtol=1e-5)
 
 
@@ -128,7 +129,7 @@ def test_layer_norm_matches_numpy(shape, train):
     ln = get_normalization('layer')()
     x = random_input(shape)
     variables = init_with_random_affine(ln, x)
-    assert 'batch_stats' not in variables
+    assert STATE not in variables
     y = ln.apply(variables, x, train=train)
     expected = numpy_normalize(x, tuple(range(1, len(shape))), variables['params']['scale'],
                                variables['params']['bias'])
@@ -154,7 +155,7 @@ def test_group_norm_matches_numpy(options, num_groups, spatial):
     gn = get_normalization('group', **options)()
     x = random_input((4, *spatial, 64))
     variables = init_with_random_affine(gn, x)
-    assert 'batch_stats' not in variables
+    assert STATE not in variables
     for train in (True, False):
         expected = numpy_group_norm(x, num_groups, variables['params']['scale'],
                                     variables['params']['bias'])
@@ -211,10 +212,10 @@ def test_bfloat16_compute_keeps_float32_variables(name):
     assert all_float32(variables)
     for train in (True, False):
         y16, updates = norm16.apply(variables, x.astype(jnp.bfloat16), train=train,
-                                    mutable=['batch_stats'])
+                                    mutable=[STATE])
         assert y16.dtype == jnp.bfloat16
         assert all_float32(updates)
-        y32, _ = norm32.apply(variables, x, train=train, mutable=['batch_stats'])
+        y32, _ = norm32.apply(variables, x, train=train, mutable=[STATE])
         # bfloat16 rounding of the input (offset 3) and of the output: ~3 significant digits
         np.testing.assert_allclose(np.asarray(y16, np.float32), y32, rtol=0.05, atol=0.1)
 

@@ -18,6 +18,7 @@ from bnresearch.data.dataset import load_dataset
 from bnresearch.data.pipeline import make_train_iterator
 from bnresearch.errors import UsageError
 from bnresearch.layers import NORMALIZATIONS
+from bnresearch.layers.variables import STATE
 from bnresearch.models import build_model, model_from_config
 from bnresearch.optim.optimizers import make_optimizer
 from bnresearch.train.state import create_train_state
@@ -57,11 +58,11 @@ def test_eight_devices_give_what_one_device_gives(name, options):
     @jax.jit
     def run(x):
         variables = model.init(jax.random.key(0), x, train=True)
-        state = {key: variables[key] for key in ('params', 'batch_stats') if key in variables}
+        state = {key: variables[key] for key in ('params', STATE) if key in variables}
         y, updates = model.apply(state, x, train=True,
-                                 mutable=['batch_stats', 'aux_loss', 'analysis'])
+                                 mutable=[STATE, 'aux_loss', 'analysis'])
         evaluated = model.apply({**state, **{k: v for k, v in updates.items()
-                                             if k == 'batch_stats'}}, x, train=False)
+                                             if k == STATE}}, x, train=False)
         return state, y, updates, evaluated
 
     mesh = Mesh(np.array(devices), ('data',))
@@ -180,8 +181,8 @@ def test_small_initial_gain_recipe_from_the_config_alone():
     assert len(gammas) == 2 and all(np.all(leaf == np.float32(0.1)) for leaf in gammas.values())
 
     def loss(params):
-        logits, _ = model.apply({'params': params, 'batch_stats': state.batch_stats}, x,
-                                train=True, mutable=['batch_stats'])
+        logits, _ = model.apply({'params': params, STATE: state.batch_stats}, x,
+                                train=True, mutable=[STATE])
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
 
     grads = jax.jit(jax.grad(loss))(state.params)

@@ -14,6 +14,7 @@ from bnresearch.layers import get_activation, get_normalization
 from bnresearch.layers.kit import LayerKit
 from bnresearch.layers.normalization.weight import (WeightNormConv, WeightNormDense,
                                                     weight_norm_conv, weight_norm_dense)
+from bnresearch.layers.variables import STATE
 from bnresearch.models import build_model
 from tests.layers.normtest_utils import CONV_SHAPE, DENSE_SHAPE, moments, random_input
 
@@ -97,12 +98,12 @@ def test_mean_only_batch_norm_matches_numpy_in_train_and_eval(shape):
     axes = tuple(range(len(shape) - 1))
     running = np.zeros(shape[-1])
     for x in inputs:
-        y, updates = norm.apply(variables, x, train=True, mutable=['batch_stats'])
+        y, updates = norm.apply(variables, x, train=True, mutable=[STATE])
         variables = {**variables, **updates}
         mean = x.astype(np.float64).mean(axes)
         np.testing.assert_allclose(y, x - mean + bias, rtol=1e-5, atol=1e-5)
         running = momentum * running + (1 - momentum) * mean
-    np.testing.assert_allclose(variables['batch_stats']['mean'], running, rtol=1e-6)
+    np.testing.assert_allclose(variables[STATE]['mean'], running, rtol=1e-6)
     x = random_input(shape, seed=2)
     np.testing.assert_allclose(norm.apply(variables, x, train=False), x - running + bias,
                                rtol=1e-5, atol=1e-5)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bnresearch.layers import get_normalization
+from bnresearch.layers.variables import STATE
 from bnresearch.measure.heterogeneity import heterogeneity_score
 
 
@@ -52,16 +53,16 @@ def test_a_normalization_logs_its_inputs_score_and_the_threshold_decision(name):
     norm = get_normalization(name, heterogeneity_threshold=0.5)()
     variables = norm.init(jax.random.key(0), x, train=True)
     assert 'analysis' not in variables  # init is not a training step
-    _, sown = norm.apply(variables, x, train=True, mutable=['analysis', 'batch_stats'])
+    _, sown = norm.apply(variables, x, train=True, mutable=['analysis', STATE])
     (score,), (feasible,) = sown['analysis']['heterogeneity'], sown['analysis']['bn_feasible']
     np.testing.assert_allclose(score, numpy_score(x), rtol=1e-5)
     assert float(feasible) == float(numpy_score(x) >= 0.5)
     strict = get_normalization(name, heterogeneity_threshold=1e3)()
-    _, sown = strict.apply(variables, x, train=True, mutable=['analysis', 'batch_stats'])
+    _, sown = strict.apply(variables, x, train=True, mutable=['analysis', STATE])
     assert float(sown['analysis']['bn_feasible'][0]) == 0.0
     # off by default, and never in evaluation
     _, sown = get_normalization(name)().apply(variables, x, train=True,
-                                              mutable=['analysis', 'batch_stats'])
+                                              mutable=['analysis', STATE])
     assert 'analysis' not in sown
     _, sown = norm.apply(variables, x, train=False, mutable=['analysis'])
     assert 'analysis' not in sown

@@ -14,6 +14,7 @@ import pytest
 from bnresearch.layers import ACTIVATIONS, NORMALIZATIONS, get_activation, get_normalization
 from bnresearch.layers.kit import LayerKit
 from bnresearch.layers.normalization.kalman import BatchKalmanNorm, KalmanConv, KalmanDense
+from bnresearch.layers.variables import STATE
 from bnresearch.models import MODEL_NAMES, MODELS, build_model
 from bnresearch.models.cifar_resnet import BasicBlock
 from bnresearch.errors import UsageError
@@ -105,17 +106,17 @@ def check_init_and_train_forward(model, norm, compute):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 1)), jnp.float32)
     if compute:
         variables = model.init(jax.random.key(0), x, train=True)
-        logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+        logits, updates = model.apply(variables, x, train=True, mutable=[STATE])
         assert np.all(np.isfinite(logits))
         assert jax.tree.structure(updates) == jax.tree.structure(
-            {'batch_stats': variables['batch_stats']} if norm in STATEFUL_NORMS else {})
+            {STATE: variables[STATE]} if norm in STATEFUL_NORMS else {})
         eval_logits = model.apply({**variables, **updates}, x, train=False)
         assert eval_logits.shape == logits.shape and np.all(np.isfinite(eval_logits))
     else:
         logits, variables = jax.eval_shape(
             functools.partial(model.init_with_output, train=True), jax.random.key(0), x)
     assert logits.shape == (2, NUM_CLASSES) and logits.dtype == jnp.float32
-    assert ('batch_stats' in variables) == (norm in STATEFUL_NORMS)
+    assert (STATE in variables) == (norm in STATEFUL_NORMS)
 
 
 # Computed for the small models; deeper instances of the same code are traced only, which runs
@@ -163,7 +164,7 @@ def test_bfloat16_compute_with_float32_params_and_logits(name):
     model = build_model(name, num_classes=NUM_CLASSES, dtype=jnp.bfloat16)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 1)), jnp.float32)
     variables = model.init(jax.random.key(0), x, train=True)
-    logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+    logits, updates = model.apply(variables, x, train=True, mutable=[STATE])
     assert logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves((variables, updates)))
     # the matmuls and convolutions themselves run in bfloat16

@@ -17,6 +17,7 @@ from bnresearch.layers.kit import LayerKit
 from bnresearch.layers.normalization import BatchNorm
 from bnresearch.layers import get_activation, get_normalization
 from bnresearch.layers.regularization import AlphaDropout, Dropout, StochasticDepth
+from bnresearch.layers.variables import STATE
 from bnresearch.config.defaults import base_config
 from bnresearch.models import build_model
 from bnresearch.models.preact_resnet import PreActBlock
@@ -229,7 +230,7 @@ def test_stochastic_depth_in_a_model_is_random_at_train_and_fixed_at_eval():
     x = jnp.asarray(np.random.default_rng(0).normal(size=DIGITS), jnp.float32)
     variables = model.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x,
                            train=True)
-    train = lambda key: model.apply(variables, x, train=True, mutable=['batch_stats'],
+    train = lambda key: model.apply(variables, x, train=True, mutable=[STATE],
                                     rngs={'dropout': key})[0]
     np.testing.assert_array_equal(train(jax.random.key(1)), train(jax.random.key(1)))
     outputs = [train(jax.random.key(seed)) for seed in range(2, 5)]

@@ -11,6 +11,7 @@ import pytest
 
 from bnresearch import data
 from bnresearch.layers import ACTIVATIONS
+from bnresearch.layers.variables import STATE
 from bnresearch.models import build_model, model_from_config
 from bnresearch.optim.optimizers import make_optimizer
 from bnresearch.train.loop import train_and_evaluate
@@ -199,8 +200,8 @@ def test_dorefa_config_runs_in_the_loop_with_label_smoothing_end_to_end(tmp_path
     model = model_from_config(config.model, num_classes=10)
     optimizer = make_optimizer(config.optimizer, lambda step: 0.0)
     state = create_train_state(model, optimizer, jax.random.PRNGKey(config.seed), first['image'])
-    logits, _ = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                            first['image'], train=True, mutable=['batch_stats'])
+    logits, _ = model.apply({'params': state.params, STATE: state.batch_stats},
+                            first['image'], train=True, mutable=[STATE])
     logits = np.asarray(logits, np.float64)
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     targets = (1 - smoothing) * np.eye(10)[first['label']] + smoothing / 10

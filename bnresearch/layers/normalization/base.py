@@ -6,7 +6,7 @@ are channels-last: (N, H, W, C) after a conv, (N, C) after a dense layer. Statis
 normalization itself are computed in float32 whatever ``dtype`` is, and only the output is cast to
 ``dtype``: reductions in bfloat16 lose too much precision, and the element-wise float32 work is
 cheap next to the convs around it. Parameters are float32; persistent state lives in the
-``batch_stats`` collection.
+``STATE`` collection (``batch_stats``, ``bnresearch/layers/variables.py``).
 
 Variances are biased (divide by the number of reduced elements) unless a paper says otherwise,
 and computed in two passes, E[(x - E[x])^2], which unlike E[x^2] - E[x]^2 cannot cancel

@@ -21,6 +21,7 @@ from bnresearch.layers.normalization.base import (Normalization, check_choice, c
                                                   check_positive_int, elements_per_channel,
                                                   mean_and_variance, running_average,
                                                   scale_and_bias)
+from bnresearch.layers.variables import STATE
 
 MOMENTUM_CONVENTIONS = ('flax', 'pytorch')
 # The same EMA in both conventions: 0.9 on the old value is PyTorch's 0.1 on the new one.
@@ -92,8 +93,8 @@ class BatchNorm(Normalization):
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
         num_features = x.shape[-1]
         scale, bias = scale_and_bias(self, num_features)
-        running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (num_features,), jnp.float32)
-        running_var = self.variable('batch_stats', 'var', jnp.ones, (num_features,), jnp.float32)
+        running_mean = self.variable(STATE, 'mean', jnp.zeros, (num_features,), jnp.float32)
+        running_var = self.variable(STATE, 'var', jnp.ones, (num_features,), jnp.float32)
         x = x.astype(jnp.float32)
         if not train and self.eval_statistics == 'running':
             y = (x - running_mean.value) * (jax.lax.rsqrt(running_var.value + self.epsilon) * scale)

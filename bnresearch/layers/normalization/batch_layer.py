@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from bnresearch.errors import UsageError
 from bnresearch.layers.normalization.base import (Normalization, check_epsilon, mean_and_variance,
                                                   scale_and_bias)
+from bnresearch.layers.variables import STATE
 
 KIND = 'batch_layer norm'
 # The paper's fixed offsets of the two weights: (1/B - 1e-4) and (1 - 1/B - 1e-4).
@@ -88,16 +89,16 @@ class BatchLayerNorm(Normalization):
         batch_shape = x.shape[1:]                 # (H, W, C): one per position and channel
         feature_shape = (*x.shape[1:-1], 1)      # (H, W, 1): one per position
         state = {
-            'batch_size': self.variable('batch_stats', 'batch_size',
+            'batch_size': self.variable(STATE, 'batch_size',
                                         lambda: jnp.asarray(x.shape[0], jnp.float32)),
-            'steps': self.variable('batch_stats', 'epoch_steps', jnp.zeros, (), jnp.int32),
-            'batch_mean': self.variable('batch_stats', 'batch_mean_sum', jnp.zeros, batch_shape,
+            'steps': self.variable(STATE, 'epoch_steps', jnp.zeros, (), jnp.int32),
+            'batch_mean': self.variable(STATE, 'batch_mean_sum', jnp.zeros, batch_shape,
                                         jnp.float32),
-            'batch_var': self.variable('batch_stats', 'batch_var_sum', jnp.zeros, batch_shape,
+            'batch_var': self.variable(STATE, 'batch_var_sum', jnp.zeros, batch_shape,
                                        jnp.float32),
-            'feature_mean': self.variable('batch_stats', 'feature_mean_sum', jnp.zeros,
+            'feature_mean': self.variable(STATE, 'feature_mean_sum', jnp.zeros,
                                           feature_shape, jnp.float32),
-            'feature_var': self.variable('batch_stats', 'feature_var_sum', jnp.zeros,
+            'feature_var': self.variable(STATE, 'feature_var_sum', jnp.zeros,
                                          feature_shape, jnp.float32),
         }
         x = x.astype(jnp.float32)

@@ -60,6 +60,7 @@ from bnresearch.layers.normalization.base import (Normalization, check_enough_va
                                                   running_average, scale_and_bias)
 from bnresearch.layers.normalization.weight import require_plain_weight_layers
 from bnresearch.layers.registry import ModuleFactory
+from bnresearch.layers.variables import STATE
 
 KIND = 'batch_kalman norm'
 # Gauss-Hermite nodes and weights for E[f(z)], z ~ N(m, s^2):
@@ -189,8 +190,8 @@ class BatchKalmanNorm(Normalization):
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
         num_features = x.shape[-1]
         scale, bias = scale_and_bias(self, num_features)
-        running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (num_features,), jnp.float32)
-        running_var = self.variable('batch_stats', 'var', jnp.ones, (num_features,), jnp.float32)
+        running_mean = self.variable(STATE, 'mean', jnp.zeros, (num_features,), jnp.float32)
+        running_var = self.variable(STATE, 'var', jnp.ones, (num_features,), jnp.float32)
         x = x.astype(jnp.float32)
         if not train:
             mean, var = running_mean.value, running_var.value

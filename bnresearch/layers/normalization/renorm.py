@@ -12,6 +12,7 @@ from bnresearch.layers.normalization.base import (Normalization, check_enough_va
                                                   check_epsilon, check_fraction,
                                                   elements_per_channel, mean_and_variance,
                                                   scale_and_bias)
+from bnresearch.layers.variables import STATE
 
 KIND = 'batch renorm'
 
@@ -81,9 +82,9 @@ class BatchRenorm(Normalization):
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
         num_features = x.shape[-1]
         scale, bias = scale_and_bias(self, num_features)
-        moving_mean = self.variable('batch_stats', 'mean', jnp.zeros, (num_features,), jnp.float32)
-        moving_std = self.variable('batch_stats', 'std', jnp.ones, (num_features,), jnp.float32)
-        steps = self.variable('batch_stats', 'steps', jnp.zeros, (), jnp.int32)
+        moving_mean = self.variable(STATE, 'mean', jnp.zeros, (num_features,), jnp.float32)
+        moving_std = self.variable(STATE, 'std', jnp.ones, (num_features,), jnp.float32)
+        steps = self.variable(STATE, 'steps', jnp.zeros, (), jnp.int32)
         x = x.astype(jnp.float32)
         if not train:
             y = (x - moving_mean.value) / moving_std.value

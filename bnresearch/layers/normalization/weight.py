@@ -24,6 +24,7 @@ from bnresearch.errors import UsageError
 from bnresearch.layers.normalization.base import (Normalization, check_enough_values,
                                                   check_fraction, elements_per_channel,
                                                   running_average)
+from bnresearch.layers.variables import STATE
 
 KIND = 'weight norm'
 # v ~ N(0, 0.05^2), the paper's initialization of the directions.
@@ -191,7 +192,7 @@ class WeightNorm(Normalization):
             return x.astype(self.dtype)
         num_features = x.shape[-1]
         bias = self.param('bias', nn.initializers.zeros, (num_features,), jnp.float32)
-        running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (num_features,),
+        running_mean = self.variable(STATE, 'mean', jnp.zeros, (num_features,),
                                      jnp.float32)
         x = x.astype(jnp.float32)
         if train:
