@@ -12,9 +12,17 @@ Running the same command on the same workdir resumes from the latest checkpoint.
 
 `python launch.py` in the repository and `python -m bnresearch.launch` wherever the package is
 installed run the same code; the sweep starts its points with the latter.
+
+What the user can fix ends in one line `error: ...`: bad input (exit 2) and the environment's
+failures (exit 1): a full disk, a path that cannot be written or is not a directory. --verbose
+adds the traceback; anything else is a bug and keeps its traceback.
 """
+
+import errno
 import logging as std_logging
+import pathlib
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -22,41 +30,57 @@ from ml_collections import config_flags
 from bnresearch.errors import UsageError
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, with an optional :ARG (see the file's docstring).",
-    lock_config=True)
+    "config",
+    None,
+    "Config file, with an optional :ARG (see the file's docstring).",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of this run's (or sweep's) files.")
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0, for a multi-process run.")
+    "coordinator_address", None, "host:port of process 0, for a multi-process run."
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in that run.")
 
 _SWEEP = flags.DEFINE_bool("sweep", False, "Run the config's get_sweep(arg): one run per point.")
 _PARALLEL = flags.DEFINE_integer(
-    "parallel", 1, "Sweep points run at once; local: the GPUs or CPU cores are split among them.")
+    "parallel", 1, "Sweep points run at once; local: the GPUs or CPU cores are split among them."
+)
 _RETRY_FAILED = flags.DEFINE_bool("retry_failed", False, "Launch failed sweep points again.")
 _STATUS = flags.DEFINE_bool("status", False, "Print the status of the sweep (or run) in --workdir.")
-_TARGET = flags.DEFINE_float("target_accuracy", None,
-                             "Eval accuracy of the report's 'steps to' column (default 0.9).")
-_EXECUTOR = flags.DEFINE_enum("executor", "local", ["local", "slurm", "submitit_local"],
-                              "Where sweep points run; submitit_local tests the SLURM path.")
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Print the traceback behind a one-line error (a full disk, a bad path...)."
+)
+_TARGET = flags.DEFINE_float(
+    "target_accuracy", None, "Eval accuracy of the report's 'steps to' column (default 0.9)."
+)
+_EXECUTOR = flags.DEFINE_enum(
+    "executor",
+    "local",
+    ["local", "slurm", "submitit_local"],
+    "Where sweep points run; submitit_local tests the SLURM path.",
+)
 _SLURM = {
     "partition": flags.DEFINE_string("slurm_partition", None, "SLURM partition."),
     "time": flags.DEFINE_integer("slurm_time", None, "Time limit of one point's job, minutes."),
     "gpus_per_point": flags.DEFINE_integer("gpus_per_point", None, "GPUs of one point's job."),
     "cpus_per_point": flags.DEFINE_integer("cpus_per_point", None, "CPUs of one point's job."),
     "mem_gb": flags.DEFINE_float("mem_gb", None, "Memory of one point's job, GB."),
-    "options": flags.DEFINE_string("slurm_options", None,
-                                   "More sbatch options, e.g. account=abc,qos=high."),
+    "options": flags.DEFINE_string(
+        "slurm_options", None, "More sbatch options, e.g. account=abc,qos=high."
+    ),
 }
 
 
 def _start_distributed() -> None:
     import jax
+
     # CPU devices of different processes talk through gloo (by default they cannot talk at
     # all); the setting only concerns CPU devices, so it is harmless on GPU and TPU hosts.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+    jax.distributed.initialize(
+        _COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value
+    )
 
 
 def _show_progress_only() -> None:
@@ -73,16 +97,24 @@ def _show_progress_only() -> None:
 def _run_sweep() -> int:
     """Expands and runs the sweep; imports no JAX (the points are separate processes)."""
     from bnresearch.sweep import runner, spec
+
     config_flag = flags.FLAGS["config"]
     config_file, _, arg = config_flag.config_filename.partition(":")
     arg = arg if ":" in config_flag.config_filename else None
-    sweep = spec.expand(config_file, arg, _CONFIG.value,
-                        dict(config_flags.get_override_values(config_flag)))
+    sweep = spec.expand(
+        config_file, arg, _CONFIG.value, dict(config_flags.get_override_values(config_flag))
+    )
     slurm = spec.module_settings(config_file, arg, "get_slurm")
     slurm.update({key: flag.value for key, flag in _SLURM.items() if flag.present})
-    return runner.launch_sweep(sweep, _WORKDIR.value, parallel=_PARALLEL.value,
-                               retry_failed=_RETRY_FAILED.value, executor=_EXECUTOR.value,
-                               slurm=slurm, target_accuracy=_TARGET.value)
+    return runner.launch_sweep(
+        sweep,
+        _WORKDIR.value,
+        parallel=_PARALLEL.value,
+        retry_failed=_RETRY_FAILED.value,
+        executor=_EXECUTOR.value,
+        slurm=slurm,
+        target_accuracy=_TARGET.value,
+    )
 
 
 def _check_flags() -> None:
@@ -92,16 +124,28 @@ def _check_flags() -> None:
         return
     if _CONFIG.value is None:
         raise UsageError("--config is required (except with --status)")
-    sweep_only = {"parallel": _PARALLEL, "retry_failed": _RETRY_FAILED, "executor": _EXECUTOR,
-                  "target_accuracy": _TARGET,
-                  **{flag.name: flag for flag in _SLURM.values()}}
+    # absl only says that the config is "not available" when it is first read, in a traceback.
+    config_file = flags.FLAGS["config"].config_filename.partition(":")[0]
+    if not pathlib.Path(config_file).is_file():
+        raise UsageError(
+            f"config file {config_file} not found; give the path of a config file, "
+            "e.g. --config=configs/quickstart.py"
+        )
+    sweep_only = {
+        "parallel": _PARALLEL,
+        "retry_failed": _RETRY_FAILED,
+        "executor": _EXECUTOR,
+        "target_accuracy": _TARGET,
+        **{flag.name: flag for flag in _SLURM.values()},
+    }
     if not _SWEEP.value:
         given = [f"--{name}" for name, flag in sweep_only.items() if flag.present]
         if given:
             raise UsageError(f"{', '.join(given)}: for sweeps only; add --sweep")
     elif _COORDINATOR.value:
-        raise UsageError("--coordinator_address is for one run over several processes, "
-                         "not for --sweep")
+        raise UsageError(
+            "--coordinator_address is for one run over several processes, not for --sweep"
+        )
 
 
 def main(argv):
@@ -112,6 +156,7 @@ def main(argv):
         _check_flags()
         if _STATUS.value:
             from bnresearch.sweep.status import status_text
+
             print(status_text(_WORKDIR.value))
             return
         if _SWEEP.value:
@@ -119,12 +164,63 @@ def main(argv):
         if _COORDINATOR.value:
             _start_distributed()
         from bnresearch.train.loop import train_and_evaluate  # after jax.distributed, as it asks
+
         status = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    std_logging.getLogger("bnresearch").info("finished with status %s; files in %s", status,
-                                             _WORKDIR.value)
+        _fail(error, str(error), exit_code=2)
+    except Exception as error:
+        problem = _environment_problem(error)
+        if problem is None:
+            raise  # a bug: its traceback says where
+        _fail(error, problem, exit_code=1)
+    std_logging.getLogger("bnresearch").info(
+        "finished with status %s; files in %s", status, _WORKDIR.value
+    )
+
+
+def _fail(error: BaseException, message: str, *, exit_code: int) -> None:
+    if _VERBOSE.value:
+        traceback.print_exception(error)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(exit_code)
+
+
+def _causes(error: BaseException):
+    """`error` and the errors behind it: orbax and JAX wrap the OSError that says what happened."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+# What a full disk says where the OSError itself is not at hand: tensorstore (orbax's array
+# writes) reports it as RESOURCE_EXHAUSTED with the system's message in the text.
+_FULL_DISK_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+def _environment_problem(error: BaseException) -> str | None:
+    """One line saying what in the environment failed and what to do, or None if not that."""
+    for cause in _causes(error):
+        code = cause.errno if isinstance(cause, OSError) else None
+        path = getattr(cause, "filename", None)
+        at = f" ({path})" if path else ""
+        if code in (errno.ENOSPC, errno.EDQUOT) or any(
+            text in str(cause) for text in _FULL_DISK_TEXTS
+        ):
+            return (
+                f"no space left on the device{at}: free some space (or use a --workdir on "
+                "another disk), then launch the same command again; the run resumes from its "
+                "last checkpoint"
+            )
+        if isinstance(cause, PermissionError) or code == errno.EROFS:
+            return (
+                f"permission denied{at}: give this user access to it, or use another "
+                "--workdir (or dataset.data_dir)"
+            )
+        if isinstance(cause, NotADirectoryError):
+            return f"not a directory{at}: a file stands where a directory is needed"
+    return None
 
 
 def _flag_text(argv, name: str) -> str | None:
@@ -141,6 +237,7 @@ def _unknown_override(argv) -> str | None:
     """Names the misspelt part of a --config.FIELD override and the valid fields there."""
     from bnresearch.config.fields import field_type
     from bnresearch.sweep.spec import load_config_module
+
     config_text = _flag_text(argv, "config")
     if config_text is None:
         return None
@@ -153,7 +250,7 @@ def _unknown_override(argv) -> str | None:
     for item in argv:
         if item.startswith("--config."):
             try:
-                field_type(config, item[len("--config."):].split("=", 1)[0])
+                field_type(config, item[len("--config.") :].split("=", 1)[0])
             except UsageError as error:
                 return str(error)
     return None

@@ -3,6 +3,7 @@
 Reads the files a run leaves (see bnresearch/train/rundir.py) and imports no training code, so
 status views and reports work anywhere the files are, during or after training.
 """
+
 import dataclasses
 import json
 import math
@@ -10,7 +11,7 @@ import pathlib
 
 import numpy as np
 
-from bnresearch.run_status import DONE, FINISHED, PENDING
+from bnresearch.run_status import DONE, FINISHED, INTERRUPTED, PENDING, RUNNING, process_gone
 
 
 def read_json(path: pathlib.Path) -> dict:
@@ -52,13 +53,15 @@ def epochs_at(metrics: list[dict], steps: list[int]) -> list[float] | None:
 
 @dataclasses.dataclass(frozen=True)
 class RunSummary:
-    status: str                 # a word of bnresearch.run_status (PENDING: no status.json)
-    step: int                   # last step with metrics (or the status's step)
+    # A word of bnresearch.run_status (PENDING: no status.json; INTERRUPTED: it says RUNNING
+    # but its process is gone).
+    status: str
+    step: int  # last step with metrics (or the status's step)
     total_steps: int | None
     final_accuracy: float | None  # eval accuracy at the end of a finished run
-    best_accuracy: float | None   # best eval accuracy seen so far
-    wall_time_s: float | None     # training time of the run, summed over launches
-    steps_to_target: int | None   # first evaluated step with eval accuracy >= the target
+    best_accuracy: float | None  # best eval accuracy seen so far
+    wall_time_s: float | None  # training time of the run, summed over launches
+    steps_to_target: int | None  # first evaluated step with eval accuracy >= the target
     epochs_to_target: float | None  # the epochs trained at that step (see epochs_at)
 
 
@@ -66,18 +69,26 @@ def summarize_run(run_dir, target_accuracy: float | None = None) -> RunSummary:
     run_dir = pathlib.Path(run_dir)
     status = read_json(run_dir / "status.json")
     metrics = read_metrics(run_dir)
-    evals = [(step, value) for step, value in series(metrics, "eval/accuracy")
-             if math.isfinite(value)]
+    evals = [
+        (step, value) for step, value in series(metrics, "eval/accuracy") if math.isfinite(value)
+    ]
     final = None
     if status.get("status") == DONE and evals and evals[-1][0] == status.get("step"):
         final = evals[-1][1]
-    reached = [step for step, value in evals
-               if target_accuracy is not None and value >= target_accuracy]
+    reached = [
+        step for step, value in evals if target_accuracy is not None and value >= target_accuracy
+    ]
     epochs_to_target = epochs_at(metrics, reached[:1]) if reached else None  # [epoch] or None
+    state = status.get("status", PENDING)
+    if state == RUNNING and process_gone(status):
+        state = INTERRUPTED  # killed (SIGKILL, out of memory, a crash) before it could say so
     return RunSummary(
-        status=status.get("status", PENDING),
-        step=(status["step"] if status.get("status") in FINISHED
-              else max([record["step"] for record in metrics] + [status.get("step", 0)])),
+        status=state,
+        step=(
+            status["step"]
+            if status.get("status") in FINISHED
+            else max([record["step"] for record in metrics] + [status.get("step", 0)])
+        ),
         total_steps=status.get("total_steps"),
         final_accuracy=final,
         best_accuracy=max((value for _, value in evals), default=None),

@@ -7,17 +7,29 @@ launch) and DIR/logs/<name>.exit.json (how its last launch ended). A point is
     done, diverged  finished: never launched again
     failed          its last launch exited with an error: launched again only on --retry_failed
     preempted       stopped by a signal after saving: the next launch resumes
-    interrupted     ended by a signal before it could save: the next launch resumes or restarts
-    running         launched and not ended (or killed with its parent): the next launch resumes
+    interrupted     ended before it could save: by a signal, or its status says running but its
+                    process is gone (killed); the next launch resumes or restarts
+    running         launched and not ended (or running on another host, where this one cannot
+                    look): the next launch resumes
     pending         never launched
 """
-import json
+
 import pathlib
 
 from bnresearch.report.runs import read_json
 from bnresearch.report.sweep_file import Point
-from bnresearch.run_status import (DIVERGED, DONE, FAILED, FINISHED, INTERRUPTED, PENDING,
-                                   PREEMPTED, RUNNING)
+from bnresearch.run_status import (
+    DIVERGED,
+    DONE,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    PENDING,
+    PREEMPTED,
+    RUNNING,
+    process_gone,
+    write_json,
+)
 
 LOGS = "logs"
 STATES = (DONE, DIVERGED, RUNNING, PREEMPTED, INTERRUPTED, FAILED, PENDING)
@@ -51,15 +63,15 @@ def last_error(log: pathlib.Path) -> str:
 
 def record_exit(sweep_dir, point: Point, exit_code: int) -> None:
     """Called when a launch of the point ends; a negative code is the signal that ended it."""
-    path = exit_path(sweep_dir, point)
     record = {"exit_code": exit_code}
     if exit_code > 0:
         record["error"] = last_error(log_path(sweep_dir, point))
-    path.write_text(json.dumps(record) + "\n")
+    write_json(exit_path(sweep_dir, point), record)
 
 
 def state(sweep_dir, point: Point) -> str:
-    status = read_json(run_dir(sweep_dir, point) / "status.json").get("status")
+    record = read_json(run_dir(sweep_dir, point) / "status.json")
+    status = record.get("status")
     if status in FINISHED:
         return status
     exit_code = read_json(exit_path(sweep_dir, point)).get("exit_code")
@@ -67,6 +79,8 @@ def state(sweep_dir, point: Point) -> str:
         return FAILED
     if exit_code is not None and exit_code < 0 and status in (None, RUNNING):
         return INTERRUPTED  # a signal ended it before it could save (e.g. while compiling)
+    if status == RUNNING and process_gone(record):
+        return INTERRUPTED  # killed with its sweep, or launched by hand and killed
     return status or PENDING
 
 

@@ -1,7 +1,8 @@
 """The training loop: from a config and a workdir to a trained, evaluated, checkpointed model.
 
-`train_and_evaluate` reads as its table of contents: `preflight` (every check, the dataset, the
-plan, the model and the optimizer, resolved once; `preflight.py`), claim the workdir,
+`train_and_evaluate` reads as its table of contents: the preemption watch (first, so that a
+notice during the start-up ends it cleanly), `preflight` (every check, the dataset, the plan, the
+model and the optimizer, resolved once; `preflight.py`), lock and claim the workdir,
 `restore_or_init` the train state, `compile_steps` once per batch size, then `run_loop`: one
 update per iteration (k train-step calls when gradients accumulate), the noise-scale measurement
 when due, periodic logging, evaluation and checkpoints. The math lives in `steps.py`.
@@ -224,25 +225,34 @@ class Outcome:
     wall_time_s: float
 
 
-def run_loop(setup: Setup, compiled: CompiledSteps, start: Start, checkpointer: Checkpointer,
-             train_iterator) -> Outcome:
+def run_loop(
+    setup: Setup,
+    compiled: CompiledSteps,
+    start: Start,
+    checkpointer: Checkpointer,
+    train_iterator,
+    preemption: PreemptionWatch,
+) -> Outcome:
     """Trains from `start` to the plan's last step, a preemption or a divergence."""
     config, plan, mesh, rundir = setup.config, setup.plan, setup.mesh, setup.rundir
     state, step = start.state, start.step
     metrics_log = MetricsLog(rundir, resume_step=step)
     progress_log = _Progress(plan.total_steps, step)
-    preemption = PreemptionWatch()
     # A preemption between logging steps saves the open logging window with the checkpoint, so
     # the resumed run logs exactly the records of one that never stopped.
-    window, window_start, measurements = (_pending_from_json(start.pending) if start.pending
-                                          else ([], step + 1, []))
+    window, window_start, measurements = (
+        _pending_from_json(start.pending) if start.pending else ([], step + 1, [])
+    )
     status = RUNNING
     clock_start = time.perf_counter()
 
     def save(at_step, **extra):
-        checkpointer.save(at_step, state, train_iterator,
-                          {"elapsed_s": start.elapsed_s + time.perf_counter() - clock_start,
-                           **extra})
+        checkpointer.save(
+            at_step,
+            state,
+            train_iterator,
+            {"elapsed_s": start.elapsed_s + time.perf_counter() - clock_start, **extra},
+        )
 
     try:
         while step < plan.total_steps:
@@ -262,8 +272,9 @@ def run_loop(setup: Setup, compiled: CompiledSteps, start: Start, checkpointer: 
             must_save = plan.is_due(plan.checkpoint, step)
             preempted = preemption.should_stop(step)
             if plan.is_due(plan.log, step) or must_save:
-                scalars, diverged_at = _summarize_train(window, window_start,
-                                                        plan.accumulation_steps)
+                scalars, diverged_at = _summarize_train(
+                    window, window_start, plan.accumulation_steps
+                )
                 window, window_start = [], step + 1
                 for at_step, values in jax.device_get(measurements):
                     metrics_log.write(at_step, {f"train/{k}": v for k, v in values.items()})
@@ -277,11 +288,16 @@ def run_loop(setup: Setup, compiled: CompiledSteps, start: Start, checkpointer: 
                     break
                 progress_log.report(step, scalars, phase.examples_per_update * plan.multiplicity)
             if plan.is_due(plan.eval, step):
-                eval_scalars = evaluate(compiled.eval, state, setup.dataset,
-                                        config.eval_batch_size, mesh)
+                eval_scalars = evaluate(
+                    compiled.eval, state, setup.dataset, config.eval_batch_size, mesh
+                )
                 metrics_log.write(step, eval_scalars)
-                log.info("step %d | eval loss %.4f | eval accuracy %.4f", step,
-                         eval_scalars["eval/loss"], eval_scalars["eval/accuracy"])
+                log.info(
+                    "step %d | eval loss %.4f | eval accuracy %.4f",
+                    step,
+                    eval_scalars["eval/loss"],
+                    eval_scalars["eval/accuracy"],
+                )
             if must_save:
                 save(step)
             elif preempted:
@@ -297,27 +313,54 @@ def run_loop(setup: Setup, compiled: CompiledSteps, start: Start, checkpointer: 
         raise
     finally:
         metrics_log.close()
-        preemption.close()
     return Outcome(status, step, start.elapsed_s + time.perf_counter() - clock_start)
 
 
 def train_and_evaluate(config, workdir: str) -> str:
     """Trains (or resumes) the experiment of `config` in `workdir`; returns its final status."""
-    setup = preflight(config, RunDirectory(workdir))
-    if setup is None:
-        return DONE
-    setup.rundir.claim(config)  # only now: a config that fails preflight leaves it untouched
+    # First of all: a preemption notice (SIGTERM, Ctrl-C) during the long start-up, the dataset's
+    # preparation or the compilation, must still end the run cleanly, not kill it mid-way with
+    # its status RUNNING for ever.
+    preemption = PreemptionWatch()
+    try:
+        setup = preflight(config, RunDirectory(workdir))
+        if setup is None:
+            return DONE
+        # One launch per workdir, held to the end; taken before anything is written, so a second
+        # launch is refused with the workdir untouched.
+        with setup.rundir.hold(config):
+            setup.rundir.claim(config)  # only now: a config failing preflight leaves it untouched
+            return _train(setup, preemption)
+    finally:
+        preemption.close()
+
+
+def _train(setup: Setup, preemption: PreemptionWatch) -> str:
+    """Restores (or initializes) the state, compiles the steps and runs the loop; the status."""
     layout = state_layout(setup)
     train_iterator = make_train_iterator(setup)
-    checkpointer = Checkpointer(setup.rundir.checkpoints.absolute(), keep=config.checkpoint.keep)
+    checkpointer = Checkpointer(
+        setup.rundir.checkpoints.absolute(), keep=setup.config.checkpoint.keep
+    )
     try:
         start = restore_or_init(setup, layout, checkpointer, train_iterator)
-        setup.rundir.record_environment(start.step)
-        setup.rundir.set_status(RUNNING, start.step, total_steps=setup.plan.total_steps)
-        compiled = compile_steps(setup, layout, start.step)
-        outcome = run_loop(setup, compiled, start, checkpointer, train_iterator)
+        # A notice during the start-up ends the run here, before compiling: the state is the
+        # checkpoint's (or a fresh one), so there is nothing to save. With several processes the
+        # first sync point asked for is the start step, which every process shares.
+        if preemption.should_stop(start.step):
+            log.warning("preempted before training; stopping at step %d", start.step)
+            outcome = Outcome(PREEMPTED, start.step, start.elapsed_s)
+        else:
+            setup.rundir.record_environment(start.step)
+            setup.rundir.set_status(RUNNING, start.step, total_steps=setup.plan.total_steps)
+            compiled = compile_steps(setup, layout, start.step)
+            outcome = run_loop(setup, compiled, start, checkpointer, train_iterator, preemption)
     finally:
         checkpointer.close()  # waits for the last checkpoint: only then is the status final
-    setup.rundir.set_status(outcome.status, outcome.step, total_steps=setup.plan.total_steps,
-                            wall_time_s=outcome.wall_time_s)
+    setup.rundir.set_status(
+        outcome.status,
+        outcome.step,
+        total_steps=setup.plan.total_steps,
+        wall_time_s=outcome.wall_time_s,
+    )
     return outcome.status

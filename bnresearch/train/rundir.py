@@ -4,19 +4,29 @@
     environment.json  one record per launch: packages, devices, code version, start step
     metrics.jsonl     one JSON object per event: {"step": ..., "train/loss": ..., ...}
     events.out.tfevents.*  the same scalars for TensorBoard
-    status.json       {"status": ..., "step": ...}: RUNNING, then DONE, DIVERGED, PREEMPTED or
-                      FAILED (bnresearch/run_status.py)
+    status.json       {"status": ..., "step": ...}: RUNNING (with host and pid), then DONE,
+                      DIVERGED, PREEMPTED or FAILED (bnresearch/run_status.py)
     checkpoints/      orbax checkpoints (bnresearch.checkpoint)
+    run.lock          the lock of the launch writing here (its host and pid): one at a time
+
+config.json and status.json are replaced atomically; metrics.jsonl is appended a line at a time,
+and a last line cut by a kill or a full disk is dropped when the next launch opens it.
 """
+
+import contextlib
 import datetime
+import errno
+import fcntl
 import importlib.metadata
 import json
+import logging
 import math
 import os
 import pathlib
 import platform
 import subprocess
 import sys
+import time
 import types
 
 import jax
@@ -24,13 +34,37 @@ import ml_collections
 
 from bnresearch.config.compare import differences, summarize
 from bnresearch.errors import UsageError
+from bnresearch.run_status import (
+    RUNNING,
+    process_gone,
+    this_process,
+    write_atomically,
+    write_json,
+)
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tensorflow-datasets",
-            "ml-collections", "numpy")
+log = logging.getLogger(__name__)
+
+PACKAGES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "grain",
+    "tensorflow-datasets",
+    "ml-collections",
+    "numpy",
+)
+
+
+LOCK_FILE = "run.lock"
+# What a launch killed between taking the lock and recording its config leaves: the workdir is
+# still empty of any run.
+_NOT_A_RUN = {LOCK_FILE, "config.json.tmp"}
 
 
 class WorkdirError(UsageError):
-    """The workdir belongs to another experiment."""
+    """The workdir cannot hold this run: another experiment, another launch, a file, damage."""
 
 
 def _jsonable(config: ml_collections.ConfigDict) -> dict:
@@ -42,10 +76,16 @@ def _code_version() -> str:
     # Asked from this file's directory, git finds the checkout holding the code that runs.
     here = pathlib.Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=here, capture_output=True, text=True, check=True).stdout
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return commit + (" (with uncommitted changes)" if dirty.strip() else "")
@@ -87,48 +127,190 @@ class RunDirectory:
         return self.path / "checkpoints"
 
     def check(self, config: ml_collections.ConfigDict) -> None:
-        """Refuses a workdir that holds another experiment; reads, never writes."""
+        """Refuses a workdir that cannot be this run's: a file, one this user cannot write, a
+        damaged config.json, another experiment's, another launch's; reads, never writes."""
+        if self.writer:
+            self._check_writable()
+            _check_not_held(self.path / LOCK_FILE)
+        self._check_experiment(config)
+
+    def _check_experiment(self, config: ml_collections.ConfigDict) -> None:
         stored_file = self.path / "config.json"
         if stored_file.exists():
-            stored = json.loads(stored_file.read_text())
+            stored = _read_config(stored_file)
             changes = list(differences(stored, _jsonable(config)))
             if changes:
                 shown = summarize(changes)
                 raise WorkdirError(
                     f"workdir {self.path} holds another experiment ({shown}); "
-                    "use a new --workdir or the same config")
-        elif self.path.exists() and any(self.path.iterdir()) and self.writer:
+                    "use a new --workdir or the same config"
+                )
+        elif self.writer and self.path.exists():
+            if {entry.name for entry in self.path.iterdir()} - _NOT_A_RUN:
+                raise WorkdirError(
+                    f"workdir {self.path} is not empty and holds no config.json; "
+                    "use a new --workdir"
+                )
+
+    def _check_writable(self) -> None:
+        """The workdir, or the nearest of its parents that exists, is a directory this user can
+        write: else writing the first file would fail with a traceback after all the start-up."""
+        existing = next(path for path in (self.path, *self.path.parents) if path.exists())
+        if not existing.is_dir():
+            where = "" if existing == self.path else f": {existing}"
             raise WorkdirError(
-                f"workdir {self.path} is not empty and holds no config.json; use a new --workdir")
+                f"workdir {self.path}{where} is a file, not a directory; use another --workdir"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise WorkdirError(
+                f"workdir {self.path}: {existing} is not writable by this user; "
+                "make it writable or use another --workdir"
+            )
+
+    @contextlib.contextmanager
+    def hold(self, config: ml_collections.ConfigDict):
+        """Holds the workdir's lock while the block runs: one launch writes a workdir at a time.
+
+        Taken after preflight, before anything is written: the workdir is created here if new,
+        and a launch refused here has written nothing. A second launch is refused at once with
+        the holder's host and pid. The lock is an flock, which the kernel releases when its
+        process ends however it ends, so a lock left by a dead process is simply taken over
+        (a SLURM requeue, a relaunch after a kill); the host and pid in the file only name the
+        holder. Only process 0, the writer, takes it.
+        """
+        if not self.writer:
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(self.path / LOCK_FILE):
+            # Another launch may have claimed this workdir between preflight's look and the lock.
+            self._check_experiment(config)
+            yield
 
     def claim(self, config: ml_collections.ConfigDict) -> None:
         """Records the config of a new run (a resumed run has it already)."""
         stored_file = self.path / "config.json"
         if self.writer and not stored_file.exists():
-            self.path.mkdir(parents=True, exist_ok=True)
-            _write_json(stored_file, _jsonable(config))
+            write_json(stored_file, _jsonable(config))
 
     def status(self) -> dict:
         status_file = self.path / "status.json"
-        return json.loads(status_file.read_text()) if status_file.exists() else {}
+        try:
+            return json.loads(status_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (json.JSONDecodeError, UnicodeDecodeError):  # damaged by hand or a disk error
+            log.warning("%s is damaged; this launch rewrites it", status_file)
+            return {}
 
     def set_status(self, status: str, step: int, **details) -> None:
+        """Records how the run stands; while it runs, with the host and pid running it, so that
+        readers can tell a killed run (process gone, status still RUNNING) from a live one."""
         if self.writer:
-            _write_json(self.path / "status.json", {"status": status, "step": step, **details})
+            running = this_process() if status == RUNNING else {}
+            record = {"status": status, "step": step, **running, **details}
+            write_json(self.path / "status.json", record)
 
     def record_environment(self, start_step: int) -> None:
         if not self.writer:
             return
         records_file = self.path / "environment.json"
         records = json.loads(records_file.read_text()) if records_file.exists() else []
-        _write_json(records_file, records + [environment_record(start_step)])
+        write_json(records_file, records + [environment_record(start_step)])
 
 
-def _write_json(path: pathlib.Path, value) -> None:
-    # Write then rename, so a kill mid-write never leaves a truncated file behind.
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    temporary.replace(path)
+def _read_config(path: pathlib.Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        damage = "empty" if not path.read_bytes().strip() else f"not JSON: {error}"
+        raise WorkdirError(
+            f"{path} is damaged ({damage}), so the experiment in this workdir is unknown; "
+            "restore the file (the resolved config the run started with, e.g. from a backup or a "
+            "run of the same config) or use a new --workdir"
+        ) from None
+
+
+# What flock raises on a filesystem without locks (some network filesystems).
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def _check_not_held(path: pathlib.Path) -> None:
+    """Refuses a workdir whose lock another launch holds, early (before the dataset and the
+    model), without writing: a shared lock is refused while the holder's exclusive one stands."""
+    try:
+        file = open(path)
+    except FileNotFoundError:
+        return
+    with file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(path, file.read()) from None
+        except OSError as error:
+            if error.errno not in _NO_LOCKS:
+                raise
+        # Closing the file drops the shared lock at once.
+
+
+def _in_use(path: pathlib.Path, holder_text: str) -> WorkdirError:
+    return WorkdirError(
+        f"workdir {path.parent} is in use by {_holder(holder_text)}: one launch per workdir; "
+        "wait for it to end or stop it, or use another --workdir"
+    )
+
+
+# How long the lock is tried before a launch is refused: `_check_not_held` of another launch
+# holds it (shared) for microseconds, a running launch for its whole run.
+_LOCK_TRIES, _LOCK_WAIT_S = 10, 0.05
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: pathlib.Path):
+    """Holds an exclusive flock on `path` (host and pid written in it), or refuses at once."""
+    # Opened without truncating: until the lock is held, the file names the current holder.
+    with open(path, "a+") as file:
+        try:
+            for attempt in range(_LOCK_TRIES):
+                try:
+                    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == _LOCK_TRIES - 1:
+                        file.seek(0)
+                        raise _in_use(path, file.read()) from None
+                    time.sleep(_LOCK_WAIT_S)
+        except OSError as error:
+            if error.errno not in _NO_LOCKS:
+                raise
+            log.warning(
+                "%s: the filesystem has no locks; nothing keeps a second launch out "
+                "of this workdir",
+                path.parent,
+            )
+        file.seek(0)
+        file.truncate()
+        holder = {**this_process(), "since": _now()}
+        file.write(json.dumps(holder) + "\n")
+        file.flush()
+        yield  # closing the file releases the lock
+
+
+def _holder(text: str) -> str:
+    """The holder a lock file names, in words."""
+    try:
+        holder = json.loads(text)
+        named = f"process {holder['pid']} on {holder['host']} (since {holder['since']})"
+    except (json.JSONDecodeError, KeyError, TypeError):  # its holder is still writing it
+        return "another launch"
+    if process_gone(holder):
+        # An flock outlives its process only in a child that inherited the file.
+        named += ", which has ended, but a process it started still holds the lock"
+    return named
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _tensorboard_writer(path: pathlib.Path):
@@ -141,6 +323,7 @@ def _tensorboard_writer(path: pathlib.Path):
     """
     sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
     from tensorboard.summary import Writer
+
     return Writer(str(path))
 
 
@@ -148,7 +331,8 @@ class MetricsLog:
     """metrics.jsonl plus TensorBoard scalars, written by process 0 only.
 
     On resume the records after the restored step are dropped, so the file reads exactly as if
-    the run had never stopped.
+    the run had never stopped; so is a last line cut short by a kill or a full disk (reported in
+    one line), the one damage an interrupted append can do.
     """
 
     def __init__(self, rundir: RunDirectory, resume_step: int):
@@ -157,9 +341,12 @@ class MetricsLog:
         if not self._enabled:
             return
         if self._jsonl_path.exists():
-            kept = [line for line in self._jsonl_path.read_text().splitlines()
-                    if line and json.loads(line)["step"] <= resume_step]
-            self._jsonl_path.write_text("".join(line + "\n" for line in kept))
+            kept = [
+                line
+                for line, record in _complete_records(self._jsonl_path)
+                if record["step"] <= resume_step
+            ]
+            write_atomically(self._jsonl_path, "".join(line + "\n" for line in kept))
         self._tensorboard = _tensorboard_writer(rundir.path)
         self._jsonl = self._jsonl_path.open("a")
 
@@ -167,6 +354,8 @@ class MetricsLog:
         if not self._enabled:
             return
         record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+        # A whole line per flush, one write(2) of it (a line is far below the buffer's size): an
+        # interruption can cut only the last line, which the next launch drops.
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         for key, value in scalars.items():
@@ -181,3 +370,29 @@ class MetricsLog:
         if self._enabled:
             self._jsonl.close()
             self._tensorboard.close()
+
+
+def _complete_records(path: pathlib.Path) -> list[tuple[str, dict]]:
+    """(line, record) of every complete line of metrics.jsonl.
+
+    An append cut short leaves a last line without its newline (`{"s`): dropped, with a warning
+    (its step is past the last checkpoint, whose records were all written before it was saved).
+    Any other line that does not parse is damage of another kind: refused in one line.
+    """
+    *lines, last = path.read_text(errors="replace").split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            raise WorkdirError(
+                f"{path}: line {number} is not JSON ({line[:40]!r}), which no interrupted write "
+                "leaves; restore the file or delete that line, then launch again"
+            ) from None
+    if last:
+        log.warning(
+            "%s: dropped its last line %r, cut short by an interrupted write", path, last[:40]
+        )
+    return records
