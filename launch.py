@@ -7,6 +7,7 @@
 The code, and what each flag does: bnresearch/launch.py (`python -m bnresearch.launch` runs it
 too, with the same flags).
 """
+
 from absl import flags
 
 from bnresearch import launch

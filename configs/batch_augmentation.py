@@ -18,6 +18,7 @@ digit). The whole grid:
 Measured on 2 CPU cores (1320 steps each, start-up and compilation included): M=1 46 s, test
 accuracy 99.7%; M=8 4:21, 99.7%.
 """
+
 from bnresearch.config.arg import parse_arg
 from bnresearch.config.defaults import base_config
 
@@ -46,5 +47,8 @@ def get_config(arg=None):
 def get_sweep(arg=None):
     """Each M of MULTIPLICITIES, for each seed, on top of get_config(arg)."""
     seeds = parse_arg(arg, **ARGS).seeds
-    return [{"batch_augmentation.multiplicity": multiplicity, "seed": seed}
-            for seed in range(seeds) for multiplicity in MULTIPLICITIES]
+    return [
+        {"batch_augmentation.multiplicity": multiplicity, "seed": seed}
+        for seed in range(seeds)
+        for multiplicity in MULTIPLICITIES
+    ]

@@ -21,6 +21,7 @@ in 24 s. `:model=bnn_vgg`: 97.5% in 61 s.
 The arg picks the network: `configs/bnn_digits.py:model=bnn_vgg` trains the paper's ConvNet
 (widths scaled down to 32-64-128 and dense 256 for 8x8 inputs).
 """
+
 from bnresearch.config.arg import parse_arg
 from bnresearch.config.defaults import base_config
 

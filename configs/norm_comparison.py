@@ -16,6 +16,7 @@ The variant table ``VARIANTS`` is data: each entry is the config overrides that 
 (``model.norm`` and the options its paper prescribes, beyond the variant's own defaults). The
 committed study with its results is experiments/norm_comparison/.
 """
+
 from bnresearch.config.arg import parse_arg
 from bnresearch.config.defaults import base_config
 from bnresearch.errors import UsageError
@@ -26,36 +27,40 @@ TRAIN_STEPS = 220
 NUM_SEEDS = 3
 
 VARIANTS = {
-    'batch': {},
+    "batch": {},
     # Hoffer et al. use virtual batches of 128 inside batches of thousands; the same ratio of
     # batch to virtual batch here is 64 / 16.
-    'ghost_batch': {'model.norm_kwargs.virtual_batch_size': 16},
+    "ghost_batch": {"model.norm_kwargs.virtual_batch_size": 16},
     # Ioffe's milestones (relax after 5k steps, d_max = 5 at 25k, r_max = 3 at 40k) rescaled so
     # that the last falls on the last step of this much shorter run.
-    'batch_renorm': {'model.norm_kwargs.relax_start': TRAIN_STEPS * 5 // 40,
-                     'model.norm_kwargs.dmax_end': TRAIN_STEPS * 25 // 40,
-                     'model.norm_kwargs.rmax_end': TRAIN_STEPS},
-    'batch_kalman': {},
-    'batch_layer': {},
-    'layer': {},
+    "batch_renorm": {
+        "model.norm_kwargs.relax_start": TRAIN_STEPS * 5 // 40,
+        "model.norm_kwargs.dmax_end": TRAIN_STEPS * 25 // 40,
+        "model.norm_kwargs.rmax_end": TRAIN_STEPS,
+    },
+    "batch_kalman": {},
+    "batch_layer": {},
+    "layer": {},
     # Wu & He's 32 groups do not divide the 16-channel stage; 8 groups of 2 and 4 channels.
-    'group': {'model.norm_kwargs.num_groups': 8},
-    'instance': {},
-    'frn': {},
+    "group": {"model.norm_kwargs.num_groups": 8},
+    "instance": {},
+    "frn": {},
     # The common lr 0.1 scrambles the directions v early (about 22% test accuracy measured):
     # with ||v|| starting at 0.05 sqrt(fan_in) the effective lr of w's direction is
     # lr g^2 / ||v||^2, tens of times that of a plain weight. Salimans & Kingma trained with Adam;
     # with this SGD 0.003 works (98.6% on seed 0).
-    'weight': {'base_lr': 0.003},
-    'batchless': {},
+    "weight": {"base_lr": 0.003},
+    "batchless": {},
     # Davis & Frank: every gamma starts at 0.1 and learns at lr / 100; no weight decay on
     # normalization parameters and biases, 1e-4 on the other weights.
-    'batch_small_init': {'model.norm': 'batch',
-                         'model.norm_kwargs.scale_init': 0.1,
-                         'optimizer.lr_multipliers.scale': 0.01,
-                         'optimizer.weight_decay_on': 'kernels',
-                         'optimizer.weight_decay': 1e-4},
-    'none': {},
+    "batch_small_init": {
+        "model.norm": "batch",
+        "model.norm_kwargs.scale_init": 0.1,
+        "optimizer.lr_multipliers.scale": 0.01,
+        "optimizer.weight_decay_on": "kernels",
+        "optimizer.weight_decay": 1e-4,
+    },
+    "none": {},
 }
 
 
@@ -63,21 +68,21 @@ def variant_overrides(variant: str) -> dict:
     """The overrides that make `variant`: its normalization and its paper's options."""
     if variant not in VARIANTS:
         raise UsageError(f"unknown norm variant {variant!r}; valid: {', '.join(VARIANTS)}")
-    return {'model.norm': variant, **VARIANTS[variant]}
+    return {"model.norm": variant, **VARIANTS[variant]}
 
 
 def _set(config, dotted: str, value) -> None:
-    *parents, leaf = dotted.split('.')
+    *parents, leaf = dotted.split(".")
     for parent in parents:
         config = config[parent]
     config[leaf] = value
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, norm='batch')
+    arg = parse_arg(arg, norm="batch")
     config = base_config()
-    config.dataset.name = 'digits'
-    config.model.name = 'cnn'
+    config.dataset.name = "digits"
+    config.model.name = "cnn"
     config.model.options.widths = (16, 32)
     config.model.options.convs_per_stage = 2
     config.batch_size = 64
@@ -86,11 +91,11 @@ def get_config(arg=None):
     # statistics of the evaluation batch see only real images.
     config.eval_batch_size = 360
     config.base_lr = 0.1
-    config.train_duration = '10 epochs'
-    config.schedule.warmup = '1 epochs'
-    config.log_every = '1 epochs'
-    config.eval_every = '1 epochs'  # one batch of 360: the learning curves cost little
-    config.checkpoint.every = '0 steps'
+    config.train_duration = "10 epochs"
+    config.schedule.warmup = "1 epochs"
+    config.log_every = "1 epochs"
+    config.eval_every = "1 epochs"  # one batch of 360: the learning curves cost little
+    config.checkpoint.every = "0 steps"
     for field, value in variant_overrides(arg.norm).items():
         _set(config, field, value)
     return config
@@ -99,5 +104,7 @@ def get_config(arg=None):
 def get_sweep(arg=None):
     """Every variant x 3 seeds; each variant's runs and report row are named by its name."""
     del arg
-    return grid.product([grid.labeled(variant, variant_overrides(variant)) for variant in VARIANTS],
-                        grid.seeds(NUM_SEEDS))
+    return grid.product(
+        [grid.labeled(variant, variant_overrides(variant)) for variant in VARIANTS],
+        grid.seeds(NUM_SEEDS),
+    )

@@ -8,6 +8,7 @@ The arg picks common variants, e.g. `configs/quickstart.py:model=resnet20,norm=g
   dataset, model, norm, activation: names as in docs/data.md, docs/models.md,
   docs/normalizations.md and docs/activations.md.
 """
+
 from bnresearch.config.arg import parse_arg
 from bnresearch.config.defaults import base_config
 from bnresearch.sweep import grid
@@ -33,8 +34,7 @@ def get_config(arg=None):
 def get_sweep(arg=None):
     """The normalizations compared, one seed each (docs/sweeps.md):
 
-        python launch.py --config configs/quickstart.py --workdir runs/norms --sweep --parallel 2
+    python launch.py --config configs/quickstart.py --workdir runs/norms --sweep --parallel 2
     """
     del arg  # the arg picks the base config; the sweep varies the normalization on top of it
-    return grid.product(grid.axis("model.norm", ["batch", "layer", "group", "none"]),
-                        grid.seeds(1))
+    return grid.product(grid.axis("model.norm", ["batch", "layer", "group", "none"]), grid.seeds(1))

@@ -3,6 +3,7 @@
 Eight simulated CPU devices let every test check sharded behaviour against one device; most XLA
 optimizations are off because compile time, not run time, dominates tiny test models.
 """
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -15,6 +16,7 @@ import pytest  # noqa: E402
 from bnresearch.data.dataset import load_dataset  # noqa: E402
 from tests.data.datatest_utils import make_config  # noqa: E402
 from tests.sweep.sweeps import launch_sweep  # noqa: E402
+
 jax.config.update("jax_disable_most_optimizations", True)
 
 

@@ -4,7 +4,9 @@
 list of overrides. Each config declares the keys it understands with their defaults; the type of
 a default decides how its value is parsed, and an unknown key is an error naming the valid ones.
 """
+
 import ml_collections
+
 from bnresearch.errors import UsageError
 
 
@@ -20,7 +22,8 @@ def _parse_value(key: str, text: str, default):
             return type(default)(text)
         except ValueError:
             raise UsageError(
-                f"config arg {key}={text!r}: expected a {type(default).__name__}") from None
+                f"config arg {key}={text!r}: expected a {type(default).__name__}"
+            ) from None
     return text
 
 

@@ -5,8 +5,9 @@ def differences(old, new, prefix=""):
     """Yields "field: old -> new" for every leaf that differs (absent leaves read <absent>)."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
-            yield from differences(old.get(key, "<absent>"), new.get(key, "<absent>"),
-                                   f"{prefix}{key}.")
+            yield from differences(
+                old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}."
+            )
     elif old != new:
         yield f"{prefix.rstrip('.')}: {old!r} -> {new!r}"
 

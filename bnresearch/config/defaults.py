@@ -11,6 +11,7 @@ set for a variant that does not have it is refused when the model is built. The 
 declared on their modules; ``options.py`` is generated from the registries (see
 ``bnresearch/registered_options.py``), as is the dataset block.
 """
+
 import ml_collections
 from ml_collections.config_dict import placeholder
 
@@ -20,7 +21,8 @@ from bnresearch.config import options
 def _option_block(option_types: dict) -> ml_collections.ConfigDict:
     """Every option unset (None: the variant's default), typed so that overrides parse."""
     return ml_collections.ConfigDict(
-        {option: placeholder(option_type) for option, option_type in option_types.items()})
+        {option: placeholder(option_type) for option, option_type in option_types.items()}
+    )
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -51,29 +53,33 @@ def base_config() -> ml_collections.ConfigDict:
     # Self-normalizing network (Klambauer et al. 2017): needs activation=selu; LeCun-normal init
     # for every weight layer and alpha-dropout in place of every dropout.
     config.model.self_normalizing = False
-    config.model.dropout = ml_collections.ConfigDict({
-        "input": 0.0,   # drop rate on the input images (pixels), before the first layer
-        "hidden": 0.0,  # drop rate inside the network (each model documents where)
-        "head": 0.0,    # drop rate right before the classifier
-    })
+    config.model.dropout = ml_collections.ConfigDict(
+        {
+            "input": 0.0,  # drop rate on the input images (pixels), before the first layer
+            "hidden": 0.0,  # drop rate inside the network (each model documents where)
+            "head": 0.0,  # drop rate right before the classifier
+        }
+    )
     # Stochastic depth (Huang et al. 2016), residual models: 1 - p_L, the drop probability of the
     # last block, with block l of L surviving with p_l = 1 - (l / L) * stochastic_depth; 0: off.
     config.model.stochastic_depth = 0.0
-    config.model.quantization = ml_collections.ConfigDict({
-        "method": "none",  # none | binaryconnect | bnn | xnor | qnn | dorefa
-        # Bits of weights, activations (inputs of quantized layers) and gradients, 1-32 (32: full
-        # precision); None: the method's default (W, A, G): binaryconnect (1, 32, 32),
-        # bnn and xnor (1, 1, 32), qnn (2, 2, 32), dorefa (1, 2, 32).
-        "weight_bits": placeholder(int),
-        "activation_bits": placeholder(int),
-        "gradient_bits": placeholder(int),   # dorefa only
-        "stochastic": False,      # binaryconnect: stochastic binarization; qnn: stochastic rounding
-        "input_scale": False,     # xnor: scale by K, the local mean |input| (XNOR-Net)
-        "quantize_first": False,  # quantize the layer that sees the images too
-        "quantize_last": False,   # quantize the logits layer too
-    })
+    config.model.quantization = ml_collections.ConfigDict(
+        {
+            "method": "none",  # none | binaryconnect | bnn | xnor | qnn | dorefa
+            # Bits of weights, activations (inputs of quantized layers) and gradients, 1-32
+            # (32: full precision); None: the method's default (W, A, G): binaryconnect (1, 32, 32),
+            # bnn and xnor (1, 1, 32), qnn (2, 2, 32), dorefa (1, 2, 32).
+            "weight_bits": placeholder(int),
+            "activation_bits": placeholder(int),
+            "gradient_bits": placeholder(int),  # dorefa only
+            "stochastic": False,  # binaryconnect: stochastic binarization; qnn: stochastic rounding
+            "input_scale": False,  # xnor: scale by K, the local mean |input| (XNOR-Net)
+            "quantize_first": False,  # quantize the layer that sees the images too
+            "quantize_last": False,  # quantize the logits layer too
+        }
+    )
 
-    config.batch_size = 128              # distinct examples per train-step call
+    config.batch_size = 128  # distinct examples per train-step call
     config.eval_batch_size = 512
     # Smith et al. 2018: from each of `epochs` on, the batch size is the matching entry of
     # `batch_sizes` (batch_size before the first), e.g. epochs=(60, 120), batch_sizes=(640, 3200).
@@ -94,25 +100,25 @@ def base_config() -> ml_collections.ConfigDict:
     # overriding batch_size rescales the lr.
     config.base_lr = 0.1
     config.base_batch_size = 128
-    config.lr_scaling = "linear"         # none | linear | sqrt
+    config.lr_scaling = "linear"  # none | linear | sqrt
 
     config.schedule = ml_collections.ConfigDict()
-    config.schedule.warmup = "0 steps"   # linear warmup, in steps or epochs ("0 steps": none)
+    config.schedule.warmup = "0 steps"  # linear warmup, in steps or epochs ("0 steps": none)
     config.schedule.warmup_rule = "linear"  # linear | legw (warmup epochs x B/B0; lr_scaling=sqrt)
-    config.schedule.decay = "cosine"     # constant | step | cosine | polynomial | exponential
-    config.schedule.boundaries = ()      # step decay: durations, e.g. ("30 epochs", "60 epochs")
-    config.schedule.decay_factor = 0.1   # step decay: multiplier at each boundary
-    config.schedule.power = 2.0          # polynomial: (1 - progress) ** power
-    config.schedule.decay_rate = 0.97    # exponential: multiplier per epoch (continuous)
+    config.schedule.decay = "cosine"  # constant | step | cosine | polynomial | exponential
+    config.schedule.boundaries = ()  # step decay: durations, e.g. ("30 epochs", "60 epochs")
+    config.schedule.decay_factor = 0.1  # step decay: multiplier at each boundary
+    config.schedule.power = 2.0  # polynomial: (1 - progress) ** power
+    config.schedule.decay_rate = 0.97  # exponential: multiplier per epoch (continuous)
 
     config.optimizer = ml_collections.ConfigDict()
     # sgd | momentum | nesterov | adagrad | rmsprop | adam | adamw | lars | lamb
     config.optimizer.name = "momentum"
-    config.optimizer.momentum = 0.9      # momentum, nesterov, lars
-    config.optimizer.b1 = 0.9            # adam, adamw, lamb
-    config.optimizer.b2 = 0.999          # adam, adamw, lamb
-    config.optimizer.eps = 1e-8          # adagrad, rmsprop, adam, adamw, lamb
-    config.optimizer.rho = 0.9           # rmsprop: weight of the OLD mean square
+    config.optimizer.momentum = 0.9  # momentum, nesterov, lars
+    config.optimizer.b1 = 0.9  # adam, adamw, lamb
+    config.optimizer.b2 = 0.999  # adam, adamw, lamb
+    config.optimizer.eps = 1e-8  # adagrad, rmsprop, adam, adamw, lamb
+    config.optimizer.rho = 0.9  # rmsprop: weight of the OLD mean square
     config.optimizer.initial_accumulator = 0.0  # adagrad's and rmsprop's initial sum of squares
     config.optimizer.trust_coefficient = 0.001  # lars
     config.optimizer.weight_decay = 5e-4
@@ -120,11 +126,12 @@ def base_config() -> ml_collections.ConfigDict:
     # decoupled; see bnresearch/optim/optimizers.py.
     config.optimizer.weight_decay_style = "auto"
     config.optimizer.weight_decay_on = "all"  # all | kernels (exempts norm parameters, biases)
-    config.optimizer.trust_ratio_on = "all"   # lars, lamb: all | kernels (the same exemption)
+    config.optimizer.trust_ratio_on = "all"  # lars, lamb: all | kernels (the same exemption)
     # Per parameter group (kernel | scale | bias, see bnresearch/optim/groups.py): the group's lr
     # is the scheduled lr times its multiplier, e.g. scale=0.01 for gamma at lr/100.
     config.optimizer.lr_multipliers = ml_collections.ConfigDict(
-        {"kernel": 1.0, "scale": 1.0, "bias": 1.0})
+        {"kernel": 1.0, "scale": 1.0, "bias": 1.0}
+    )
     config.optimizer.grad_clip_norm = 0.0  # global-norm clipping; 0 turns it off
     # k micro-batches per update (optax.MultiSteps): an update sees batch_size x k examples.
     config.optimizer.accumulation_steps = 1
@@ -134,14 +141,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.noise_scale = ml_collections.ConfigDict()
     config.noise_scale.enabled = False
     config.noise_scale.every = "50 steps"
-    config.noise_scale.sub_batches = 8   # B_small = batch / 8: per device on 8 devices
-    config.noise_scale.ema_decay = 0.9   # of |G|^2 and tr(Sigma), each measurement
+    config.noise_scale.sub_batches = 8  # B_small = batch / 8: per device on 8 devices
+    config.noise_scale.ema_decay = 0.9  # of |G|^2 and tr(Sigma), each measurement
 
-    config.label_smoothing = 0.0         # eps of (1 - eps) onehot + eps / K; 0 turns it off
+    config.label_smoothing = 0.0  # eps of (1 - eps) onehot + eps / K; 0 turns it off
     config.train_duration = "30 epochs"  # durations: "N steps" or "N epochs"
-    config.compute_dtype = "float32"     # float32 | bfloat16 (for accelerators)
+    config.compute_dtype = "float32"  # float32 | bfloat16 (for accelerators)
     config.log_every = "50 steps"
-    config.eval_every = "10 epochs"      # "0 steps": only at the end
+    config.eval_every = "10 epochs"  # "0 steps": only at the end
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every = "5 epochs"  # "0 steps": only at the end
     config.checkpoint.keep = 3

@@ -1,5 +1,6 @@
 """Dotted config fields ("model.norm_kwargs.num_groups"): their declared types, and one-line
 errors that name the valid fields where a dotted name goes astray."""
+
 import ml_collections
 from ml_collections.config_flags import config_path
 
@@ -12,10 +13,14 @@ def field_type(config: ml_collections.ConfigDict, field: str):
     for part in field.split("."):
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
             where = ".".join(walked) or "the config"
-            valid = ", ".join(sorted(node.keys())) if isinstance(
-                node, ml_collections.ConfigDict) else "(none: it is not a group)"
+            valid = (
+                ", ".join(sorted(node.keys()))
+                if isinstance(node, ml_collections.ConfigDict)
+                else "(none: it is not a group)"
+            )
             raise UsageError(
-                f"unknown config field {field!r}; fields of {where}: {valid or '(none)'}")
+                f"unknown config field {field!r}; fields of {where}: {valid or '(none)'}"
+            )
         node = node[part]
         walked.append(part)
     return config_path.get_type(field, config)

@@ -97,9 +97,9 @@ MODEL_OPTIONS = {
 
 # The dataset block, from bnresearch/data/catalog.py's DatasetSettings.
 DATASET_DEFAULTS = {
-    "name": 'digits',
-    "data_dir": '',
-    "augment": 'auto',
+    "name": "digits",
+    "data_dir": "",
+    "augment": "auto",
     "crop_padding": 4,
     "image_size": 224,
     "num_workers": 0,

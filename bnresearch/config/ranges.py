@@ -11,6 +11,7 @@ Not here: the options of a normalization, activation or model (their modules che
 fields, see ``bnresearch/layers``), the model's dropout rates and bits (checked when the model is
 built), and the dataset block (``data.DatasetSettings``).
 """
+
 import dataclasses
 import math
 
@@ -20,6 +21,7 @@ from bnresearch.errors import UsageError
 @dataclasses.dataclass(frozen=True)
 class Range:
     """Valid values: numbers (or whole numbers) from `low` to `high`, each end open or closed."""
+
     whole: bool = False
     low: float = -math.inf
     high: float = math.inf
@@ -71,7 +73,8 @@ RANGES: dict[str, Range] = {
     "optimizer.lr_multipliers.scale": NOT_NEGATIVE,
     "optimizer.lr_multipliers.bias": NOT_NEGATIVE,
     "noise_scale.sub_batches": Range(
-        whole=True, low=2, says="be a whole number >= 2 (two batch sizes are needed)"),
+        whole=True, low=2, says="be a whole number >= 2 (two batch sizes are needed)"
+    ),
     "noise_scale.ema_decay": FRACTION,
 }
 
@@ -87,7 +90,7 @@ def check_ranges(config, block: str = "") -> None:
         if not field.startswith(prefix):
             continue
         value = config
-        for part in field[len(prefix):].split("."):
+        for part in field[len(prefix) :].split("."):
             value = value[part]
         if not valid.admits(value):
             raise UsageError(f"{field}={value!r} must {valid.says}")

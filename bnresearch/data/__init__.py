@@ -9,6 +9,7 @@ prepared data, ``digits`` and ``imagefolder``.
 
 Importing the package loads TFDS and grain (and through grain, JAX), but not TensorFlow.
 """
+
 from bnresearch.data.catalog import DatasetError, DatasetSettings, check_dataset_name
 from bnresearch.data.dataset import Dataset, DatasetInfo, load_dataset
 from bnresearch.data.pipeline import make_eval_iterator, make_train_iterator

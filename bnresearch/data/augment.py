@@ -14,6 +14,7 @@ Recipes by name (``make_augmentation``):
 - ``resized_crop_flip`` (Inception/ImageNet-style): random resized crop to image_size (PIL
   bilinear), flip with p=0.5. Eval: shorter side to image_size/0.875, centre crop image_size.
 """
+
 import dataclasses
 import functools
 import math
@@ -58,9 +59,7 @@ def crop_flip(image: np.ndarray, rng: np.random.Generator, *, padding: int) -> n
     return horizontal_flip(pad_and_random_crop(image, rng, padding), rng)
 
 
-def sample_crop_box(
-    height: int, width: int, rng: np.random.Generator
-) -> tuple[int, int, int, int]:
+def sample_crop_box(height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """Inception-style crop box (top, left, crop_height, crop_width) inside a height x width image.
 
     Up to CROP_ATTEMPTS times: draw an area fraction uniform in CROP_AREA_RANGE and an aspect

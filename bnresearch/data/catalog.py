@@ -6,6 +6,7 @@ Names: ``digits`` (scikit-learn's 8x8 digits, prepared locally), the TFDS datase
 ``check_dataset_name`` and ``DatasetSettings.from_config`` read no data (an imagefolder name
 only checks that its folders exist), so the config check can call them before any compute.
 """
+
 import dataclasses
 import os
 from typing import Any
@@ -83,16 +84,20 @@ def check_dataset_name(name: str) -> None:
         return
     if not folder:
         raise DatasetError(f"dataset {name!r} names no folder; write imagefolder:PATH")
-    missing = [split for split in ("train", "test") if not os.path.isdir(os.path.join(folder, split))]
+    missing = [
+        split for split in ("train", "test") if not os.path.isdir(os.path.join(folder, split))
+    ]
     if missing:
         raise DatasetError(
-            f"image folder {os.path.abspath(folder)} lacks {' and '.join(f'{s}/' for s in missing)};"
+            f"image folder {os.path.abspath(folder)} lacks "
+            f"{' and '.join(f'{s}/' for s in missing)};"
             " it must hold train/<class>/* and test/<class>/* images"
         )
 
 
 def resolve_data_dir(data_dir: str) -> str:
-    """The absolute data dir; '' means TFDS's default ($TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
+    """The absolute data dir; '' means TFDS's default ($TFDS_DATA_DIR, else
+    ~/tensorflow_datasets)."""
     if not data_dir:
         data_dir = os.environ.get("TFDS_DATA_DIR") or os.path.join("~", "tensorflow_datasets")
     return os.path.abspath(os.path.expanduser(data_dir))
@@ -141,7 +146,9 @@ class DatasetSettings:
         """Raises DatasetError for any field outside its valid range."""
         check_dataset_name(self.name)
         if not isinstance(self.data_dir, str):
-            raise DatasetError(f"dataset data_dir must be a string ('' = TFDS default), got {self.data_dir!r}")
+            raise DatasetError(
+                f"dataset data_dir must be a string ('' = TFDS default), got {self.data_dir!r}"
+            )
         if self.augment not in AUGMENT_CHOICES:
             raise DatasetError(
                 f"unknown augment {self.augment!r}; valid: {', '.join(AUGMENT_CHOICES)}"
@@ -154,8 +161,7 @@ class DatasetSettings:
         if self.prefetch < self.num_threads:
             # Grain runs at most prefetch reads at once; more threads would idle.
             raise DatasetError(
-                f"dataset prefetch ({self.prefetch}) must be >= num_threads"
-                f" ({self.num_threads})"
+                f"dataset prefetch ({self.prefetch}) must be >= num_threads ({self.num_threads})"
             )
 
 

@@ -3,6 +3,7 @@
 ``sklearn.datasets.load_digits`` ships 1797 images (the UCI optdigits test set) with pixel values
 0..16. The builder writes them once, with a fixed split, as an array_record TFDS dataset.
 """
+
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
@@ -17,6 +18,7 @@ DIGITS_MAX_VALUE = 16
 def digits_split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train, test) row indices: stratified by label, 360 test rows, random_state 0."""
     from sklearn.model_selection import train_test_split  # 3 s to import; needed once, to prepare
+
     train, test = train_test_split(
         np.arange(len(labels)),
         test_size=DIGITS_TEST_SIZE,
@@ -64,6 +66,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download: scikit-learn ships the data.
         from sklearn.datasets import load_digits  # 3 s to import; needed once, to prepare
+
         digits = load_digits()
         images = digits_to_uint8(digits.images)[..., np.newaxis]
         train, test = digits_split_indices(digits.target)
@@ -77,4 +80,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray):
         for row in rows:
             # A PIL image makes TFDS encode the PNG with PIL instead of TensorFlow.
-            yield int(row), {"image": Image.fromarray(images[row, :, :, 0]), "label": int(labels[row])}
+            yield (
+                int(row),
+                {"image": Image.fromarray(images[row, :, :, 0]), "label": int(labels[row])},
+            )

@@ -21,6 +21,7 @@ positions holds M*B images (labels repeated) and copy 0 is the image of multipli
 Eval order. The test split in record order, padded to a whole number of global batches with
 zero images (label 0, mask 0.0) and split across processes the same way.
 """
+
 import math
 from typing import Sequence
 
@@ -67,11 +68,14 @@ class _TrainExample:
         self._multiplicity = multiplicity
 
     def __call__(self, position: int, record: dict) -> dict:
-        copies = [self._augment(record["image"],
-                                np.random.default_rng((self._seed, position, copy)))
-                  for copy in range(self._multiplicity)]
-        return {"image": np.stack(copies),
-                "label": np.full(self._multiplicity, record["label"], np.int32)}
+        copies = [
+            self._augment(record["image"], np.random.default_rng((self._seed, position, copy)))
+            for copy in range(self._multiplicity)
+        ]
+        return {
+            "image": np.stack(copies),
+            "label": np.full(self._multiplicity, record["label"], np.int32),
+        }
 
 
 class _EvalExample:
@@ -81,8 +85,11 @@ class _EvalExample:
         self._transform = dataset.augmentation.eval
 
     def __call__(self, record: dict) -> dict:
-        return {"image": self._transform(record["image"]), "label": np.int32(record["label"]),
-                "mask": np.float32(1)}
+        return {
+            "image": self._transform(record["image"]),
+            "label": np.int32(record["label"]),
+            "mask": np.float32(1),
+        }
 
 
 class _PaddingExample:
@@ -93,7 +100,11 @@ class _PaddingExample:
 
     def __call__(self, position: int) -> dict:
         del position
-        return {"image": np.zeros(self._shape, np.uint8), "label": np.int32(0), "mask": np.float32(0)}
+        return {
+            "image": np.zeros(self._shape, np.uint8),
+            "label": np.int32(0),
+            "mask": np.float32(0),
+        }
 
 
 class _NormalizedBatch:
@@ -152,8 +163,10 @@ def make_train_iterator(
     sizes = ((0, batch_size), *batch_size_changes)
     for (first, _), (later, _) in zip(sizes, sizes[1:]):
         if later <= first:
-            raise ValueError(f"batch_size_changes must start at increasing batches > 0, got "
-                             f"{later} after {first}")
+            raise ValueError(
+                f"batch_size_changes must start at increasing batches > 0, got "
+                f"{later} after {first}"
+            )
     if multiplicity < 1:
         raise ValueError(f"multiplicity must be a positive integer, got {multiplicity}")
     shuffle_seed, augment_seed = derive_seeds(seed)
@@ -170,8 +183,11 @@ def make_train_iterator(
     for (first, size), (end, _) in zip(sizes, (*sizes[1:], (None, None))):
         local = local_batch_size(size, process_index, process_count)
         stop = None if end is None else position + (end - first) * size
-        runs.append(examples[position:stop].batch(
-            local, drop_remainder=True, batch_fn=_NormalizedBatch(dataset, copies=True)))
+        runs.append(
+            examples[position:stop].batch(
+                local, drop_remainder=True, batch_fn=_NormalizedBatch(dataset, copies=True)
+            )
+        )
         position = stop
     batches = runs[0] if len(runs) == 1 else grain.MapDataset.concatenate(runs)
     return iter(_parallel(batches[process_index::process_count], dataset.loader))

@@ -4,6 +4,7 @@ A sweep may start many runs on one data dir together. TFDS writes into a tempora
 renames it at the end, so two concurrent preparations would both do the work and the second
 rename would fail; an exclusive file lock per dataset variant makes the others wait and reuse.
 """
+
 import contextlib
 import fcntl
 import os

@@ -30,11 +30,12 @@ References:
   mish: Misra, "Mish: A Self Regularized Non-Monotonic Activation Function", 2019,
     arXiv:1908.08681.
 """
+
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from bnresearch.layers.registry import ModuleFactory, lookup
 
@@ -53,6 +54,7 @@ class ReLU(nn.Module):
 
 class LeakyReLU(nn.Module):
     """x for x >= 0, negative_slope * x otherwise (Maas et al. use 0.01)."""
+
     negative_slope: float = 0.01
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -66,17 +68,20 @@ class PReLU(nn.Module):
     slopes are vectors not named ``scale``, so they fall in the ``bias`` parameter group:
     ``optimizer.weight_decay_on=kernels`` leaves them undecayed, as the paper does.
     """
+
     slope_init: float = 0.25
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        slope = self.param('slope', nn.initializers.constant(self.slope_init), (x.shape[-1],),
-                           jnp.float32)
+        slope = self.param(
+            "slope", nn.initializers.constant(self.slope_init), (x.shape[-1],), jnp.float32
+        )
         return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
 
 
 class ELU(nn.Module):
     """x for x > 0, alpha * (exp(x) - 1) otherwise."""
+
     alpha: float = 1.0
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -111,6 +116,7 @@ class Swish(nn.Module):
     One scalar per layer (Ramachandran et al. also consider a per-channel beta). It is a scalar,
     so it falls in the ``bias`` parameter group. ``silu`` is the fixed beta = 1 case.
     """
+
     beta: float = 1.0
     learnable_beta: bool = False
 
@@ -118,7 +124,7 @@ class Swish(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         beta = self.beta
         if self.learnable_beta:
-            beta = self.param('beta', nn.initializers.constant(self.beta), (), jnp.float32)
+            beta = self.param("beta", nn.initializers.constant(self.beta), (), jnp.float32)
             beta = beta.astype(x.dtype)
         return x * jax.nn.sigmoid(beta * x)
 
@@ -153,19 +159,19 @@ class Mish(nn.Module):
 
 
 ACTIVATIONS: dict[str, ModuleFactory] = {
-    'relu': ReLU,
-    'leaky_relu': LeakyReLU,
-    'prelu': PReLU,
-    'elu': ELU,
-    'selu': SELU,
-    'gelu_exact': GELUExact,
-    'gelu_tanh': GELUTanh,
-    'swish': Swish,
-    'silu': functools.partial(Swish, beta=1.0, learnable_beta=False),
-    'tanh': Tanh,
-    'sigmoid': Sigmoid,
-    'hard_tanh': HardTanh,
-    'mish': Mish,
+    "relu": ReLU,
+    "leaky_relu": LeakyReLU,
+    "prelu": PReLU,
+    "elu": ELU,
+    "selu": SELU,
+    "gelu_exact": GELUExact,
+    "gelu_tanh": GELUTanh,
+    "swish": Swish,
+    "silu": functools.partial(Swish, beta=1.0, learnable_beta=False),
+    "tanh": Tanh,
+    "sigmoid": Sigmoid,
+    "hard_tanh": HardTanh,
+    "mish": Mish,
 }
 
 
@@ -174,6 +180,6 @@ def get_activation(name: str, **options) -> ModuleFactory:
 
     Unknown names and options, and invalid option values, raise UsageError here.
     """
-    factory = lookup('activation', ACTIVATIONS, name, options)
+    factory = lookup("activation", ACTIVATIONS, name, options)
     factory(parent=None)  # a detached instance, built only so that bad option values raise now
     return factory

@@ -30,6 +30,7 @@ The kit also holds the train-time regularizers a model places: dropout at the mo
 ``'input'``, ``'hidden'`` and ``'head'`` placements (alpha-dropout in self-normalizing networks)
 and stochastic depth on residual branches (``bnresearch/layers/regularization.py``).
 """
+
 import dataclasses
 from collections.abc import Callable, Sequence
 
@@ -39,10 +40,9 @@ from flax.typing import Dtype
 
 from bnresearch.errors import UsageError
 from bnresearch.layers.registry import ModuleFactory, has_field
-from bnresearch.layers.regularization import (AlphaDropout, Dropout, StochasticDepth,
-                                              linear_survival)
+from bnresearch.layers.regularization import AlphaDropout, Dropout, StochasticDepth, linear_survival
 
-ROLES = ('first', 'hidden', 'last')
+ROLES = ("first", "hidden", "last")
 
 # He et al. 2015 ("Delving Deep into Rectifiers", arXiv:1502.01852) normal init, fan_in mode.
 # fan_in keeps the variance of the forward activations constant through ReLU layers, which is
@@ -55,9 +55,9 @@ LECUN_NORMAL = nn.initializers.lecun_normal()
 # fixed point assumes (Klambauer et al. 2017, arXiv:1706.02515); Glorot-uniform (Glorot & Bengio
 # 2010) is the init of the BinaryConnect and BNN papers.
 WEIGHT_INITS = {
-    'he_normal': HE_NORMAL,
-    'lecun_normal': LECUN_NORMAL,
-    'glorot_uniform': nn.initializers.glorot_uniform(),
+    "he_normal": HE_NORMAL,
+    "lecun_normal": LECUN_NORMAL,
+    "glorot_uniform": nn.initializers.glorot_uniform(),
 }
 
 WeightLayerFactory = Callable[..., nn.Module]
@@ -65,36 +65,62 @@ WeightLayerFactory = Callable[..., nn.Module]
 
 def check_weight_init(weight_init: str | None) -> None:
     if weight_init is not None and weight_init not in WEIGHT_INITS:
-        raise UsageError(f'unknown model.weight_init {weight_init!r}; valid: '
-                         f'{", ".join(WEIGHT_INITS)}')
+        raise UsageError(
+            f"unknown model.weight_init {weight_init!r}; valid: {', '.join(WEIGHT_INITS)}"
+        )
 
 
 def kernel_initializer(weight_init: str | None, role: str, layer: str):
     """The kernel init of a weight layer: `weight_init` by name for every layer, or, for None,
     He-normal except LeCun-normal for a dense logits layer (`layer` is 'conv' or 'dense')."""
     if weight_init is None:
-        return LECUN_NORMAL if role == 'last' and layer == 'dense' else HE_NORMAL
+        return LECUN_NORMAL if role == "last" and layer == "dense" else HE_NORMAL
     return WEIGHT_INITS[weight_init]
 
 
-def plain_conv(features: int, kernel_size: Sequence[int], *, strides: int = 1,
-               padding='SAME', use_bias: bool = True, role: str = 'hidden',
-               dtype: Dtype = jnp.float32, name: str | None = None,
-               weight_init: str | None = None) -> nn.Module:
+def plain_conv(
+    features: int,
+    kernel_size: Sequence[int],
+    *,
+    strides: int = 1,
+    padding="SAME",
+    use_bias: bool = True,
+    role: str = "hidden",
+    dtype: Dtype = jnp.float32,
+    name: str | None = None,
+    weight_init: str | None = None,
+) -> nn.Module:
     """``nn.Conv`` initialized by ``kernel_initializer``; float32 parameters, computing in
     ``dtype``."""
-    return nn.Conv(features, tuple(kernel_size), strides=strides, padding=padding,
-                   use_bias=use_bias, kernel_init=kernel_initializer(weight_init, role, 'conv'),
-                   dtype=dtype, name=name)
+    return nn.Conv(
+        features,
+        tuple(kernel_size),
+        strides=strides,
+        padding=padding,
+        use_bias=use_bias,
+        kernel_init=kernel_initializer(weight_init, role, "conv"),
+        dtype=dtype,
+        name=name,
+    )
 
 
-def plain_dense(features: int, *, use_bias: bool = True, role: str = 'hidden',
-                dtype: Dtype = jnp.float32, name: str | None = None,
-                weight_init: str | None = None) -> nn.Module:
+def plain_dense(
+    features: int,
+    *,
+    use_bias: bool = True,
+    role: str = "hidden",
+    dtype: Dtype = jnp.float32,
+    name: str | None = None,
+    weight_init: str | None = None,
+) -> nn.Module:
     """``nn.Dense`` initialized by ``kernel_initializer``."""
-    return nn.Dense(features, use_bias=use_bias,
-                    kernel_init=kernel_initializer(weight_init, role, 'dense'), dtype=dtype,
-                    name=name)
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        kernel_init=kernel_initializer(weight_init, role, "dense"),
+        dtype=dtype,
+        name=name,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +140,7 @@ class LayerKit:
     ``stochastic_depth_rate`` is 1 - p_L, the drop probability of the last residual block
     (0: off).
     """
+
     norm_factory: ModuleFactory
     activation_factory: ModuleFactory
     conv_factory: WeightLayerFactory = plain_conv
@@ -129,7 +156,7 @@ class LayerKit:
     def __post_init__(self):
         check_weight_init(self.weight_init)
 
-    def for_forward(self) -> 'LayerKit':
+    def for_forward(self) -> "LayerKit":
         """The kit one forward pass of a model builds its layers from (see the module
         docstring): the normalization's ``open_forward`` of this kit."""
         return self.norm_factory(parent=None).open_forward(self)
@@ -140,23 +167,47 @@ class LayerKit:
         ``plain_dense`` (not quantized, weight-normalized, ...)."""
         return self.conv_factory is plain_conv and self.dense_factory is plain_dense
 
-    def conv(self, features: int, kernel_size: Sequence[int], *, name: str, strides: int = 1,
-             padding='SAME', use_bias: bool | None = None, role: str = 'hidden') -> nn.Module:
+    def conv(
+        self,
+        features: int,
+        kernel_size: Sequence[int],
+        *,
+        name: str,
+        strides: int = 1,
+        padding="SAME",
+        use_bias: bool | None = None,
+        role: str = "hidden",
+    ) -> nn.Module:
         """A conv from the kit's factory. ``use_bias=None``: a bias exactly when the
         normalization that follows adds none (see ``bias_before_norm``)."""
         if use_bias is None:
             use_bias = self.bias_before_norm
-        return self.conv_factory(features, kernel_size, strides=strides, padding=padding,
-                                 use_bias=use_bias, role=role, dtype=self.dtype,
-                                 weight_init=self.weight_init, name=name)
+        return self.conv_factory(
+            features,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            use_bias=use_bias,
+            role=role,
+            dtype=self.dtype,
+            weight_init=self.weight_init,
+            name=name,
+        )
 
-    def dense(self, features: int, *, name: str, use_bias: bool | None = None,
-              role: str = 'hidden') -> nn.Module:
+    def dense(
+        self, features: int, *, name: str, use_bias: bool | None = None, role: str = "hidden"
+    ) -> nn.Module:
         """A dense layer from the kit's factory; ``use_bias`` as in ``conv``."""
         if use_bias is None:
             use_bias = self.bias_before_norm
-        return self.dense_factory(features, use_bias=use_bias, role=role, dtype=self.dtype,
-                                  weight_init=self.weight_init, name=name)
+        return self.dense_factory(
+            features,
+            use_bias=use_bias,
+            role=role,
+            dtype=self.dtype,
+            weight_init=self.weight_init,
+            name=name,
+        )
 
     def norm(self, *, name: str, zero_scale: bool = False) -> nn.Module:
         """A normalization, applied as ``norm(x, train=...)``.
@@ -165,7 +216,7 @@ class LayerKit:
         (Goyal et al. 2017, arXiv:1706.02677), so each block starts as the identity. Ignored by
         normalizations without a gain.
         """
-        if zero_scale and has_field(self.norm_factory, 'scale_init'):
+        if zero_scale and has_field(self.norm_factory, "scale_init"):
             return self.norm_factory(dtype=self.dtype, scale_init=0.0, name=name)
         return self.norm_factory(dtype=self.dtype, name=name)
 
@@ -175,8 +226,11 @@ class LayerKit:
     def dropout(self, *, name: str, placement: str) -> nn.Module:
         """Dropout at `placement` ('input', 'hidden' or 'head'), applied as
         ``dropout(x, train=...)``; the identity where the config sets no rate for it."""
-        rate = {'input': self.input_dropout, 'hidden': self.hidden_dropout,
-                'head': self.head_dropout}[placement]
+        rate = {
+            "input": self.input_dropout,
+            "hidden": self.hidden_dropout,
+            "head": self.head_dropout,
+        }[placement]
         return (AlphaDropout if self.alpha_dropout else Dropout)(rate=rate, name=name)
 
     def stochastic_depth(self, *, name: str, block: int, num_blocks: int) -> nn.Module:

@@ -40,13 +40,14 @@ References:
   dorefa: Zhou, Wu, Ni, Zhou, Wen & Zou, "DoReFa-Net: Training Low Bitwidth Convolutional Neural
     Networks with Low Bitwidth Gradients", 2016, arXiv:1606.06160.
 """
+
 import dataclasses
 import functools
 from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 from flax.linen.linear import PaddingLike, canonicalize_padding
 from flax.typing import Dtype, Initializer
 
@@ -58,6 +59,7 @@ FULL_PRECISION = 32  # bits: this operand is not quantized
 
 
 # --- the straight-through estimators ------------------------------------------------------------
+
 
 def _sign(x: jax.Array) -> jax.Array:
     """+1 for x >= 0, -1 otherwise (sign(0) = +1, as in the BNN paper)."""
@@ -79,15 +81,15 @@ def sign_clipped_ste(x: jax.Array) -> jax.Array:
     return _sign(x)
 
 
-sign_clipped_ste.defvjp(lambda x: (_sign(x), x),
-                        lambda x, g: (g * (jnp.abs(x) <= 1).astype(g.dtype),))
+sign_clipped_ste.defvjp(
+    lambda x: (_sign(x), x), lambda x, g: (g * (jnp.abs(x) <= 1).astype(g.dtype),)
+)
 
 
 def _stochastic_sign(x: jax.Array, key: jax.Array) -> jax.Array:
     """+1 with probability hard_sigmoid(x) = clip((x + 1) / 2, 0, 1), else -1."""
     probability_of_one = jnp.clip((x + 1) / 2, 0, 1)
-    return jnp.where(jax.random.uniform(key, x.shape) < probability_of_one, 1,
-                     -1).astype(x.dtype)
+    return jnp.where(jax.random.uniform(key, x.shape) < probability_of_one, 1, -1).astype(x.dtype)
 
 
 @jax.custom_vjp
@@ -96,8 +98,7 @@ def stochastic_sign_ste(x: jax.Array, key: jax.Array) -> jax.Array:
     return _stochastic_sign(x, key)
 
 
-stochastic_sign_ste.defvjp(lambda x, key: (_stochastic_sign(x, key), None),
-                           lambda _, g: (g, None))
+stochastic_sign_ste.defvjp(lambda x, key: (_stochastic_sign(x, key), None), lambda _, g: (g, None))
 
 
 @jax.custom_vjp
@@ -120,8 +121,9 @@ def stochastic_round_ste(x: jax.Array, key: jax.Array) -> jax.Array:
     return _stochastic_round(x, key)
 
 
-stochastic_round_ste.defvjp(lambda x, key: (_stochastic_round(x, key), None),
-                            lambda _, g: (g, None))
+stochastic_round_ste.defvjp(
+    lambda x, key: (_stochastic_round(x, key), None), lambda _, g: (g, None)
+)
 
 
 def _filter_axes(w: jax.Array) -> tuple[int, ...]:
@@ -183,8 +185,10 @@ quantize_gradient.defvjp(lambda x, key, bits: (x, key), _quantize_gradient_backw
 
 # --- quantizers, composed from the estimators above ---------------------------------------------
 
-def linear_quantize(x: jax.Array, bits: int, low: float, high: float,
-                    key: jax.Array | None = None) -> jax.Array:
+
+def linear_quantize(
+    x: jax.Array, bits: int, low: float, high: float, key: jax.Array | None = None
+) -> jax.Array:
     """QNN's k-bit linear quantizer on [low, high]: 2^k evenly spaced levels including both ends,
     q = low + Delta round((clip(x, low, high) - low) / Delta), Delta = (high - low) / (2^k - 1);
     with `key`, unbiased stochastic rounding instead. Gradient g 1{low < x < high}: identity
@@ -213,41 +217,42 @@ def dorefa_activations(x: jax.Array, bits: int) -> jax.Array:
 
 # --- the configuration --------------------------------------------------------------------------
 
-METHODS = ('none', 'binaryconnect', 'bnn', 'xnor', 'qnn', 'dorefa')
+METHODS = ("none", "binaryconnect", "bnn", "xnor", "qnn", "dorefa")
 # Default (weight, activation, gradient) bits of each method; FULL_PRECISION = not quantized.
 DEFAULT_BITS = {
-    'none': (32, 32, 32),
-    'binaryconnect': (1, 32, 32),  # binary weights only
-    'bnn': (1, 1, 32),
-    'xnor': (1, 1, 32),            # activation_bits=32: XNOR-Net's binary-weight network (BWN)
-    'qnn': (2, 2, 32),
-    'dorefa': (1, 2, 32),
+    "none": (32, 32, 32),
+    "binaryconnect": (1, 32, 32),  # binary weights only
+    "bnn": (1, 1, 32),
+    "xnor": (1, 1, 32),  # activation_bits=32: XNOR-Net's binary-weight network (BWN)
+    "qnn": (2, 2, 32),
+    "dorefa": (1, 2, 32),
 }
-CLIPS_LATENT_WEIGHTS = frozenset({'binaryconnect', 'bnn', 'xnor', 'qnn'})
-STOCHASTIC_METHODS = frozenset({'binaryconnect', 'qnn'})
+CLIPS_LATENT_WEIGHTS = frozenset({"binaryconnect", "bnn", "xnor", "qnn"})
+STOCHASTIC_METHODS = frozenset({"binaryconnect", "qnn"})
 
 
 @dataclasses.dataclass(frozen=True)
 class QuantizationSpec:
     """What a quantized network quantizes and how; build it with ``quantization_spec``."""
-    method: str = 'none'
+
+    method: str = "none"
     weight_bits: int = FULL_PRECISION
     activation_bits: int = FULL_PRECISION
     gradient_bits: int = FULL_PRECISION
-    stochastic: bool = False      # binaryconnect: stochastic binarization; qnn: stochastic rounding
-    input_scale: bool = False     # xnor: scale outputs by K, the local mean of |input|
+    stochastic: bool = False  # binaryconnect: stochastic binarization; qnn: stochastic rounding
+    input_scale: bool = False  # xnor: scale outputs by K, the local mean of |input|
     quantize_first: bool = False  # also quantize the weights of the layer that sees the images
-    quantize_last: bool = False   # also quantize the logits layer (weights and inputs)
+    quantize_last: bool = False  # also quantize the logits layer (weights and inputs)
 
     def quantizes(self, role: str) -> bool:
         """Whether a weight layer in `role` ('first', 'hidden', 'last') is quantized."""
-        if self.method == 'none':
+        if self.method == "none":
             return False
-        return {'first': self.quantize_first, 'hidden': True, 'last': self.quantize_last}[role]
+        return {"first": self.quantize_first, "hidden": True, "last": self.quantize_last}[role]
 
     @property
     def kernel_name(self) -> str:
-        return LATENT_KERNEL if self.method in CLIPS_LATENT_WEIGHTS else 'kernel'
+        return LATENT_KERNEL if self.method in CLIPS_LATENT_WEIGHTS else "kernel"
 
     def quantize_weights(self, w: jax.Array, key: jax.Array | None) -> jax.Array:
         """The weights the layer multiplies with; `key`: the train-time key, None at eval."""
@@ -255,13 +260,13 @@ class QuantizationSpec:
         stochastic_key = key if self.stochastic else None
         if bits == FULL_PRECISION:
             return w
-        if method == 'binaryconnect':
+        if method == "binaryconnect":
             return sign_ste(w) if stochastic_key is None else stochastic_sign_ste(w, stochastic_key)
-        if method == 'bnn':
+        if method == "bnn":
             return sign_clipped_ste(w)
-        if method == 'xnor':
+        if method == "xnor":
             return xnor_binarize(w)
-        if method == 'qnn':
+        if method == "qnn":
             return linear_quantize(w, bits, -1.0, 1.0, stochastic_key)
         return dorefa_weights(w, bits)
 
@@ -270,37 +275,57 @@ class QuantizationSpec:
         bits, method = self.activation_bits, self.method
         if bits == FULL_PRECISION:
             return x
-        if method in ('bnn', 'xnor'):
+        if method in ("bnn", "xnor"):
             return sign_clipped_ste(x)
-        if method == 'qnn':
+        if method == "qnn":
             return linear_quantize(x, bits, -1.0, 1.0, key if self.stochastic else None)
         return dorefa_activations(x, bits)
 
 
 def _check_bits(field: str, bits) -> None:
     if not (isinstance(bits, int) and 1 <= bits <= FULL_PRECISION):
-        raise UsageError(f'model.quantization.{field} must be an int from 1 to {FULL_PRECISION} '
-                         f'({FULL_PRECISION}: full precision), got {bits!r}')
+        raise UsageError(
+            f"model.quantization.{field} must be an int from 1 to {FULL_PRECISION} "
+            f"({FULL_PRECISION}: full precision), got {bits!r}"
+        )
 
 
-def quantization_spec(method: str = 'none', *, weight_bits: int | None = None,
-                      activation_bits: int | None = None, gradient_bits: int | None = None,
-                      stochastic: bool = False, input_scale: bool = False,
-                      quantize_first: bool = False,
-                      quantize_last: bool = False) -> QuantizationSpec:
+def quantization_spec(
+    method: str = "none",
+    *,
+    weight_bits: int | None = None,
+    activation_bits: int | None = None,
+    gradient_bits: int | None = None,
+    stochastic: bool = False,
+    input_scale: bool = False,
+    quantize_first: bool = False,
+    quantize_last: bool = False,
+) -> QuantizationSpec:
     """The spec of `method` with its default bits (``DEFAULT_BITS``) where None; raises a one-line
     UsageError for an unknown method and for combinations the method does not define."""
     if method not in METHODS:
-        raise UsageError(f'unknown model.quantization.method {method!r}; valid: '
-                         f'{", ".join(METHODS)}')
+        raise UsageError(
+            f"unknown model.quantization.method {method!r}; valid: {', '.join(METHODS)}"
+        )
     defaults = DEFAULT_BITS[method]
-    bits = {field: default if value is None else value for field, value, default in zip(
-        ('weight_bits', 'activation_bits', 'gradient_bits'),
-        (weight_bits, activation_bits, gradient_bits), defaults)}
+    bits = {
+        field: default if value is None else value
+        for field, value, default in zip(
+            ("weight_bits", "activation_bits", "gradient_bits"),
+            (weight_bits, activation_bits, gradient_bits),
+            defaults,
+        )
+    }
     for field, value in bits.items():
         _check_bits(field, value)
-    spec = QuantizationSpec(method, **bits, stochastic=stochastic, input_scale=input_scale,
-                            quantize_first=quantize_first, quantize_last=quantize_last)
+    spec = QuantizationSpec(
+        method,
+        **bits,
+        stochastic=stochastic,
+        input_scale=input_scale,
+        quantize_first=quantize_first,
+        quantize_last=quantize_last,
+    )
     _check_combination(spec)
     return spec
 
@@ -309,36 +334,45 @@ def _check_combination(spec: QuantizationSpec) -> None:
     method = spec.method
 
     def refuse(what: str) -> None:
-        raise UsageError(f'model.quantization: {what} (method {method!r})')
+        raise UsageError(f"model.quantization: {what} (method {method!r})")
 
-    if method == 'none':
-        changed = [field.name for field in dataclasses.fields(spec)
-                   if getattr(spec, field.name) != field.default]
+    if method == "none":
+        changed = [
+            field.name
+            for field in dataclasses.fields(spec)
+            if getattr(spec, field.name) != field.default
+        ]
         if changed:
-            refuse(f'{", ".join(changed)} set without a quantization method; valid methods: '
-                   f'{", ".join(METHODS[1:])}')
+            refuse(
+                f"{', '.join(changed)} set without a quantization method; valid methods: "
+                f"{', '.join(METHODS[1:])}"
+            )
         return
-    if method in ('binaryconnect', 'bnn', 'xnor') and spec.weight_bits != 1:
-        refuse(f'weight_bits must be 1, got {spec.weight_bits}')
-    if method == 'binaryconnect' and spec.activation_bits != FULL_PRECISION:
-        refuse('BinaryConnect binarizes weights only; activation_bits must be 32')
-    if method == 'bnn' and spec.activation_bits != 1:
-        refuse(f'activation_bits must be 1, got {spec.activation_bits}')
-    if method == 'xnor' and spec.activation_bits not in (1, FULL_PRECISION):
-        refuse(f'activation_bits must be 1 (XNOR) or 32 (binary-weight network), '
-               f'got {spec.activation_bits}')
-    if method != 'dorefa' and spec.gradient_bits != FULL_PRECISION:
-        refuse('only dorefa quantizes gradients; gradient_bits must be 32')
+    if method in ("binaryconnect", "bnn", "xnor") and spec.weight_bits != 1:
+        refuse(f"weight_bits must be 1, got {spec.weight_bits}")
+    if method == "binaryconnect" and spec.activation_bits != FULL_PRECISION:
+        refuse("BinaryConnect binarizes weights only; activation_bits must be 32")
+    if method == "bnn" and spec.activation_bits != 1:
+        refuse(f"activation_bits must be 1, got {spec.activation_bits}")
+    if method == "xnor" and spec.activation_bits not in (1, FULL_PRECISION):
+        refuse(
+            f"activation_bits must be 1 (XNOR) or 32 (binary-weight network), "
+            f"got {spec.activation_bits}"
+        )
+    if method != "dorefa" and spec.gradient_bits != FULL_PRECISION:
+        refuse("only dorefa quantizes gradients; gradient_bits must be 32")
     if spec.stochastic and method not in STOCHASTIC_METHODS:
-        refuse(f'stochastic quantization exists for {", ".join(sorted(STOCHASTIC_METHODS))} only')
-    if spec.input_scale and not (method == 'xnor' and spec.activation_bits == 1):
-        refuse('input_scale is XNOR-Net\'s K and needs method xnor with activation_bits 1')
+        refuse(f"stochastic quantization exists for {', '.join(sorted(STOCHASTIC_METHODS))} only")
+    if spec.input_scale and not (method == "xnor" and spec.activation_bits == 1):
+        refuse("input_scale is XNOR-Net's K and needs method xnor with activation_bits 1")
 
 
 # --- quantized layers ---------------------------------------------------------------------------
 
+
 class _QuantizedLayer(nn.Module):
     """What quantized conv and dense layers share: latent weights, the keys, the bias."""
+
     features: int
     spec: QuantizationSpec
     quantize_input: bool = True  # False for a first layer: its input is the image
@@ -354,8 +388,12 @@ class _QuantizedLayer(nn.Module):
         training = self.has_rng(RNG_STREAM)
         draw = lambda needed: self.make_rng(RNG_STREAM) if training and needed else None
         weight_key = draw(spec.stochastic and spec.weight_bits != FULL_PRECISION)
-        input_key = draw(spec.stochastic and spec.method == 'qnn' and self.quantize_input
-                         and spec.activation_bits != FULL_PRECISION)
+        input_key = draw(
+            spec.stochastic
+            and spec.method == "qnn"
+            and self.quantize_input
+            and spec.activation_bits != FULL_PRECISION
+        )
         gradient_key = draw(spec.gradient_bits != FULL_PRECISION)
         return weight_key, input_key, gradient_key
 
@@ -370,8 +408,9 @@ class _QuantizedLayer(nn.Module):
     @nn.nowrap
     def _operands(self, x: jax.Array, kernel_shape: Sequence[int]):
         weight_key, input_key, gradient_key = self._keys()
-        latent = self.param(self.spec.kernel_name, self._latent_init, tuple(kernel_shape),
-                            jnp.float32)
+        latent = self.param(
+            self.spec.kernel_name, self._latent_init, tuple(kernel_shape), jnp.float32
+        )
         kernel = self.spec.quantize_weights(latent, weight_key).astype(self.dtype)
         if self.quantize_input:
             x = self.spec.quantize_inputs(x, input_key)
@@ -380,7 +419,7 @@ class _QuantizedLayer(nn.Module):
     @nn.nowrap
     def _finish(self, y: jax.Array, gradient_key: jax.Array | None) -> jax.Array:
         if self.use_bias:
-            bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
         if gradient_key is not None:
             y = quantize_gradient(y, gradient_key, self.spec.gradient_bits)
@@ -402,57 +441,104 @@ class QuantizedDense(_QuantizedLayer):
 
 class QuantizedConv(_QuantizedLayer):
     """A 2-D conv (NHWC inputs, HWIO kernel) with quantized weights and inputs."""
+
     kernel_size: Sequence[int] = (3, 3)
     strides: int = 1
-    padding: PaddingLike = 'SAME'
+    padding: PaddingLike = "SAME"
 
     @nn.nowrap
     def _convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         return jax.lax.conv_general_dilated(
-            x, kernel, (self.strides, self.strides), canonicalize_padding(self.padding, 2),
-            dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+            x,
+            kernel,
+            (self.strides, self.strides),
+            canonicalize_padding(self.padding, 2),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         inputs, kernel, gradient_key = self._operands(
-            x, (*self.kernel_size, x.shape[-1], self.features))
+            x, (*self.kernel_size, x.shape[-1], self.features)
+        )
         y = self._convolve(inputs, kernel)
         if self.spec.input_scale:
             # XNOR-Net's K: the mean |input| over channels, averaged over each receptive field
             # (a box filter with the conv's own window, strides and padding).
             mean_abs = jnp.mean(jnp.abs(x), axis=-1, keepdims=True).astype(self.dtype)
-            box = jnp.full((*self.kernel_size, 1, 1), 1 / (self.kernel_size[0]
-                                                          * self.kernel_size[1]), self.dtype)
+            box = jnp.full(
+                (*self.kernel_size, 1, 1),
+                1 / (self.kernel_size[0] * self.kernel_size[1]),
+                self.dtype,
+            )
             y = y * self._convolve(mean_abs, box)
         return self._finish(y, gradient_key)
 
 
-def quantized_weight_layers(spec: QuantizationSpec
-                            ) -> tuple[WeightLayerFactory, WeightLayerFactory]:
+def quantized_weight_layers(
+    spec: QuantizationSpec,
+) -> tuple[WeightLayerFactory, WeightLayerFactory]:
     """Conv and dense factories for the ``LayerKit``: quantized layers where ``spec.quantizes``
     the role, the plain full-precision ones elsewhere; all initialized by the kit's
     `weight_init`."""
 
-    def conv(features, kernel_size, *, strides=1, padding='SAME', use_bias=True, role='hidden',
-             dtype=jnp.float32, weight_init=None, name=None):
+    def conv(
+        features,
+        kernel_size,
+        *,
+        strides=1,
+        padding="SAME",
+        use_bias=True,
+        role="hidden",
+        dtype=jnp.float32,
+        weight_init=None,
+        name=None,
+    ):
         if not spec.quantizes(role):
-            return plain_conv(features, kernel_size, strides=strides, padding=padding,
-                              use_bias=use_bias, role=role, dtype=dtype, name=name,
-                              weight_init=weight_init)
-        return QuantizedConv(features=features, spec=spec, quantize_input=role != 'first',
-                             use_bias=use_bias,
-                             kernel_init=kernel_initializer(weight_init, role, 'conv'),
-                             dtype=dtype, kernel_size=tuple(kernel_size), strides=strides,
-                             padding=padding, name=name)
+            return plain_conv(
+                features,
+                kernel_size,
+                strides=strides,
+                padding=padding,
+                use_bias=use_bias,
+                role=role,
+                dtype=dtype,
+                name=name,
+                weight_init=weight_init,
+            )
+        return QuantizedConv(
+            features=features,
+            spec=spec,
+            quantize_input=role != "first",
+            use_bias=use_bias,
+            kernel_init=kernel_initializer(weight_init, role, "conv"),
+            dtype=dtype,
+            kernel_size=tuple(kernel_size),
+            strides=strides,
+            padding=padding,
+            name=name,
+        )
 
-    def dense(features, *, use_bias=True, role='hidden', dtype=jnp.float32, weight_init=None,
-              name=None):
+    def dense(
+        features, *, use_bias=True, role="hidden", dtype=jnp.float32, weight_init=None, name=None
+    ):
         if not spec.quantizes(role):
-            return plain_dense(features, use_bias=use_bias, role=role, dtype=dtype, name=name,
-                               weight_init=weight_init)
-        return QuantizedDense(features=features, spec=spec, quantize_input=role != 'first',
-                              use_bias=use_bias,
-                              kernel_init=kernel_initializer(weight_init, role, 'dense'),
-                              dtype=dtype, name=name)
+            return plain_dense(
+                features,
+                use_bias=use_bias,
+                role=role,
+                dtype=dtype,
+                name=name,
+                weight_init=weight_init,
+            )
+        return QuantizedDense(
+            features=features,
+            spec=spec,
+            quantize_input=role != "first",
+            use_bias=use_bias,
+            kernel_init=kernel_initializer(weight_init, role, "dense"),
+            dtype=dtype,
+            name=name,
+        )
 
     return conv, dense

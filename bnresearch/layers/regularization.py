@@ -15,15 +15,16 @@ References:
   stochastic depth: Huang, Sun, Liu, Sedra & Weinberger, "Deep Networks with Stochastic Depth",
     ECCV 2016, arXiv:1603.09382.
 """
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from bnresearch.errors import UsageError
 from bnresearch.layers.activations import SELU_ALPHA, SELU_SCALE
 from bnresearch.layers.variables import RNG_STREAM
 
-DROPOUT_PLACEMENTS = ('input', 'hidden', 'head')
+DROPOUT_PLACEMENTS = ("input", "hidden", "head")
 
 # The value SELU saturates to for large negative inputs, -lambda * alpha: alpha-dropout sets
 # dropped units to it (Klambauer et al. 2017, section 3).
@@ -32,12 +33,13 @@ SELU_SATURATION = -SELU_SCALE * SELU_ALPHA
 
 def check_drop_rate(what: str, rate: float) -> None:
     if not (isinstance(rate, (int, float)) and 0.0 <= rate < 1.0):
-        raise UsageError(f'{what} must lie in [0, 1), got {rate!r}')
+        raise UsageError(f"{what} must lie in [0, 1), got {rate!r}")
 
 
 class Dropout(nn.Module):
     """Inverted dropout: at train each unit is zeroed with probability ``rate`` and the kept ones
     are divided by 1 - rate, so the expectation is unchanged and evaluation is the identity."""
+
     rate: float = 0.0
 
     @nn.compact
@@ -54,6 +56,7 @@ class AlphaDropout(nn.Module):
     alpha' = -lambda alpha, then a x + b restores mean 0 and variance 1 for inputs with mean 0
     and variance 1, where, with q = 1 - rate, a = (q + alpha'^2 q (1 - q))^(-1/2) and
     b = -a (1 - q) alpha'. Identity at evaluation."""
+
     rate: float = 0.0
 
     @nn.compact
@@ -81,6 +84,7 @@ class StochasticDepth(nn.Module):
     gradient. Kept branches are not rescaled at train; at evaluation the branch is multiplied
     by ``survival``, its expectation at train.
     """
+
     survival: float = 1.0
 
     @nn.compact

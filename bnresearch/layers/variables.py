@@ -20,6 +20,7 @@ from (seed, step), so a resumed run draws exactly what an uninterrupted one draw
 clips to [-1, 1] after each update (``bnresearch/layers/quantization.py`` gives the name,
 ``bnresearch/optim/constraints.py`` clips the leaves that carry it).
 """
+
 STATE = "batch_stats"
 AUX_LOSS = "aux_loss"
 ANALYSIS = "analysis"

@@ -19,6 +19,7 @@ the examples or of the features.
 Under ``jax.jit`` with the batch sharded over a mesh the means are over the global batch, like
 batch norm's statistics.
 """
+
 import jax
 import jax.numpy as jnp
 

@@ -24,6 +24,7 @@ training with per-device batch norm), so both norms are those of the network nor
 examples, a consistent pair, but not of the global batch norm the train step uses. Batch
 augmentation's copies are counted as examples, which they are not quite (they are correlated).
 """
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -37,9 +38,10 @@ from bnresearch.errors import UsageError
 @flax.struct.dataclass
 class NoiseScaleState:
     """Running EMAs of the two estimates, part of the train state and its checkpoints."""
+
     gradient_sq: jax.Array  # EMA of the |G|^2 estimates (not bias-corrected)
-    trace: jax.Array        # EMA of the tr(Sigma) estimates (not bias-corrected)
-    count: jax.Array        # measurements so far
+    trace: jax.Array  # EMA of the tr(Sigma) estimates (not bias-corrected)
+    count: jax.Array  # measurements so far
 
 
 def init_noise_scale() -> NoiseScaleState:
@@ -57,7 +59,8 @@ def sub_batch_gradient_norms(gradient_fn, batch: dict, sub_batches: int, rng: ja
     `gradient_fn(sub_batch, rng)` returns the gradient pytree of the mean loss over `sub_batch`.
     """
     split = jax.tree.map(
-        lambda x: x.reshape(sub_batches, x.shape[0] // sub_batches, *x.shape[1:]), batch)
+        lambda x: x.reshape(sub_batches, x.shape[0] // sub_batches, *x.shape[1:]), batch
+    )
     gradients = jax.vmap(gradient_fn)(split, jax.random.split(rng, sub_batches))
     small_sq = jnp.mean(jax.vmap(_squared_norm)(gradients))
     big_sq = _squared_norm(jax.tree.map(lambda g: jnp.mean(g, axis=0), gradients))
@@ -72,17 +75,21 @@ def estimate(small_sq, big_sq, small_batch: int, big_batch: int):
 
 
 def update(state: NoiseScaleState, gradient_sq, trace, decay: float) -> NoiseScaleState:
-    return NoiseScaleState(gradient_sq=decay * state.gradient_sq + (1 - decay) * gradient_sq,
-                           trace=decay * state.trace + (1 - decay) * trace,
-                           count=state.count + 1)
+    return NoiseScaleState(
+        gradient_sq=decay * state.gradient_sq + (1 - decay) * gradient_sq,
+        trace=decay * state.trace + (1 - decay) * trace,
+        count=state.count + 1,
+    )
 
 
 def summary(state: NoiseScaleState, decay: float) -> dict[str, jax.Array]:
     """The scalars logged as train/noise_scale, train/noise_scale_gradient_sq and ..._trace."""
     bias_correction = 1.0 - decay ** state.count.astype(jnp.float32)
-    return {"noise_scale": state.trace / state.gradient_sq,
-            "noise_scale_gradient_sq": state.gradient_sq / bias_correction,
-            "noise_scale_trace": state.trace / bias_correction}
+    return {
+        "noise_scale": state.trace / state.gradient_sq,
+        "noise_scale_gradient_sq": state.gradient_sq / bias_correction,
+        "noise_scale_trace": state.trace / bias_correction,
+    }
 
 
 def check_noise_scale_config(config: ml_collections.ConfigDict, batch_sizes) -> None:
@@ -96,5 +103,7 @@ def check_noise_scale_config(config: ml_collections.ConfigDict, batch_sizes) -> 
     if config.enabled:
         for size in batch_sizes:
             if size % sub_batches:
-                raise UsageError(f"noise_scale.sub_batches={sub_batches} does not divide the "
-                                 f"batch of {size}; use a divisor of it")
+                raise UsageError(
+                    f"noise_scale.sub_batches={sub_batches} does not divide the "
+                    f"batch of {size}; use a divisor of it"
+                )

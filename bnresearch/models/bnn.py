@@ -22,29 +22,32 @@ base with cross-entropy. The first and logits layers stay full precision unless
 as the paper binarizes the weights of every layer. Hidden dropout follows each hidden
 activation, head dropout comes right before the logits layer.
 """
+
 from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from bnresearch.layers.kit import LayerKit
 from bnresearch.models.common import check_positive_int, check_positive_ints
 
 
-def _classifier(module: nn.Module, kit: LayerKit, x: jax.Array, train: bool,
-                first: bool) -> jax.Array:
+def _classifier(
+    module: nn.Module, kit: LayerKit, x: jax.Array, train: bool, first: bool
+) -> jax.Array:
     """The dense layers (weight -> norm -> act each) and the normalized logits layer, built from
     `kit`, the kit of the forward pass."""
     for layer, width in enumerate(module.hidden_sizes, start=1):
-        role = 'first' if first and layer == 1 else 'hidden'
-        x = kit.dense(width, role=role, name=f'dense{layer}')(x)
-        x = kit.activation(name=f'dense{layer}_act')(
-            kit.norm(name=f'dense{layer}_norm')(x, train=train))
-        x = kit.dropout(name=f'dense{layer}_dropout', placement='hidden')(x, train=train)
-    x = kit.dropout(name='head_dropout', placement='head')(x, train=train)
-    logits = kit.dense(module.num_classes, role='last', name='head')(x)
-    return kit.norm(name='head_norm')(logits, train=train).astype(jnp.float32)
+        role = "first" if first and layer == 1 else "hidden"
+        x = kit.dense(width, role=role, name=f"dense{layer}")(x)
+        x = kit.activation(name=f"dense{layer}_act")(
+            kit.norm(name=f"dense{layer}_norm")(x, train=train)
+        )
+        x = kit.dropout(name=f"dense{layer}_dropout", placement="hidden")(x, train=train)
+    x = kit.dropout(name="head_dropout", placement="head")(x, train=train)
+    logits = kit.dense(module.num_classes, role="last", name="head")(x)
+    return kit.norm(name="head_norm")(logits, train=train).astype(jnp.float32)
 
 
 class BinarizedMLP(nn.Module):
@@ -53,8 +56,8 @@ class BinarizedMLP(nn.Module):
     hidden_sizes: Sequence[int] = (4096, 4096, 4096)
 
     def __post_init__(self):
-        check_positive_int('bnn mlp', 'num_classes', self.num_classes)
-        check_positive_ints('bnn mlp', 'hidden_sizes', self.hidden_sizes)
+        check_positive_int("bnn mlp", "num_classes", self.num_classes)
+        check_positive_ints("bnn mlp", "hidden_sizes", self.hidden_sizes)
         super().__post_init__()
 
     @nn.nowrap
@@ -65,7 +68,7 @@ class BinarizedMLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         kit = self.layers.for_forward()
-        x = kit.dropout(name='input_dropout', placement='input')(x, train=train)
+        x = kit.dropout(name="input_dropout", placement="input")(x, train=train)
         return _classifier(self, kit, x.reshape(x.shape[0], -1), train, first=True)
 
 
@@ -76,9 +79,9 @@ class BinarizedVGG(nn.Module):
     hidden_sizes: Sequence[int] = (1024, 1024)
 
     def __post_init__(self):
-        check_positive_int('bnn vgg', 'num_classes', self.num_classes)
-        check_positive_ints('bnn vgg', 'widths', self.widths)
-        check_positive_ints('bnn vgg', 'hidden_sizes', self.hidden_sizes)
+        check_positive_int("bnn vgg", "num_classes", self.num_classes)
+        check_positive_ints("bnn vgg", "widths", self.widths)
+        check_positive_ints("bnn vgg", "hidden_sizes", self.hidden_sizes)
         super().__post_init__()
 
     @nn.nowrap
@@ -89,15 +92,16 @@ class BinarizedVGG(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         kit = self.layers.for_forward()
-        x = kit.dropout(name='input_dropout', placement='input')(x, train=train)
+        x = kit.dropout(name="input_dropout", placement="input")(x, train=train)
         for stage, width in enumerate(self.widths, start=1):
             for conv in (1, 2):
-                layer = f'stage{stage}_conv{conv}'
-                role = 'first' if stage == conv == 1 else 'hidden'
+                layer = f"stage{stage}_conv{conv}"
+                role = "first" if stage == conv == 1 else "hidden"
                 x = kit.conv(width, (3, 3), padding=1, role=role, name=layer)(x)
                 if conv == 2:  # 'SAME': an 8x8 digit goes 4, 2, 1
-                    x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
-                x = kit.activation(name=f'{layer}_act')(
-                    kit.norm(name=f'{layer}_norm')(x, train=train))
-                x = kit.dropout(name=f'{layer}_dropout', placement='hidden')(x, train=train)
+                    x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+                x = kit.activation(name=f"{layer}_act")(
+                    kit.norm(name=f"{layer}_norm")(x, train=train)
+                )
+                x = kit.dropout(name=f"{layer}_dropout", placement="hidden")(x, train=train)
         return _classifier(self, kit, x.reshape(x.shape[0], -1), train, first=False)

@@ -16,22 +16,62 @@ he uses 0.3 after the first conv and 0.4 elsewhere, one rate here).
 Pools pad to 'SAME', which on even sides is the plain 2x2 pool and lets inputs smaller than 32
 run: an 8x8 digit is 1x1 from the fourth group on.
 """
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from bnresearch.errors import UsageError
 from bnresearch.layers.kit import LayerKit
 from bnresearch.models.common import check_positive_int
 
-POOL = 'pool'
+POOL = "pool"
 CONFIGURATIONS = {
     11: (64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL),
     13: (64, 64, POOL, 128, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL),
-    16: (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL,
-         512, 512, 512, POOL),
-    19: (64, 64, POOL, 128, 128, POOL, 256, 256, 256, 256, POOL, 512, 512, 512, 512, POOL,
-         512, 512, 512, 512, POOL),
+    16: (
+        64,
+        64,
+        POOL,
+        128,
+        128,
+        POOL,
+        256,
+        256,
+        256,
+        POOL,
+        512,
+        512,
+        512,
+        POOL,
+        512,
+        512,
+        512,
+        POOL,
+    ),
+    19: (
+        64,
+        64,
+        POOL,
+        128,
+        128,
+        POOL,
+        256,
+        256,
+        256,
+        256,
+        POOL,
+        512,
+        512,
+        512,
+        512,
+        POOL,
+        512,
+        512,
+        512,
+        512,
+        POOL,
+    ),
 }
 
 
@@ -42,13 +82,17 @@ class VGG(nn.Module):
     classifier_width: int = 512
 
     def __post_init__(self):
-        check_positive_int('vgg', 'num_classes', self.num_classes)
+        check_positive_int("vgg", "num_classes", self.num_classes)
         if self.depth not in CONFIGURATIONS:
-            raise UsageError(f'vgg: depth must be one of '
-                             f'{", ".join(map(str, CONFIGURATIONS))}, got {self.depth!r}')
+            raise UsageError(
+                f"vgg: depth must be one of "
+                f"{', '.join(map(str, CONFIGURATIONS))}, got {self.depth!r}"
+            )
         if not (isinstance(self.classifier_width, int) and self.classifier_width >= 0):
-            raise UsageError(f'vgg: classifier_width must be an int >= 0 (0: a single dense '
-                             f'layer), got {self.classifier_width!r}')
+            raise UsageError(
+                f"vgg: classifier_width must be an int >= 0 (0: a single dense "
+                f"layer), got {self.classifier_width!r}"
+            )
         super().__post_init__()
 
     @nn.nowrap
@@ -62,25 +106,27 @@ class VGG(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         kit = self.layers.for_forward()
-        x = kit.dropout(name='input_dropout', placement='input')(x, train=train)
+        x = kit.dropout(name="input_dropout", placement="input")(x, train=train)
         configuration = CONFIGURATIONS[self.depth]
         conv = 0
         for position, item in enumerate(configuration):
             if item == POOL:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='SAME')
+                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
                 continue
             conv += 1
-            x = kit.conv(item, (3, 3), padding=1, role='first' if conv == 1 else 'hidden',
-                         name=f'conv{conv}')(x)
-            x = kit.activation(name=f'act{conv}')(kit.norm(name=f'norm{conv}')(x, train=train))
+            x = kit.conv(
+                item, (3, 3), padding=1, role="first" if conv == 1 else "hidden", name=f"conv{conv}"
+            )(x)
+            x = kit.activation(name=f"act{conv}")(kit.norm(name=f"norm{conv}")(x, train=train))
             if configuration[position + 1] != POOL:
-                x = kit.dropout(name=f'dropout{conv}', placement='hidden')(x, train=train)
+                x = kit.dropout(name=f"dropout{conv}", placement="hidden")(x, train=train)
         x = x.reshape(x.shape[0], -1)
         if self.classifier_width:
-            x = kit.dropout(name='classifier_dropout', placement='head')(x, train=train)
-            x = kit.dense(self.classifier_width, name='classifier')(x)
-            x = kit.activation(name='classifier_act')(
-                kit.norm(name='classifier_norm')(x, train=train))
-        x = kit.dropout(name='head_dropout', placement='head')(x, train=train)
-        logits = kit.dense(self.num_classes, use_bias=True, role='last', name='head')(x)
+            x = kit.dropout(name="classifier_dropout", placement="head")(x, train=train)
+            x = kit.dense(self.classifier_width, name="classifier")(x)
+            x = kit.activation(name="classifier_act")(
+                kit.norm(name="classifier_norm")(x, train=train)
+            )
+        x = kit.dropout(name="head_dropout", placement="head")(x, train=train)
+        logits = kit.dense(self.num_classes, use_bias=True, role="last", name="head")(x)
         return logits.astype(jnp.float32)

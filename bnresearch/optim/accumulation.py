@@ -10,12 +10,12 @@ Without batch statistics, k micro-batches of B give the update of one batch of k
 rounding of the running mean). With batch norm they do not: each micro-batch is normalized with
 its own statistics, as ghost batch norm of size B would, and each updates the running averages.
 """
+
 import jax
 import optax
 
 
-def accumulate(optimizer: optax.GradientTransformation,
-               steps: int) -> optax.GradientTransformation:
+def accumulate(optimizer: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
     """`optimizer` applied once every `steps` calls to the mean of their gradients."""
     if steps == 1:
         return optimizer  # no accumulator to carry, no zero updates to apply

@@ -21,6 +21,7 @@ The data stream does not skip or restart at a phase: the first batch of a phase 
 stream position right after the previous phase's last batch (see ``bnresearch.data.pipeline``),
 so every position is a pure function of the step and resume is exact in any phase.
 """
+
 import dataclasses
 
 from bnresearch.config.durations import parse_duration
@@ -30,15 +31,16 @@ from bnresearch.errors import UsageError
 @dataclasses.dataclass(frozen=True)
 class Phase:
     start_epoch: float
-    batch_size: int           # distinct examples per train-step call (a micro-batch, if k > 1)
+    batch_size: int  # distinct examples per train-step call (a micro-batch, if k > 1)
     examples_per_update: int  # batch_size x accumulation steps: what epochs and the lr rule count
-    first_step: int           # updates completed before the phase starts
-    steps_per_epoch: int      # num_train // examples_per_update
+    first_step: int  # updates completed before the phase starts
+    steps_per_epoch: int  # num_train // examples_per_update
 
 
 @dataclasses.dataclass(frozen=True)
 class Cadence:
     """The steps at which a periodic action is due."""
+
     starts: tuple[tuple[int, int], ...]  # (first step, interval in steps; 0 means never)
 
     def is_due(self, step: int) -> bool:
@@ -73,9 +75,12 @@ class Timeline:
         amount, unit = parse_duration(duration)
         if unit == "steps":
             return Cadence(((0, max(int(amount), minimum)),))
-        return Cadence(tuple(
-            (phase.first_step, max(int(round(amount * phase.steps_per_epoch)), minimum))
-            for phase in self.phases))
+        return Cadence(
+            tuple(
+                (phase.first_step, max(int(round(amount * phase.steps_per_epoch)), minimum))
+                for phase in self.phases
+            )
+        )
 
 
 def check_batch_size_schedule(schedule) -> None:
@@ -86,10 +91,13 @@ def check_batch_size_schedule(schedule) -> None:
         if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or epoch <= previous:
             raise UsageError(
                 f"batch_size_schedule.epochs must increase from above 0, got {epoch!r} after "
-                f"{previous!r}; batch_size is the batch size from epoch 0")
+                f"{previous!r}; batch_size is the batch size from epoch 0"
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise UsageError(f"batch_size_schedule.batch_sizes entry {batch_size!r} (from epoch "
-                             f"{epoch}) must be a positive whole number")
+            raise UsageError(
+                f"batch_size_schedule.batch_sizes entry {batch_size!r} (from epoch "
+                f"{epoch}) must be a positive whole number"
+            )
         previous = epoch
 
 
@@ -97,15 +105,18 @@ def schedule_from_config(config) -> tuple[tuple[float, int], ...]:
     """The (epoch, batch size) pairs of the config's `batch_size_schedule` block, checked."""
     epochs, batch_sizes = tuple(config.epochs), tuple(config.batch_sizes)
     if len(epochs) != len(batch_sizes):
-        raise UsageError(f"batch_size_schedule has {len(epochs)} epochs but {len(batch_sizes)} "
-                         "batch_sizes; give one batch size per epoch")
+        raise UsageError(
+            f"batch_size_schedule has {len(epochs)} epochs but {len(batch_sizes)} "
+            "batch_sizes; give one batch size per epoch"
+        )
     schedule = tuple(zip(epochs, batch_sizes))
     check_batch_size_schedule(schedule)
     return schedule
 
 
-def make_timeline(num_train: int, batch_size: int, accumulation_steps: int = 1,
-                  schedule=()) -> Timeline:
+def make_timeline(
+    num_train: int, batch_size: int, accumulation_steps: int = 1, schedule=()
+) -> Timeline:
     """The phases of a run on `num_train` examples; UsageError if a batch exceeds the data or a
     phase would take no step."""
     check_batch_size_schedule(schedule)
@@ -117,12 +128,15 @@ def make_timeline(num_train: int, batch_size: int, accumulation_steps: int = 1,
             raise UsageError(
                 f"a batch of {size} x {accumulation_steps} accumulation steps = "
                 f"{examples_per_update} examples exceeds the {num_train} training examples; use "
-                f"at most {num_train} per update")
+                f"at most {num_train} per update"
+            )
         first_step = 0
         if phases:
             first_step = Timeline(tuple(phases)).step_at_epoch(start_epoch)
             if first_step <= phases[-1].first_step:
-                raise UsageError(f"batch_size_schedule: the phase from epoch {start_epoch} starts "
-                                 "before the previous phase takes a step; space the epochs apart")
+                raise UsageError(
+                    f"batch_size_schedule: the phase from epoch {start_epoch} starts "
+                    "before the previous phase takes a step; space the epochs apart"
+                )
         phases.append(Phase(start_epoch, size, examples_per_update, first_step, steps_per_epoch))
     return Timeline(tuple(phases))

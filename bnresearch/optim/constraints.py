@@ -8,6 +8,7 @@ layers name such weights ``latent_kernel`` (``bnresearch/layers/quantization.py`
 here clips exactly the leaves of that name and passes every other update through untouched, so
 it is a no-op for models without them.
 """
+
 import jax
 import jax.numpy as jnp
 import optax

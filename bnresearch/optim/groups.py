@@ -14,6 +14,7 @@ Goyal et al. 2017 (arXiv:1706.02677) exempt normalization parameters and biases 
 decay; You et al. 2017 (LARS, arXiv:1708.03888) also exempt them from the trust ratio: each is one
 line of config with these groups.
 """
+
 import jax
 import optax
 
@@ -54,8 +55,9 @@ def scale_by_group(multipliers: dict[str, float]) -> optax.GradientTransformatio
 
     def update_fn(updates, state, params=None):
         del params
-        scaled = jax.tree.map(lambda update, group: update * multipliers[group], updates,
-                              group_labels(updates))
+        scaled = jax.tree.map(
+            lambda update, group: update * multipliers[group], updates, group_labels(updates)
+        )
         return scaled, state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)

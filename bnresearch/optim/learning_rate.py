@@ -6,6 +6,7 @@ at run time, so `--config.batch_size=...` rescales it instead of silently keepin
 optimizer.accumulation_steps. Batch augmentation's copies do not count (Hoffer et al. keep the
 baseline's lr), and under a batch-size schedule each phase has its own (`phase_peak_lrs`).
 """
+
 import math
 from typing import Sequence
 
@@ -30,8 +31,9 @@ def scaled_learning_rate(base_lr: float, batch_size: int, base_batch_size: int, 
     raise UsageError(f"unknown lr_scaling {rule!r}; valid: {', '.join(LR_SCALING_RULES)}")
 
 
-def phase_peak_lrs(base_lr: float, base_batch_size: int, rule: str,
-                   batch_sizes: Sequence[int], mode: str) -> tuple[float, ...]:
+def phase_peak_lrs(
+    base_lr: float, base_batch_size: int, rule: str, batch_sizes: Sequence[int], mode: str
+) -> tuple[float, ...]:
     """The peak lr of each phase of a batch-size schedule (`batch_sizes`: examples per update).
 
     fixed: every phase keeps the first phase's lr; growing the batch then does what an lr decay
@@ -40,12 +42,15 @@ def phase_peak_lrs(base_lr: float, base_batch_size: int, rule: str,
     """
     if mode == "fixed":
         return (scaled_learning_rate(base_lr, batch_sizes[0], base_batch_size, rule),) * len(
-            batch_sizes)
+            batch_sizes
+        )
     if mode == "rescaled":
-        return tuple(scaled_learning_rate(base_lr, size, base_batch_size, rule)
-                     for size in batch_sizes)
-    raise UsageError(f"unknown batch_size_schedule.lr {mode!r}; valid: "
-                     f"{', '.join(BATCH_SIZE_SCHEDULE_LR)}")
+        return tuple(
+            scaled_learning_rate(base_lr, size, base_batch_size, rule) for size in batch_sizes
+        )
+    raise UsageError(
+        f"unknown batch_size_schedule.lr {mode!r}; valid: {', '.join(BATCH_SIZE_SCHEDULE_LR)}"
+    )
 
 
 def legw_warmup_epochs(warmup_epochs: float, batch_size: int, base_batch_size: int) -> float:
@@ -65,8 +70,12 @@ def check_warmup(warmup: str, rule: str, lr_scaling: str) -> None:
         raise UsageError(f"unknown schedule.warmup_rule {rule!r}; valid: {', '.join(WARMUP_RULES)}")
     if rule == "legw":
         if lr_scaling != "sqrt":
-            raise UsageError(f"schedule.warmup_rule=legw goes with lr_scaling='sqrt' (You et al. "
-                             f"2019), not {lr_scaling!r}; set --config.lr_scaling=sqrt")
+            raise UsageError(
+                f"schedule.warmup_rule=legw goes with lr_scaling='sqrt' (You et al. "
+                f"2019), not {lr_scaling!r}; set --config.lr_scaling=sqrt"
+            )
         if parse_duration(warmup)[1] != "epochs":
-            raise UsageError(f"schedule.warmup_rule=legw needs schedule.warmup in epochs (at "
-                             f"base_batch_size), not {warmup!r}")
+            raise UsageError(
+                f"schedule.warmup_rule=legw needs schedule.warmup in epochs (at "
+                f"base_batch_size), not {warmup!r}"
+            )

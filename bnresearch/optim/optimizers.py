@@ -35,6 +35,7 @@ arXiv:1412.6980. LARS: You, Gitman & Ginsburg, "Large Batch Training of Convolut
 2017, arXiv:1708.03888. LAMB: You et al., "Large Batch Optimization for Deep Learning: Training
 BERT in 76 minutes", ICLR 2020, arXiv:1904.00962.
 """
+
 import dataclasses
 from typing import Callable
 
@@ -68,15 +69,19 @@ def _nesterov(config):
 
 def _adagrad(config):
     # G <- G + g^2, step g / sqrt(G + eps); G starts at initial_accumulator.
-    return [optax.scale_by_rss(initial_accumulator_value=config.initial_accumulator,
-                               eps=config.eps)]
+    return [
+        optax.scale_by_rss(initial_accumulator_value=config.initial_accumulator, eps=config.eps)
+    ]
 
 
 def _rmsprop(config):
     # nu <- rho nu + (1 - rho) g^2, step g / sqrt(nu + eps) (eps inside the root, optax's
     # default; PyTorch adds it outside); nu starts at initial_accumulator.
-    return [optax.scale_by_rms(decay=config.rho, eps=config.eps,
-                               initial_scale=config.initial_accumulator)]
+    return [
+        optax.scale_by_rms(
+            decay=config.rho, eps=config.eps, initial_scale=config.initial_accumulator
+        )
+    ]
 
 
 def _adam(config):
@@ -95,7 +100,8 @@ def _lamb_trust_ratio(config):
 @dataclasses.dataclass(frozen=True)
 class OptimizerRule:
     """One optimizer: what it adds to the shared chain (see the module docstring)."""
-    direction: Transforms     # gradient -> direction, before the lr (momentum, moments, ...)
+
+    direction: Transforms  # gradient -> direction, before the lr (momentum, moments, ...)
     decay_styles: tuple[str, ...]  # the weight-decay styles it has; the first is its own
     trust_ratio: Callable[[ml_collections.ConfigDict], optax.GradientTransformation] | None = None
     # LARS keeps its momentum on lr-scaled steps (optax.lars, You et al.'s Algorithm 1).
@@ -110,8 +116,9 @@ OPTIMIZERS = {
     "rmsprop": OptimizerRule(_rmsprop, COUPLED_FIRST),
     "adam": OptimizerRule(_adam, COUPLED_FIRST),
     "adamw": OptimizerRule(_adam, ("decoupled",)),
-    "lars": OptimizerRule(_nothing, ("coupled",), trust_ratio=_lars_trust_ratio,
-                          after_lr=_momentum),
+    "lars": OptimizerRule(
+        _nothing, ("coupled",), trust_ratio=_lars_trust_ratio, after_lr=_momentum
+    ),
     "lamb": OptimizerRule(_adam, ("decoupled", "coupled"), trust_ratio=_lamb_trust_ratio),
 }
 WEIGHT_DECAY_STYLES = ("auto",) + COUPLED_FIRST
@@ -130,7 +137,8 @@ def weight_decay_style(config: ml_collections.ConfigDict) -> str:
     if config.weight_decay_style not in styles:
         raise UsageError(
             f"optimizer.weight_decay_style={config.weight_decay_style!r} does not apply to "
-            f"{config.name}; valid for {config.name}: auto, {', '.join(styles)}")
+            f"{config.name}; valid for {config.name}: auto, {', '.join(styles)}"
+        )
     return config.weight_decay_style
 
 
@@ -144,13 +152,16 @@ def check_optimizer_config(config: ml_collections.ConfigDict) -> None:
     weight_decay_style(config)
     unknown = sorted(set(config.lr_multipliers) - set(GROUPS))
     if unknown:
-        raise UsageError(f"unknown optimizer.lr_multipliers group(s) {', '.join(unknown)}; "
-                         f"valid: {', '.join(GROUPS)}")
+        raise UsageError(
+            f"unknown optimizer.lr_multipliers group(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(GROUPS)}"
+        )
     check_ranges(config, "optimizer")
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   learning_rate: Schedule) -> optax.GradientTransformation:
+def make_optimizer(
+    config: ml_collections.ConfigDict, learning_rate: Schedule
+) -> optax.GradientTransformation:
     """The optimizer of the `optimizer` config block, stepping with the `learning_rate` schedule.
     Last in the chain, the latent weights of quantized layers are clipped to [-1, 1] (a no-op for
     models without them; see ``constraints``).
@@ -164,8 +175,9 @@ def make_optimizer(config: ml_collections.ConfigDict,
     style = weight_decay_style(config)
     decay = []
     if config.weight_decay > 0:
-        decay = [optax.add_decayed_weights(config.weight_decay,
-                                           mask=target_mask(config.weight_decay_on))]
+        decay = [
+            optax.add_decayed_weights(config.weight_decay, mask=target_mask(config.weight_decay_on))
+        ]
     transforms = []
     if config.grad_clip_norm > 0:
         transforms.append(optax.clip_by_global_norm(config.grad_clip_norm))

@@ -17,6 +17,7 @@ warmup_steps), 0, 1):
   epochs are counted phase by phase, so the rate per epoch holds under batch-size schedules.
 Batch-size schedules: each phase has its own peak lr (``bnresearch.optim.learning_rate``).
 """
+
 import dataclasses
 from typing import Callable
 
@@ -32,15 +33,16 @@ Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 @dataclasses.dataclass(frozen=True)
 class ScheduleSpec:
     """A schedule in steps: what `make_schedule` needs, resolved from the config."""
-    phases: tuple[Phase, ...]    # of the batch-size schedule: one for a fixed batch size
+
+    phases: tuple[Phase, ...]  # of the batch-size schedule: one for a fixed batch size
     peak_lrs: tuple[float, ...]  # the peak lr of each phase
     total_steps: int
     warmup_steps: int = 0
     decay: str = "constant"
     boundaries: tuple[int, ...] = ()  # absolute steps, for the step decay
-    decay_factor: float = 0.1         # step
-    power: float = 2.0                # polynomial
-    decay_rate: float = 0.97          # exponential: factor per epoch
+    decay_factor: float = 0.1  # step
+    power: float = 2.0  # polynomial
+    decay_rate: float = 0.97  # exponential: factor per epoch
 
 
 def _progress(step, spec):
@@ -69,7 +71,7 @@ def _constant(step, spec):
 
 def _step(step, spec):
     passed = sum((step >= boundary).astype(jnp.float32) for boundary in spec.boundaries)
-    return spec.decay_factor ** passed
+    return spec.decay_factor**passed
 
 
 def _cosine(step, spec):
@@ -83,11 +85,16 @@ def _polynomial(step, spec):
 def _exponential(step, spec):
     warmup_end = jnp.asarray(spec.warmup_steps, jnp.float32)
     epochs = jnp.maximum(_epochs(step, spec) - _epochs(warmup_end, spec), 0.0)
-    return spec.decay_rate ** epochs
+    return spec.decay_rate**epochs
 
 
-DECAYS = {"constant": _constant, "step": _step, "cosine": _cosine, "polynomial": _polynomial,
-          "exponential": _exponential}
+DECAYS = {
+    "constant": _constant,
+    "step": _step,
+    "cosine": _cosine,
+    "polynomial": _polynomial,
+    "exponential": _exponential,
+}
 
 
 def _warmup(step, spec):

@@ -5,11 +5,13 @@ replicated. Under `jax.jit` with these shardings XLA inserts the cross-device re
 batch-norm statistics and gradients are those of the global batch on 1 device, 8 devices or a
 pod alike.
 """
+
 from typing import Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
 from bnresearch.errors import UsageError
 
 DATA_AXIS = "data"
@@ -34,11 +36,13 @@ def check_batch_size(name: str, batch_size: int, mesh: Mesh) -> None:
     if batch_size <= 0 or batch_size % devices:
         raise UsageError(
             f"{name}={batch_size} does not split over {devices} devices: use a positive "
-            f"multiple of {devices}")
+            f"multiple of {devices}"
+        )
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     """Assembles each process's share of a batch into one array sharded over the mesh."""
     sharding = batch_sharding(mesh)
     return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+    )

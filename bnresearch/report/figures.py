@@ -1,5 +1,6 @@
 """PNG figures of a sweep: learning curves per variant with a band over seeds, and final accuracy
 against each swept numeric field (batch size, learning rate, ...)."""
+
 import math
 
 import matplotlib
@@ -80,16 +81,22 @@ def learning_curves(variants: list[Variant], sweep_dir, path) -> None:
     """Eval accuracy and train loss against step (epoch where the runs' batch sizes differ); the
     band is ± one std over seeds. Many variants with a swept number: a row per value of it, each
     variant's line keeps its colour and label (its other settings) across rows."""
-    metrics = {variant.name: [read_metrics(f"{sweep_dir}/{name}") for name in variant.point_names]
-               for variant in variants}
+    metrics = {
+        variant.name: [read_metrics(f"{sweep_dir}/{name}") for name in variant.point_names]
+        for variant in variants
+    }
     in_epochs = _examples_per_step_differ([m for runs in metrics.values() for m in runs])
     field, facets = _facets(variants)
-    label_of = ({variant.name: variant.name for variant in variants} if field is None
-                else _labels_apart_from(variants, field))
+    label_of = (
+        {variant.name: variant.name for variant in variants}
+        if field is None
+        else _labels_apart_from(variants, field)
+    )
     labels = list(dict.fromkeys(label_of.values()))
     color_of = dict(zip(labels, _colors(len(labels))))
-    figure, axes = plt.subplots(len(facets), 2, figsize=(12, 1.2 + 3.6 * len(facets)),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        len(facets), 2, figsize=(12, 1.2 + 3.6 * len(facets)), squeeze=False
+    )
     short = short_labels(f for v in variants for f in v.values).get(field)
     for (value, facet), (accuracy_axis, loss_axis) in zip(facets, axes):
         for variant in facet:
@@ -103,14 +110,21 @@ def learning_curves(variants: list[Variant], sweep_dir, path) -> None:
                     continue
                 color = color_of[label_of[variant.name]]
                 seeds = f" ({len(runs)} seed{'s' * (len(runs) > 1)})" if field is None else ""
-                axis.plot(xs, mean, color=color, label=label_of[variant.name] + seeds,
-                          marker="o" if xs.size < 12 else None, markersize=3)
+                axis.plot(
+                    xs,
+                    mean,
+                    color=color,
+                    label=label_of[variant.name] + seeds,
+                    marker="o" if xs.size < 12 else None,
+                    markersize=3,
+                )
                 axis.fill_between(xs, mean - std, mean + std, color=color, alpha=0.2, lw=0)
         where = f" ({short}={value_text(value)})" if field is not None else ""
         x_label = "epoch" if in_epochs else "step"
         accuracy_axis.set(title="eval accuracy" + where, xlabel=x_label, ylabel="accuracy")
-        loss_axis.set(title="train loss" + where, xlabel=x_label, ylabel="loss (log scale)",
-                      yscale="log")
+        loss_axis.set(
+            title="train loss" + where, xlabel=x_label, ylabel="loss (log scale)", yscale="log"
+        )
         for axis in (accuracy_axis, loss_axis):
             axis.grid(alpha=0.3)
             axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
@@ -119,12 +133,20 @@ def learning_curves(variants: list[Variant], sweep_dir, path) -> None:
     for axis in axes.ravel():
         legend.update(zip(*reversed(axis.get_legend_handles_labels())))
     if legend:  # none when no point has a finite value yet (all failed, or diverged at once)
-        figure.legend(legend.values(), legend.keys(), loc="lower center",
-                      ncol=min(len(legend), 4 if field is None else 3), frameon=False,
-                      fontsize="small")
+        figure.legend(
+            legend.values(),
+            legend.keys(),
+            loc="lower center",
+            ncol=min(len(legend), 4 if field is None else 3),
+            frameon=False,
+            fontsize="small",
+        )
     seeds = "" if field is None else f"{max(len(v.point_names) for v in variants)} seeds; "
-    figure.suptitle(f"mean over seeds, band: ± one standard deviation ({seeds}"
-                    f"x: {'epochs' if in_epochs else 'updates'})", fontsize="small")
+    figure.suptitle(
+        f"mean over seeds, band: ± one standard deviation ({seeds}"
+        f"x: {'epochs' if in_epochs else 'updates'})",
+        fontsize="small",
+    )
     rows = math.ceil(len(legend) / (4 if field is None else 3))
     figure.tight_layout(rect=(0, 0.3 * rows / figure.get_figheight(), 1, 0.97))
     figure.savefig(path, dpi=_DPI)
@@ -174,7 +196,8 @@ def final_accuracy_against(variants: list[Variant], field: str, path) -> None:
     for variant in variants:
         row = variant_row(variant)
         lines.setdefault(label_of[variant.name], []).append(
-            (variant.values[field], row["final_accuracy_mean"], row["final_accuracy_std"]))
+            (variant.values[field], row["final_accuracy_mean"], row["final_accuracy_std"])
+        )
     label = short_labels(f for v in variants for f in v.values)[field]
     figure, axis = plt.subplots(figsize=(6.4, 4.8))
     for (name, points), color in zip(lines.items(), _colors(len(lines))):
@@ -182,18 +205,25 @@ def final_accuracy_against(variants: list[Variant], field: str, path) -> None:
         x = [p[0] for p in points]
         y = np.array([p[1] for p in points])
         err = np.nan_to_num(np.array([p[2] for p in points]))
-        axis.errorbar(x, y, yerr=err, color=color, marker="o", capsize=3,
-                      label=name if len(lines) > 1 else None)
+        axis.errorbar(
+            x,
+            y,
+            yerr=err,
+            color=color,
+            marker="o",
+            capsize=3,
+            label=name if len(lines) > 1 else None,
+        )
     scale = _scale([v.values[field] for v in variants])
     axis.set_xscale(scale.pop("value"), **scale)
     if axis.get_xscale() == "log":
         _plain_log_labels(axis.xaxis)
-    axis.set(title=f"final eval accuracy against {label}", xlabel=label,
-             ylabel="final eval accuracy")
+    axis.set(
+        title=f"final eval accuracy against {label}", xlabel=label, ylabel="final eval accuracy"
+    )
     axis.grid(alpha=0.3, which="both")
     if len(lines) > 1:
         axis.legend(fontsize="small", frameon=False)
     figure.tight_layout()
     figure.savefig(path, dpi=_DPI)
     plt.close(figure)
-

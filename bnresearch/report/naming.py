@@ -4,6 +4,7 @@ A point {"model.norm": "group", "model.norm_kwargs.num_groups": 8, "seed": 1} is
 `norm=group,num_groups=8,seed=1`: each field by the shortest dotted suffix that no other field of
 the sweep shares, values as written. Standard library only (the sweep parent and the report use it).
 """
+
 import hashlib
 import json
 import re
@@ -21,8 +22,10 @@ def short_labels(fields) -> dict[str, str]:
         parts = field.split(".")
         for length in range(1, len(parts) + 1):
             suffix = ".".join(parts[-length:])
-            if not any(other != field and (other == suffix or other.endswith("." + suffix))
-                       for other in fields):
+            if not any(
+                other != field and (other == suffix or other.endswith("." + suffix))
+                for other in fields
+            ):
                 break
         labels[field] = suffix
     return labels
@@ -43,7 +46,7 @@ def raw_name(overrides: dict, labels: dict[str, str]) -> str:
     name = _UNSAFE.sub("_", name).lstrip(".-") or EMPTY_NAME
     if len(name) > _MAX_LENGTH:
         digest = hashlib.sha1(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
-        name = f"{name[:_MAX_LENGTH - 9]}~{digest}"
+        name = f"{name[: _MAX_LENGTH - 9]}~{digest}"
     return name
 
 
@@ -60,8 +63,7 @@ def unique_names(override_dicts: list[dict], point_labels: list | None = None) -
     point_labels = point_labels or [None] * len(override_dicts)
     names, seen = [], {}
     for overrides, point_label in zip(override_dicts, point_labels):
-        name = (labeled_name(point_label, overrides) if point_label
-                else raw_name(overrides, labels))
+        name = labeled_name(point_label, overrides) if point_label else raw_name(overrides, labels)
         seen[name] = seen.get(name, 0) + 1
         names.append(name if seen[name] == 1 else f"{name}~{seen[name]}")
     return names

@@ -4,6 +4,7 @@ Accuracies and steps and epochs to the target come from the points that finished
 (status done); diverged points are counted, not averaged (they have no final accuracy). Spread is
 the sample standard deviation over seeds (ddof=1), blank for a single seed.
 """
+
 import dataclasses
 import math
 
@@ -20,9 +21,9 @@ SEED = "seed"
 @dataclasses.dataclass
 class Variant:
     name: str
-    overrides: dict          # the swept fields of this variant, seed excluded
-    values: dict             # every swept field (seed excluded): its override or the base value
-    point_names: list[str]   # its points, one per seed
+    overrides: dict  # the swept fields of this variant, seed excluded
+    values: dict  # every swept field (seed excluded): its override or the base value
+    point_names: list[str]  # its points, one per seed
     runs: list[RunSummary]
 
     def done(self) -> list[RunSummary]:
@@ -36,14 +37,21 @@ def variants(sweep: Sweep, sweep_dir, target_accuracy: float | None) -> list[Var
         overrides = {k: v for k, v in point.overrides.items() if k != SEED}
         key = repr((point.label, sorted(overrides.items())))
         grouped.setdefault(key, (overrides, point.label, []))[2].append(point.name)
-    names = unique_names([overrides for overrides, _, _ in grouped.values()],
-                         [label for _, label, _ in grouped.values()])
+    names = unique_names(
+        [overrides for overrides, _, _ in grouped.values()],
+        [label for _, label, _ in grouped.values()],
+    )
     swept = list(dict.fromkeys(f for overrides, _, _ in grouped.values() for f in overrides))
-    return [Variant(name, overrides,
-                    {f: overrides.get(f, _base_value(sweep.base_config, f)) for f in swept},
-                    point_names,
-                    [summarize_run(f"{sweep_dir}/{p}", target_accuracy) for p in point_names])
-            for name, (overrides, _, point_names) in zip(names, grouped.values())]
+    return [
+        Variant(
+            name,
+            overrides,
+            {f: overrides.get(f, _base_value(sweep.base_config, f)) for f in swept},
+            point_names,
+            [summarize_run(f"{sweep_dir}/{p}", target_accuracy) for p in point_names],
+        )
+        for name, (overrides, _, point_names) in zip(names, grouped.values())
+    ]
 
 
 def _base_value(config: dict, field: str):
@@ -68,12 +76,17 @@ def variant_row(variant: Variant) -> dict:
     steps_to_target = mean_and_std(run.steps_to_target for run in reached)
     epochs_to_target = mean_and_std(run.epochs_to_target for run in reached)
     return {
-        "variant": variant.name, **variant.values,
-        "points": len(variant.runs), "done": len(done),
+        "variant": variant.name,
+        **variant.values,
+        "points": len(variant.runs),
+        "done": len(done),
         "diverged": sum(run.status == DIVERGED for run in variant.runs),
-        "final_accuracy_mean": final[0], "final_accuracy_std": final[1],
-        "best_accuracy_mean": best[0], "best_accuracy_std": best[1],
-        "steps_to_target_mean": steps_to_target[0], "steps_to_target_std": steps_to_target[1],
+        "final_accuracy_mean": final[0],
+        "final_accuracy_std": final[1],
+        "best_accuracy_mean": best[0],
+        "best_accuracy_std": best[1],
+        "steps_to_target_mean": steps_to_target[0],
+        "steps_to_target_std": steps_to_target[1],
         "epochs_to_target_mean": epochs_to_target[0],
         "epochs_to_target_std": epochs_to_target[1],
         "reached_target": len(reached),

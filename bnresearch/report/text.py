@@ -1,17 +1,22 @@
 """Plain-text formatting shared by the status view and the report: numbers, durations, tables."""
+
 import math
 
 
 def number(value, digits: int = 4) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) \
+    return (
+        ""
+        if value is None or (isinstance(value, float) and math.isnan(value))
         else f"{value:.{digits}f}"
+    )
 
 
 def mean_std(mean, std, digits: int = 4) -> str:
     if mean is None or math.isnan(mean):
         return ""
-    return number(mean, digits) + ("" if std is None or math.isnan(std)
-                                   else f" ± {number(std, digits)}")
+    return number(mean, digits) + (
+        "" if std is None or math.isnan(std) else f" ± {number(std, digits)}"
+    )
 
 
 def duration(seconds) -> str:
@@ -32,14 +37,19 @@ def table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
 
     def line(cells):
-        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            str(c).rjust(w) if i in right else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
-    return "\n".join([line(headers), line(["-" * w for w in widths]),
-                      *(line(row) for row in rows)])
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(row) for row in rows)])
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(headers) + " |",
-                      "|" + "|".join("---" for _ in headers) + "|",
-                      *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)])
+    return "\n".join(
+        [
+            "| " + " | ".join(headers) + " |",
+            "|" + "|".join("---" for _ in headers) + "|",
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
+        ]
+    )

@@ -7,6 +7,7 @@ disjoint equal share of the CPU cores through the CPU affinity of its processes:
 sizes its thread pools by the cores it may schedule on (tsl::port::MaxParallelism reads the
 affinity mask), so the points neither oversubscribe the cores nor fight for them.
 """
+
 import dataclasses
 import os
 import shutil
@@ -17,9 +18,9 @@ from bnresearch.errors import UsageError
 
 @dataclasses.dataclass(frozen=True)
 class Slot:
-    label: str                        # e.g. "GPU 2" or "CPU cores 0-7", for the console
-    env: dict                         # variables set for the point's process
-    cpus: frozenset | None = None     # CPU affinity of the point's process (None: inherited)
+    label: str  # e.g. "GPU 2" or "CPU cores 0-7", for the console
+    env: dict  # variables set for the point's process
+    cpus: frozenset | None = None  # CPU affinity of the point's process (None: inherited)
 
 
 def visible_gpus() -> list[str]:
@@ -29,11 +30,13 @@ def visible_gpus() -> list[str]:
     if shutil.which("nvidia-smi") is None:
         return []
     try:
-        lines = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
-                               timeout=30, check=True).stdout.splitlines()
+        lines = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.splitlines()
     except (OSError, subprocess.SubprocessError):
         return []
-    return [str(index) for index, line in enumerate(l for l in lines if l.startswith("GPU "))]
+    gpus = [line for line in lines if line.startswith("GPU ")]
+    return [str(index) for index in range(len(gpus))]
 
 
 def _ranges(numbers) -> str:
@@ -51,7 +54,7 @@ def _split(items: list, parts: int) -> list[list]:
     """`parts` contiguous equal shares of `items` (a remainder stays unused): every point sees
     the same number of devices, so its numbers do not depend on the slot it ran in."""
     size = len(items) // parts
-    return [items[index * size:(index + 1) * size] for index in range(parts)]
+    return [items[index * size : (index + 1) * size] for index in range(parts)]
 
 
 def device_slots(parallel: int) -> list[Slot]:
@@ -60,15 +63,23 @@ def device_slots(parallel: int) -> list[Slot]:
     gpus = visible_gpus()
     if gpus:
         if parallel > len(gpus):
-            raise UsageError(f"--parallel={parallel} needs as many GPUs; this machine shows "
-                             f"{len(gpus)} ({','.join(gpus)})")
-        return [Slot(f"GPU {','.join(share)}", {"CUDA_VISIBLE_DEVICES": ",".join(share)})
-                for share in _split(gpus, parallel)]
+            raise UsageError(
+                f"--parallel={parallel} needs as many GPUs; this machine shows "
+                f"{len(gpus)} ({','.join(gpus)})"
+            )
+        return [
+            Slot(f"GPU {','.join(share)}", {"CUDA_VISIBLE_DEVICES": ",".join(share)})
+            for share in _split(gpus, parallel)
+        ]
     cores = sorted(os.sched_getaffinity(0))
     if parallel == 1:
         return [Slot(f"CPU cores {_ranges(cores)}", {})]
     if parallel > len(cores):
-        raise UsageError(f"--parallel={parallel} exceeds the {len(cores)} CPU cores this "
-                         f"process may use ({_ranges(cores)}); use at most {len(cores)}")
-    return [Slot(f"CPU cores {_ranges(share)}", {}, frozenset(share))
-            for share in _split(cores, parallel)]
+        raise UsageError(
+            f"--parallel={parallel} exceeds the {len(cores)} CPU cores this "
+            f"process may use ({_ranges(cores)}); use at most {len(cores)}"
+        )
+    return [
+        Slot(f"CPU cores {_ranges(share)}", {}, frozenset(share))
+        for share in _split(cores, parallel)
+    ]

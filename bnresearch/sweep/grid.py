@@ -17,6 +17,7 @@ of such dicts, so lists written by hand combine with these helpers. Standard lib
 only (and the error class): config modules import this, and the sweep's parent process never
 imports JAX.
 """
+
 import builtins
 import itertools
 from typing import Any, Iterable, Sequence
@@ -29,7 +30,8 @@ LABEL = "_label"
 
 
 def labeled(label: str, overrides: Point) -> Point:
-    """`overrides` named `label`: labeled("small_init", {"model.norm_kwargs.scale_init": 0.1, ...})."""
+    """`overrides` named `label`:
+    labeled("small_init", {"model.norm_kwargs.scale_init": 0.1, ...})."""
     return {LABEL: label, **overrides}
 
 

@@ -5,6 +5,7 @@ the terminal reaches only this parent) and, on Linux, a SIGTERM should this pare
 Ctrl-C or SIGTERM stops launching points and forwards SIGTERM to the running ones, which save a
 checkpoint and stop (launch.py's preemption handling); a second one kills them.
 """
+
 import ctypes
 import dataclasses
 import datetime
@@ -36,6 +37,7 @@ def _child_setup(cpus: frozenset | None) -> Callable[[], None]:
         if cpus:
             os.sched_setaffinity(0, cpus)
         _die_with_parent()
+
     return setup
 
 
@@ -65,15 +67,19 @@ class _Stop:
     def __init__(self, running: dict):
         self._running = running
         self.signals = 0
-        self._previous = {s: signal.signal(s, self._on_signal)
-                          for s in (signal.SIGINT, signal.SIGTERM)}
+        self._previous = {
+            s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)
+        }
 
     def _on_signal(self, signum, frame):
         del frame
         self.signals += 1
         if self.signals == 1:
-            print(f"{signal.Signals(signum).name}: stopping; {len(self._running)} running "
-                  "point(s) save a checkpoint and stop (again to kill them)", flush=True)
+            print(
+                f"{signal.Signals(signum).name}: stopping; {len(self._running)} running "
+                "point(s) save a checkpoint and stop (again to kill them)",
+                flush=True,
+            )
             for run in self._running.values():
                 run.process.send_signal(signal.SIGTERM)
         else:
@@ -85,8 +91,16 @@ class _Stop:
             signal.signal(signum, handler)
 
 
-def run_local(sweep: Sweep, sweep_dir, points: list[Point], slots: list[Slot], *,
-              on_start: Callable, on_end: Callable, poll_s: float = 0.1) -> bool:
+def run_local(
+    sweep: Sweep,
+    sweep_dir,
+    points: list[Point],
+    slots: list[Slot],
+    *,
+    on_start: Callable,
+    on_end: Callable,
+    poll_s: float = 0.1,
+) -> bool:
     """Runs `points` to their end; returns False if a signal stopped the sweep early."""
     pending, running = list(points), {}
     free = list(range(len(slots)))
@@ -123,7 +137,12 @@ def _start(sweep: Sweep, sweep_dir, point: Point, slot: Slot) -> _Running:
         log_file.write(f"==== {now} on {slot.label}: {shlex.join(command)}\n")
         log_file.flush()
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            env={**compilation_cache(sweep_dir), **os.environ, **slot.env}, process_group=0,
-            preexec_fn=_child_setup(slot.cpus))
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**compilation_cache(sweep_dir), **os.environ, **slot.env},
+            process_group=0,
+            preexec_fn=_child_setup(slot.cpus),
+        )
     return _Running(point, process, time.perf_counter())

@@ -9,6 +9,7 @@ points with their run names (the record: bnresearch/report/sweep_file.py). Each 
 which runs what `python launch.py` runs with those flags: a point is exactly a single run that
 anyone can relaunch by hand.
 """
+
 import importlib.util
 import json
 import pathlib
@@ -30,9 +31,14 @@ def point_command(sweep: Sweep, point: Point, sweep_dir) -> list[str]:
     """The point's process: the installed package's launch module, not a file of a checkout."""
     config = sweep.config_file + (f":{sweep.arg}" if sweep.arg is not None else "")
     overrides = {**sweep.common_overrides, **point.overrides}
-    return [sys.executable, "-m", "bnresearch.launch", f"--config={config}",
-            f"--workdir={pathlib.Path(sweep_dir).resolve() / point.name}",
-            *(f"--config.{field}={flag_text(value)}" for field, value in overrides.items())]
+    return [
+        sys.executable,
+        "-m",
+        "bnresearch.launch",
+        f"--config={config}",
+        f"--workdir={pathlib.Path(sweep_dir).resolve() / point.name}",
+        *(f"--config.{field}={flag_text(value)}" for field, value in overrides.items()),
+    ]
 
 
 def flag_text(value) -> str:
@@ -75,33 +81,41 @@ def check_override(config: ml_collections.ConfigDict, field: str, value) -> None
         raise UsageError(f"config field {field!r} takes {article} {expected}, got {value!r}")
 
 
-def expand(config_file: str, arg: str | None, config: ml_collections.ConfigDict,
-           common_overrides: dict) -> Sweep:
+def expand(
+    config_file: str, arg: str | None, config: ml_collections.ConfigDict, common_overrides: dict
+) -> Sweep:
     """The sweep of `config_file`'s get_sweep(arg), every point checked against `config`."""
     module = load_config_module(config_file)
     get_sweep = getattr(module, "get_sweep", None)
     if get_sweep is None:
-        raise UsageError(f"{config_file} defines no get_sweep(arg); add one returning a list of "
-                         "override dicts (see bnresearch/sweep/grid.py)")
+        raise UsageError(
+            f"{config_file} defines no get_sweep(arg); add one returning a list of "
+            "override dicts (see bnresearch/sweep/grid.py)"
+        )
     raw_points = list(get_sweep(arg) if arg is not None else get_sweep())
     if not raw_points:
         raise UsageError(f"get_sweep of {config_file} returned no points")
     seen, labels = {}, []
     for index, overrides in enumerate(raw_points):
         if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
-            raise UsageError(f"sweep point {index} is {overrides!r}; each point must be a dict "
-                             "of dotted config fields, e.g. {'model.norm': 'group'}")
+            raise UsageError(
+                f"sweep point {index} is {overrides!r}; each point must be a dict "
+                "of dotted config fields, e.g. {'model.norm': 'group'}"
+            )
         overrides = dict(overrides)
         label = overrides.pop(grid.LABEL, None)
         if label is not None and not (isinstance(label, str) and label.strip()):
-            raise UsageError(f"sweep point {index}: its label must be a non-empty string, "
-                             f"got {label!r}")
+            raise UsageError(
+                f"sweep point {index}: its label must be a non-empty string, got {label!r}"
+            )
         labels.append(label)
         raw_points[index] = overrides
         for field, value in overrides.items():
             if field in common_overrides:
-                raise UsageError(f"--config.{field} on the command line conflicts with the "
-                                 f"sweep, which sets it in point {index} {overrides}")
+                raise UsageError(
+                    f"--config.{field} on the command line conflicts with the "
+                    f"sweep, which sets it in point {index} {overrides}"
+                )
             try:
                 check_override(config, field, value)
             except UsageError as error:
@@ -112,11 +126,15 @@ def expand(config_file: str, arg: str | None, config: ml_collections.ConfigDict,
         seen[key] = index
     names = unique_names(raw_points, labels)
     return Sweep(
-        config_file=str(pathlib.Path(config_file).resolve()), arg=arg,
+        config_file=str(pathlib.Path(config_file).resolve()),
+        arg=arg,
         common_overrides=json_roundtrip(common_overrides),
         base_config=json.loads(config.to_json()),
-        points=tuple(Point(name, json_roundtrip(p), label)
-                     for name, p, label in zip(names, raw_points, labels)))
+        points=tuple(
+            Point(name, json_roundtrip(p), label)
+            for name, p, label in zip(names, raw_points, labels)
+        ),
+    )
 
 
 def module_settings(config_file: str, arg: str | None, function_name: str) -> dict:
@@ -134,12 +152,17 @@ def _point_changes(old: list[dict], new: list[dict]) -> list[str]:
     old = {p["name"]: p["overrides"] for p in old}
     new = {p["name"]: p["overrides"] for p in new}
     changes = []
-    for verb, names in (("removed", old.keys() - new.keys()), ("added", new.keys() - old.keys()),
-                        ("changed", {n for n in old.keys() & new.keys() if old[n] != new[n]})):
+    for verb, names in (
+        ("removed", old.keys() - new.keys()),
+        ("added", new.keys() - old.keys()),
+        ("changed", {n for n in old.keys() & new.keys() if old[n] != new[n]}),
+    ):
         if names:
             shown = sorted(names)
-            changes.append(f"points {verb}: {', '.join(shown[:3])}"
-                           + (f" and {len(shown) - 3} more" if len(shown) > 3 else ""))
+            changes.append(
+                f"points {verb}: {', '.join(shown[:3])}"
+                + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
+            )
     return changes
 
 
@@ -156,8 +179,10 @@ def claim(sweep: Sweep, sweep_dir) -> None:
         changes = _point_changes(old.pop("points"), new.pop("points"))
         changes += list(differences(old, new))
         if changes:
-            raise UsageError(f"{sweep_dir} holds another sweep ({summarize(changes)}); "
-                             "use a new --workdir or the same config, arg and overrides")
+            raise UsageError(
+                f"{sweep_dir} holds another sweep ({summarize(changes)}); "
+                "use a new --workdir or the same config, arg and overrides"
+            )
         return
     if (sweep_dir / "config.json").exists():
         raise UsageError(f"{sweep_dir} holds a single run, not a sweep; use a new --workdir")

@@ -1,7 +1,8 @@
 """The status view of a sweep directory (or of one run directory): files only, no JAX.
 
-    python launch.py --workdir DIR --status
+python launch.py --workdir DIR --status
 """
+
 import collections
 import pathlib
 
@@ -26,10 +27,14 @@ def status_text(directory) -> str:
     sweep = read_sweep(directory)
     if sweep is None:
         if not (directory / "config.json").exists():
-            raise UsageError(f"{directory} holds neither a sweep (sweep.json) nor a run "
-                             "(config.json)")
-        return text.table(HEADERS, [_row(directory.name, summarize_run(directory).status,
-                                         directory)], right={2, 3, 4})
+            raise UsageError(
+                f"{directory} holds neither a sweep (sweep.json) nor a run (config.json)"
+            )
+        return text.table(
+            HEADERS,
+            [_row(directory.name, summarize_run(directory).status, directory)],
+            right={2, 3, 4},
+        )
     rows, counts, errors = [], collections.Counter(), []
     for point in sweep.points:
         state = point_files.state(directory, point)
@@ -38,8 +43,11 @@ def status_text(directory) -> str:
         if state == FAILED:
             error = point_files.error_of(directory, point) or "see its log"
             errors.append(f"  {point.name}: {error}  ({point_files.log_path(directory, point)})")
-    lines = [f"{directory}: {len(sweep.points)} points: {point_files.counted(counts)}", "",
-             text.table(HEADERS, rows, right={2, 3, 4})]
+    lines = [
+        f"{directory}: {len(sweep.points)} points: {point_files.counted(counts)}",
+        "",
+        text.table(HEADERS, rows, right={2, 3, 4}),
+    ]
     if errors:
         lines += ["", "failed:", *errors]
     return "\n".join(lines)

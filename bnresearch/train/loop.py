@@ -7,6 +7,7 @@ model and the optimizer, resolved once; `preflight.py`), lock and claim the work
 update per iteration (k train-step calls when gradients accumulate), the noise-scale measurement
 when due, periodic logging, evaluation and checkpoints. The math lives in `steps.py`.
 """
+
 import dataclasses
 import functools
 import logging
@@ -43,8 +44,14 @@ class _Progress:
         eta = (self._total - step) / max(steps_per_s, 1e-9)
         log.info(
             "step %d/%d | loss %.4f | accuracy %.4f | lr %.5g | %.0f images/s | ETA %s",
-            step, self._total, scalars["train/loss"], scalars["train/accuracy"],
-            scalars["train/lr"], steps_per_s * images_per_step, _clock(eta))
+            step,
+            self._total,
+            scalars["train/loss"],
+            scalars["train/accuracy"],
+            scalars["train/lr"],
+            steps_per_s * images_per_step,
+            _clock(eta),
+        )
 
 
 def _clock(seconds: float) -> str:
@@ -59,8 +66,11 @@ def _summarize_train(window: list, first_step: int, calls_per_step: int):
     losses = np.array([[m[key] for key in ("loss", "aux_loss") if key in m] for m in fetched])
     bad = np.flatnonzero(~np.all(np.isfinite(losses), axis=1))
     diverged_at = first_step + int(bad[0]) // calls_per_step if bad.size else None
-    scalars = {f"train/{key}": float(np.mean([m[key] for m in fetched]))
-               for key in fetched[0] if key != "lr"}
+    scalars = {
+        f"train/{key}": float(np.mean([m[key] for m in fetched]))
+        for key in fetched[0]
+        if key != "lr"
+    }
     scalars["train/lr"] = float(fetched[-1]["lr"])
     return scalars, diverged_at
 
@@ -68,43 +78,58 @@ def _summarize_train(window: list, first_step: int, calls_per_step: int):
 def _pending_to_json(window: list, window_start: int, measurements: list) -> dict:
     """The logging window a preemption interrupts, for the checkpoint: values with their dtypes,
     so the resumed run averages exactly the numbers the uninterrupted one would."""
-    as_json = lambda metrics: {key: [np.asarray(value).item(), np.asarray(value).dtype.name]
-                               for key, value in metrics.items()}
-    return {"window_start": window_start,
-            "window": [as_json(m) for m in jax.device_get(window)],
-            "measurements": [[at_step, as_json(m)]
-                             for at_step, m in jax.device_get(measurements)]}
+    as_json = lambda metrics: {
+        key: [np.asarray(value).item(), np.asarray(value).dtype.name]
+        for key, value in metrics.items()
+    }
+    return {
+        "window_start": window_start,
+        "window": [as_json(m) for m in jax.device_get(window)],
+        "measurements": [[at_step, as_json(m)] for at_step, m in jax.device_get(measurements)],
+    }
 
 
 def _pending_from_json(pending: dict) -> tuple[list, int, list]:
-    from_json = lambda metrics: {key: np.asarray(value, dtype)
-                                 for key, (value, dtype) in metrics.items()}
-    return ([from_json(m) for m in pending["window"]], pending["window_start"],
-            [(at_step, from_json(m)) for at_step, m in pending["measurements"]])
+    from_json = lambda metrics: {
+        key: np.asarray(value, dtype) for key, (value, dtype) in metrics.items()
+    }
+    return (
+        [from_json(m) for m in pending["window"]],
+        pending["window_start"],
+        [(at_step, from_json(m)) for at_step, m in pending["measurements"]],
+    )
 
 
 def evaluate(eval_step, state: TrainState, dataset, batch_size: int, mesh) -> dict:
     totals = None
     for local_batch in data.make_eval_iterator(
-            dataset, batch_size=batch_size, process_index=jax.process_index(),
-            process_count=jax.process_count()):
+        dataset,
+        batch_size=batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    ):
         sums = eval_step(state, global_batch(local_batch, mesh))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
-    return {"eval/loss": float(totals["loss_sum"] / totals["count"]),
-            "eval/accuracy": float(totals["correct_sum"] / totals["count"])}
+    return {
+        "eval/loss": float(totals["loss_sum"] / totals["count"]),
+        "eval/accuracy": float(totals["correct_sum"] / totals["count"]),
+    }
 
 
 def _batch_shapes(images: int, image_shape, mesh) -> dict:
     sharding = batch_sharding(mesh)
-    return {"image": jax.ShapeDtypeStruct((images, *image_shape), jnp.float32, sharding=sharding),
-            "label": jax.ShapeDtypeStruct((images,), jnp.int32, sharding=sharding)}
+    return {
+        "image": jax.ShapeDtypeStruct((images, *image_shape), jnp.float32, sharding=sharding),
+        "label": jax.ShapeDtypeStruct((images,), jnp.int32, sharding=sharding),
+    }
 
 
 @dataclasses.dataclass(frozen=True)
 class StateLayout:
     """The train state's shapes and shardings, known without computing it (a restore needs only
     these): `abstract` holds ShapeDtypeStructs that carry the shardings."""
+
     abstract: Any
     sharding: Any
 
@@ -113,6 +138,7 @@ class StateLayout:
 class Start:
     """Where training starts: the state after `step` updates, the wall time already spent and,
     after a preemption between logging steps, the logging window it left open."""
+
     state: TrainState
     step: int
     elapsed_s: float
@@ -122,25 +148,32 @@ class Start:
 @dataclasses.dataclass(frozen=True)
 class CompiledSteps:
     """The step functions, compiled: train (and noise scale) per images per call."""
+
     train: dict[int, Callable]
     noise_scale: dict[int, Callable] | None
     eval: Callable
 
 
 def _init_fn(setup: Setup):
-    return functools.partial(create_train_state, setup.model, setup.optimizer,
-                             measure_noise_scale=setup.plan.noise_scale is not None)
+    return functools.partial(
+        create_train_state,
+        setup.model,
+        setup.optimizer,
+        measure_noise_scale=setup.plan.noise_scale is not None,
+    )
 
 
 def state_layout(setup: Setup) -> StateLayout:
     """The state's shapes from an abstract init; parameters and optimizer state replicated."""
     plan, mesh = setup.plan, setup.mesh
-    first_images = _batch_shapes(plan.train_batch_sizes[0], setup.dataset.info.image_shape,
-                                 mesh)["image"]
+    first_images = _batch_shapes(plan.train_batch_sizes[0], setup.dataset.info.image_shape, mesh)[
+        "image"
+    ]
     shapes = jax.eval_shape(_init_fn(setup), jax.random.PRNGKey(0), first_images)
     sharding = jax.tree.map(lambda _: replicated(mesh), shapes)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            shapes, sharding)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, sharding
+    )
     return StateLayout(abstract=abstract, sharding=sharding)
 
 
@@ -148,13 +181,19 @@ def make_train_iterator(setup: Setup):
     """The training stream: a pure function of (seed, position), so a restore can seek it."""
     plan = setup.plan
     return data.make_train_iterator(
-        setup.dataset, seed=setup.config.seed, batch_size=setup.config.batch_size,
-        batch_size_changes=plan.batch_size_changes(), multiplicity=plan.multiplicity,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        setup.dataset,
+        seed=setup.config.seed,
+        batch_size=setup.config.batch_size,
+        batch_size_changes=plan.batch_size_changes(),
+        multiplicity=plan.multiplicity,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
 
 
-def restore_or_init(setup: Setup, layout: StateLayout, checkpointer: Checkpointer,
-                    train_iterator) -> Start:
+def restore_or_init(
+    setup: Setup, layout: StateLayout, checkpointer: Checkpointer, train_iterator
+) -> Start:
     """The newest checkpoint that restores (moving `train_iterator` to its position; damaged newer
     ones are set aside), or a fresh state."""
     restored = checkpointer.restore_latest(layout.abstract, train_iterator)
@@ -169,24 +208,35 @@ def restore_or_init(setup: Setup, layout: StateLayout, checkpointer: Checkpointe
     # It runs once, so it is compiled without backend optimization: XLA's optimizing the random
     # initializers costs seconds per layer (9 s of a small CNN's 20 s run on a CPU core), and the
     # values it gives agree with the optimized program's to rounding.
-    init_once = jax.jit(_init_fn(setup), out_shardings=layout.sharding).lower(
-        key, first_batch["image"]).compile({"xla_backend_optimization_level": 0})
+    init_once = (
+        jax.jit(_init_fn(setup), out_shardings=layout.sharding)
+        .lower(key, first_batch["image"])
+        .compile({"xla_backend_optimization_level": 0})
+    )
     return Start(init_once(key, first_batch["image"]), 0, 0.0, None)
 
 
-def _compile_per_batch_size(step_fn, *, batch_sizes, setup: Setup, layout: StateLayout,
-                            out_shardings, donate_state: bool) -> dict:
+def _compile_per_batch_size(
+    step_fn, *, batch_sizes, setup: Setup, layout: StateLayout, out_shardings, donate_state: bool
+) -> dict:
     """`step_fn(state, batch)` compiled ahead of time once per batch size, by size.
 
     A compiled executable never recompiles (a call with another shape is an error), so a
     batch-size schedule compiles each size once, up front, and the steady state cannot recompile.
     """
     mesh = setup.mesh
-    jitted = jax.jit(step_fn, in_shardings=(layout.sharding, batch_sharding(mesh)),
-                     out_shardings=out_shardings, donate_argnums=0 if donate_state else ())
-    return {size: jitted.lower(layout.abstract,
-                               _batch_shapes(size, setup.dataset.info.image_shape, mesh)).compile()
-            for size in sorted(set(batch_sizes))}
+    jitted = jax.jit(
+        step_fn,
+        in_shardings=(layout.sharding, batch_sharding(mesh)),
+        out_shardings=out_shardings,
+        donate_argnums=0 if donate_state else (),
+    )
+    return {
+        size: jitted.lower(
+            layout.abstract, _batch_shapes(size, setup.dataset.info.image_shape, mesh)
+        ).compile()
+        for size in sorted(set(batch_sizes))
+    }
 
 
 def compile_steps(setup: Setup, layout: StateLayout, start_step: int) -> CompiledSteps:
@@ -196,30 +246,48 @@ def compile_steps(setup: Setup, layout: StateLayout, start_step: int) -> Compile
     compile_for_each_batch_size = functools.partial(
         _compile_per_batch_size,
         batch_sizes=plan.train_batch_sizes_from(start_step),
-        setup=setup, layout=layout)
+        setup=setup,
+        layout=layout,
+    )
     train = compile_for_each_batch_size(
-        functools.partial(steps.train_step, model=setup.model, optimizer=setup.optimizer,
-                          learning_rate_fn=setup.learning_rate_fn,
-                          label_smoothing=config.label_smoothing),
-        out_shardings=(layout.sharding, replicated(mesh)), donate_state=True)
+        functools.partial(
+            steps.train_step,
+            model=setup.model,
+            optimizer=setup.optimizer,
+            learning_rate_fn=setup.learning_rate_fn,
+            label_smoothing=config.label_smoothing,
+        ),
+        out_shardings=(layout.sharding, replicated(mesh)),
+        donate_state=True,
+    )
     noise_scale = None
     if plan.noise_scale is not None:
         noise_scale = compile_for_each_batch_size(
-            functools.partial(steps.noise_scale_step, model=setup.model,
-                              sub_batches=config.noise_scale.sub_batches,
-                              ema_decay=config.noise_scale.ema_decay,
-                              label_smoothing=config.label_smoothing),
-            out_shardings=replicated(mesh), donate_state=False)
-    log.info("compiled the train step for batch size(s) %s in %.1f s",
-             ", ".join(map(str, train)), time.perf_counter() - compile_start)
-    eval_step = jax.jit(functools.partial(steps.eval_step, model=setup.model),
-                        out_shardings=replicated(mesh))
+            functools.partial(
+                steps.noise_scale_step,
+                model=setup.model,
+                sub_batches=config.noise_scale.sub_batches,
+                ema_decay=config.noise_scale.ema_decay,
+                label_smoothing=config.label_smoothing,
+            ),
+            out_shardings=replicated(mesh),
+            donate_state=False,
+        )
+    log.info(
+        "compiled the train step for batch size(s) %s in %.1f s",
+        ", ".join(map(str, train)),
+        time.perf_counter() - compile_start,
+    )
+    eval_step = jax.jit(
+        functools.partial(steps.eval_step, model=setup.model), out_shardings=replicated(mesh)
+    )
     return CompiledSteps(train=train, noise_scale=noise_scale, eval=eval_step)
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """How the loop ended: the run's status, its last step and its wall time over all launches."""
+
     status: str
     step: int
     wall_time_s: float

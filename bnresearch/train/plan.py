@@ -10,14 +10,20 @@ How durations become steps under a batch-size schedule is `optim.batch_size_sche
 business; how a batch size scales the lr is `optim.learning_rate`'s; the schedule's shape is
 `optim.schedules`'. This module is where they meet the config.
 """
+
 import dataclasses
 
 import ml_collections
 
 from bnresearch.config.durations import parse_duration
 from bnresearch.errors import UsageError
-from bnresearch.optim.batch_size_schedule import (Cadence, Phase, Timeline, make_timeline,
-                                                  schedule_from_config)
+from bnresearch.optim.batch_size_schedule import (
+    Cadence,
+    Phase,
+    Timeline,
+    make_timeline,
+    schedule_from_config,
+)
 from bnresearch.optim.learning_rate import legw_warmup_epochs, phase_peak_lrs
 from bnresearch.optim.schedules import ScheduleSpec
 
@@ -25,11 +31,12 @@ from bnresearch.optim.schedules import ScheduleSpec
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """Every duration of the run in steps (updates), its batch-size phases and its lr schedule."""
+
     timeline: Timeline
     total_steps: int
-    accumulation_steps: int      # train-step calls (micro-batches) per update
-    multiplicity: int            # batch augmentation: images per distinct example in a batch
-    images_per_epoch: int        # training images of an epoch, batch augmentation's copies too
+    accumulation_steps: int  # train-step calls (micro-batches) per update
+    multiplicity: int  # batch augmentation: images per distinct example in a batch
+    images_per_epoch: int  # training images of an epoch, batch augmentation's copies too
     log: Cadence
     eval: Cadence
     checkpoint: Cadence
@@ -61,8 +68,10 @@ class Plan:
 
     def batch_size_changes(self) -> tuple[tuple[int, int], ...]:
         """For the input pipeline: (first batch, batch size) of each phase after the first."""
-        return tuple((phase.first_step * self.accumulation_steps, phase.batch_size)
-                     for phase in self.phases[1:])
+        return tuple(
+            (phase.first_step * self.accumulation_steps, phase.batch_size)
+            for phase in self.phases[1:]
+        )
 
     def is_due(self, cadence: Cadence, step: int) -> bool:
         """Whether a periodic action is due after `step` updates (always at the last one)."""
@@ -76,30 +85,42 @@ def configured_batch_sizes(config: ml_collections.ConfigDict) -> tuple[tuple[str
     multiplicity = config.batch_augmentation.multiplicity
     named = [("batch_size", config.batch_size)] + [
         (f"batch_size_schedule.batch_sizes[{index}]", size)
-        for index, size in enumerate(config.batch_size_schedule.batch_sizes)]
+        for index, size in enumerate(config.batch_size_schedule.batch_sizes)
+    ]
     if multiplicity == 1:
         return tuple(named)
-    return tuple((f"{field} x batch_augmentation.multiplicity ({size} x {multiplicity})",
-                  size * multiplicity) for field, size in named)
+    return tuple(
+        (
+            f"{field} x batch_augmentation.multiplicity ({size} x {multiplicity})",
+            size * multiplicity,
+        )
+        for field, size in named
+    )
 
 
-def _lr_schedule(config: ml_collections.ConfigDict, timeline: Timeline,
-                 total_steps: int) -> ScheduleSpec:
+def _lr_schedule(
+    config: ml_collections.ConfigDict, timeline: Timeline, total_steps: int
+) -> ScheduleSpec:
     """The lr schedule in steps. The lr rule sees examples per update (batch_size x k, copies of
     batch augmentation not counted); LEGW stretches the warmup by the first phase's B/B0."""
     phases = timeline.phases
     warmup = config.schedule.warmup
     if config.schedule.warmup_rule == "legw":
-        warmup_epochs = legw_warmup_epochs(parse_duration(warmup)[0],
-                                           phases[0].examples_per_update, config.base_batch_size)
+        warmup_epochs = legw_warmup_epochs(
+            parse_duration(warmup)[0], phases[0].examples_per_update, config.base_batch_size
+        )
         warmup_steps = timeline.step_at_epoch(warmup_epochs)
     else:
         warmup_steps = timeline.step_at(warmup)
     return ScheduleSpec(
         phases=phases,
-        peak_lrs=phase_peak_lrs(config.base_lr, config.base_batch_size, config.lr_scaling,
-                                [phase.examples_per_update for phase in phases],
-                                config.batch_size_schedule.lr),
+        peak_lrs=phase_peak_lrs(
+            config.base_lr,
+            config.base_batch_size,
+            config.lr_scaling,
+            [phase.examples_per_update for phase in phases],
+            config.batch_size_schedule.lr,
+        ),
         total_steps=total_steps,
         warmup_steps=warmup_steps,
         decay=config.schedule.decay,
@@ -113,8 +134,12 @@ def _lr_schedule(config: ml_collections.ConfigDict, timeline: Timeline,
 def make_plan(config: ml_collections.ConfigDict, num_train: int) -> Plan:
     """The plan of `config` on a training split of `num_train` examples; UsageError if a batch
     exceeds the data or the run would take no step."""
-    timeline = make_timeline(num_train, config.batch_size, config.optimizer.accumulation_steps,
-                             schedule_from_config(config.batch_size_schedule))
+    timeline = make_timeline(
+        num_train,
+        config.batch_size,
+        config.optimizer.accumulation_steps,
+        schedule_from_config(config.batch_size_schedule),
+    )
     total_steps = timeline.step_at(config.train_duration)
     if total_steps <= 0:
         raise UsageError(f"train_duration={config.train_duration!r} is less than one step")

@@ -14,6 +14,7 @@ second with one line naming what is valid and a bad launch never touches an exis
 
 What it returns (`Setup`) is all the training loop reads.
 """
+
 import dataclasses
 import logging
 from typing import Callable
@@ -34,8 +35,8 @@ from bnresearch.optim.learning_rate import BATCH_SIZE_SCHEDULE_LR, LR_SCALING_RU
 from bnresearch.optim.optimizers import check_optimizer_config, make_optimizer
 from bnresearch.optim.schedules import DECAYS, check_decay_options, make_schedule
 from bnresearch.parallel.mesh import check_batch_size, make_mesh
-from bnresearch.train.plan import Plan, configured_batch_sizes, make_plan
 from bnresearch.run_status import DONE
+from bnresearch.train.plan import Plan, configured_batch_sizes, make_plan
 from bnresearch.train.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 @dataclasses.dataclass(frozen=True)
 class Setup:
     """A run, resolved: what the training loop reads, and nothing it has to recompute."""
+
     config: ml_collections.ConfigDict
     rundir: RunDirectory
     dataset: data.Dataset
@@ -75,10 +77,17 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     check_warmup(config.schedule.warmup, config.schedule.warmup_rule, config.lr_scaling)
     images_per_call = [size for _, size in configured_batch_sizes(config)]
     check_noise_scale_config(config.noise_scale, images_per_call)
-    models.check_model_config(config.model, batch_sizes=images_per_call,
-                              eval_batch_size=config.eval_batch_size)
-    for duration in (config.train_duration, config.schedule.warmup, config.log_every,
-                     config.eval_every, config.checkpoint.every, *config.schedule.boundaries):
+    models.check_model_config(
+        config.model, batch_sizes=images_per_call, eval_batch_size=config.eval_batch_size
+    )
+    for duration in (
+        config.train_duration,
+        config.schedule.warmup,
+        config.log_every,
+        config.eval_every,
+        config.checkpoint.every,
+        *config.schedule.boundaries,
+    ):
         parse_duration(duration)
 
 
@@ -90,23 +99,31 @@ def _check_batches_split(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     check_batch_size("eval_batch_size", config.eval_batch_size, mesh)
 
 
-def _build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo,
-                 plan: Plan) -> nn.Module:
+def _build_model(
+    config: ml_collections.ConfigDict, info: data.DatasetInfo, plan: Plan
+) -> nn.Module:
     """The model, built once with the run's facts: tracing it at every batch a train step sees
     (shapes only) raises what a normalization cannot do at them, before any compute."""
     model = models.model_from_config(
-        config.model, num_classes=info.num_classes, dtype=COMPUTE_DTYPES[config.compute_dtype],
-        images_per_epoch=plan.images_per_epoch, accumulation_steps=plan.accumulation_steps,
-        image_shape=info.image_shape, batch_sizes=plan.train_batch_sizes,
-        eval_batch_size=config.eval_batch_size)
+        config.model,
+        num_classes=info.num_classes,
+        dtype=COMPUTE_DTYPES[config.compute_dtype],
+        images_per_epoch=plan.images_per_epoch,
+        accumulation_steps=plan.accumulation_steps,
+        image_shape=info.image_shape,
+        batch_sizes=plan.train_batch_sizes,
+        eval_batch_size=config.eval_batch_size,
+    )
     if plan.noise_scale is not None:
-        _check_noise_scale_sub_batches(model, config.noise_scale.sub_batches, plan,
-                                       info.image_shape)
+        _check_noise_scale_sub_batches(
+            model, config.noise_scale.sub_batches, plan, info.image_shape
+        )
     return model
 
 
-def _check_noise_scale_sub_batches(model: nn.Module, sub_batches: int, plan: Plan,
-                                   image_shape) -> None:
+def _check_noise_scale_sub_batches(
+    model: nn.Module, sub_batches: int, plan: Plan, image_shape
+) -> None:
     """The noise scale takes gradients on sub-batches of B / sub_batches images, each normalized
     on its own: the model must work at that size too (ghost batch norm's virtual batches must
     fit, batch statistics need more than one value per channel)."""
@@ -115,8 +132,10 @@ def _check_noise_scale_sub_batches(model: nn.Module, sub_batches: int, plan: Pla
         for size in sizes:
             models.check_model_at_batch_size(model, size, image_shape)
     except UsageError as error:
-        raise UsageError(f"noise_scale.sub_batches={sub_batches} measures gradients on "
-                         f"sub-batches of {', '.join(map(str, sizes))} images: {error}") from None
+        raise UsageError(
+            f"noise_scale.sub_batches={sub_batches} measures gradients on "
+            f"sub-batches of {', '.join(map(str, sizes))} images: {error}"
+        ) from None
 
 
 def preflight(config: ml_collections.ConfigDict, rundir: RunDirectory) -> Setup | None:
@@ -134,6 +153,13 @@ def preflight(config: ml_collections.ConfigDict, rundir: RunDirectory) -> Setup 
     plan = make_plan(config, dataset.info.num_train)
     model = _build_model(config, dataset.info, plan)
     learning_rate_fn = make_schedule(plan.schedule)
-    return Setup(config=config, rundir=rundir, dataset=dataset, plan=plan, mesh=mesh,
-                 model=model, learning_rate_fn=learning_rate_fn,
-                 optimizer=make_optimizer(config.optimizer, learning_rate_fn))
+    return Setup(
+        config=config,
+        rundir=rundir,
+        dataset=dataset,
+        plan=plan,
+        mesh=mesh,
+        model=model,
+        learning_rate_fn=learning_rate_fn,
+        optimizer=make_optimizer(config.optimizer, learning_rate_fn),
+    )

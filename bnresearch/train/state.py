@@ -1,4 +1,5 @@
 """The train state: everything that changes during training, as one pytree."""
+
 from typing import Any
 
 import flax.struct
@@ -12,16 +13,21 @@ from bnresearch.measure.noise_scale import init_noise_scale
 
 @flax.struct.dataclass
 class TrainState:
-    step: jnp.ndarray        # int32 scalar: number of updates applied so far (not micro-batches)
+    step: jnp.ndarray  # int32 scalar: number of updates applied so far (not micro-batches)
     params: Any
-    batch_stats: Any         # normalization state ({} for stateless models)
+    batch_stats: Any  # normalization state ({} for stateless models)
     opt_state: optax.OptState
-    rng: jax.Array           # base key; each step derives its own by folding in the step
+    rng: jax.Array  # base key; each step derives its own by folding in the step
     noise_scale: Any = None  # NoiseScaleState when the gradient noise scale is measured
 
 
-def create_train_state(model, optimizer: optax.GradientTransformation, rng,
-                       images: jax.Array, measure_noise_scale: bool = False) -> TrainState:
+def create_train_state(
+    model,
+    optimizer: optax.GradientTransformation,
+    rng,
+    images: jax.Array,
+    measure_noise_scale: bool = False,
+) -> TrainState:
     """Initializes the model on a batch of real training images; pure, so it can run under jit.
 
     The init pass is a training-mode forward, so data-dependent initializations (weight
@@ -31,8 +37,7 @@ def create_train_state(model, optimizer: optax.GradientTransformation, rng,
     """
     init_rng, state_rng = jax.random.split(rng)
     params_rng, stochastic_rng = jax.random.split(init_rng)
-    variables = model.init({"params": params_rng, RNG_STREAM: stochastic_rng}, images,
-                           train=True)
+    variables = model.init({"params": params_rng, RNG_STREAM: stochastic_rng}, images, train=True)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),

@@ -1,4 +1,5 @@
 """The pure train, eval and measurement steps. `loop.py` compiles them with explicit shardings."""
+
 import functools
 
 import jax
@@ -33,8 +34,12 @@ def objective(params, batch_stats, batch: dict, rng, *, model, label_smoothing: 
     """The training objective on `batch`: mean cross-entropy plus the auxiliary losses layers
     sow; returns it with (cross-entropy, auxiliary loss, logits, sown collections)."""
     logits, sown = model.apply(
-        {"params": params, STATE: batch_stats}, batch["image"], train=True,
-        mutable=TRAIN_MUTABLE, rngs={RNG_STREAM: rng})
+        {"params": params, STATE: batch_stats},
+        batch["image"],
+        train=True,
+        mutable=TRAIN_MUTABLE,
+        rngs={RNG_STREAM: rng},
+    )
     data_loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
     aux_loss = sum(jax.tree.leaves(sown.get(AUX_LOSS, {})), jnp.zeros((), jnp.float32))
     return data_loss + aux_loss, (data_loss, aux_loss, logits, sown)
@@ -47,8 +52,15 @@ def _step_rng(state: TrainState) -> jax.Array:
     return rng if micro is None else jax.random.fold_in(rng, micro)
 
 
-def train_step(state: TrainState, batch: dict, *, model, optimizer, learning_rate_fn,
-               label_smoothing: float = 0.0):
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    model,
+    optimizer,
+    learning_rate_fn,
+    label_smoothing: float = 0.0,
+):
     """One SGD step on a (globally sharded) batch; returns the new state and scalar metrics.
 
     The objective is the mean cross-entropy plus the auxiliary losses layers sow; ``loss`` in
@@ -56,9 +68,14 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, learning_rat
     With gradient accumulation this is one micro-batch: the parameters and ``state.step`` change
     on every k-th call only (``bnresearch.optim.accumulation``).
     """
-    loss_fn = functools.partial(objective, batch_stats=state.batch_stats, batch=batch,
-                                rng=_step_rng(state), model=model,
-                                label_smoothing=label_smoothing)
+    loss_fn = functools.partial(
+        objective,
+        batch_stats=state.batch_stats,
+        batch=batch,
+        rng=_step_rng(state),
+        model=model,
+        label_smoothing=label_smoothing,
+    )
     grads, (data_loss, aux_loss, logits, sown) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = state.replace(
@@ -81,32 +98,47 @@ def train_step(state: TrainState, batch: dict, *, model, optimizer, learning_rat
     return new_state, metrics
 
 
-def noise_scale_step(state: TrainState, batch: dict, *, model, sub_batches: int,
-                     ema_decay: float, label_smoothing: float = 0.0):
+def noise_scale_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    model,
+    sub_batches: int,
+    ema_decay: float,
+    label_smoothing: float = 0.0,
+):
     """Measures the gradient noise scale on `batch` at the current parameters.
 
     Returns the updated noise-scale EMAs (the rest of the state is untouched, so measuring does
     not alter training) and the scalars to log. See ``bnresearch.measure.noise_scale`` for what
     the sub-batch gradients are, batch norm included.
     """
+
     def gradient(sub_batch, rng):
-        loss_fn = functools.partial(objective, batch_stats=state.batch_stats, batch=sub_batch,
-                                    rng=rng, model=model, label_smoothing=label_smoothing)
+        loss_fn = functools.partial(
+            objective,
+            batch_stats=state.batch_stats,
+            batch=sub_batch,
+            rng=rng,
+            model=model,
+            label_smoothing=label_smoothing,
+        )
         return jax.grad(lambda params: loss_fn(params)[0])(state.params)
 
-    small_sq, big_sq = noise_scale.sub_batch_gradient_norms(gradient, batch, sub_batches,
-                                                            _step_rng(state))
+    small_sq, big_sq = noise_scale.sub_batch_gradient_norms(
+        gradient, batch, sub_batches, _step_rng(state)
+    )
     big_batch = batch["label"].shape[0]
-    gradient_sq, trace = noise_scale.estimate(small_sq, big_sq, big_batch // sub_batches,
-                                              big_batch)
+    gradient_sq, trace = noise_scale.estimate(small_sq, big_sq, big_batch // sub_batches, big_batch)
     measured = noise_scale.update(state.noise_scale, gradient_sq, trace, ema_decay)
     return measured, noise_scale.summary(measured, ema_decay)
 
 
 def eval_step(state: TrainState, batch: dict, *, model):
     """Sums of loss and correct predictions over the real (mask 1) examples of a padded batch."""
-    logits = model.apply({"params": state.params, STATE: state.batch_stats}, batch["image"],
-                         train=False)
+    logits = model.apply(
+        {"params": state.params, STATE: state.batch_stats}, batch["image"], train=False
+    )
     losses = cross_entropy(logits, batch["label"], label_smoothing=0.0)
     correct = jnp.argmax(logits, -1) == batch["label"]
     mask = batch["mask"]

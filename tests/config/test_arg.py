@@ -9,8 +9,9 @@ def test_defaults_when_no_arg():
 
 
 def test_values_take_the_type_of_their_default():
-    arg = parse_arg("model=resnet20,steps=5,lr=0.5,runlocal", model="cnn", steps=10, lr=0.1,
-                    runlocal=False)
+    arg = parse_arg(
+        "model=resnet20,steps=5,lr=0.5,runlocal", model="cnn", steps=10, lr=0.1, runlocal=False
+    )
     assert arg.to_dict() == {"model": "resnet20", "steps": 5, "lr": 0.5, "runlocal": True}
 
 

@@ -1,39 +1,52 @@
 """The config schema: option blocks list exactly the registries' options, and overrides of
 options reach the model through the locked config."""
+
 import pytest
 
 from bnresearch.config.defaults import base_config
 from bnresearch.data.catalog import DatasetSettings
-from bnresearch.registered_options import COMMAND, TABLE_FILE, generated_source
 from bnresearch.errors import UsageError
 from bnresearch.layers.activations import ACTIVATIONS
 from bnresearch.layers.normalization import BUILD_FACTS, NORMALIZATIONS
 from bnresearch.layers.registry import option_names
 from bnresearch.models import BUILD_ARGUMENTS, MODELS, model_from_config
+from bnresearch.registered_options import COMMAND, TABLE_FILE, generated_source
 
 
 def union_of_options(registry, reserved=()):
     return {name for entry in registry.values() for name in option_names(entry, reserved)}
 
 
-@pytest.mark.parametrize("block, registry, reserved", [
-    ("norm_kwargs", NORMALIZATIONS, BUILD_FACTS),
-    ("activation_kwargs", ACTIVATIONS, ()),
-    ("options", MODELS, BUILD_ARGUMENTS),
-])
+@pytest.mark.parametrize(
+    "block, registry, reserved",
+    [
+        ("norm_kwargs", NORMALIZATIONS, BUILD_FACTS),
+        ("activation_kwargs", ACTIVATIONS, ()),
+        ("options", MODELS, BUILD_ARGUMENTS),
+    ],
+)
 def test_option_blocks_list_every_registered_option(block, registry, reserved):
     assert set(base_config().model[block]) == union_of_options(registry, reserved)
 
 
 def test_the_generated_option_table_is_current():
     assert TABLE_FILE.read_text() == generated_source(), (
-        f"bnresearch/config/options.py is out of date: run `{COMMAND}`")
+        f"bnresearch/config/options.py is out of date: run `{COMMAND}`"
+    )
 
 
 def test_the_dataset_block_takes_every_dataset_setting():
     config = base_config()
-    assert set(config.dataset) == {"name", "data_dir", "augment", "crop_padding", "image_size",
-                                   "num_workers", "num_threads", "prefetch"}
+    assert set(config.dataset) == {
+        "name",
+        "data_dir",
+        "augment",
+        "crop_padding",
+        "image_size",
+        "num_workers",
+        "num_threads",
+        "prefetch",
+    }
     DatasetSettings.from_config(config.dataset)  # the defaults are valid settings
 
 

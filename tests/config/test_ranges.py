@@ -1,4 +1,5 @@
 """Every numeric field of the schema has a valid range, and values outside it are refused."""
+
 import math
 
 import pytest
@@ -25,19 +26,39 @@ def test_the_defaults_are_in_range_and_every_row_names_a_field():
 # Values nobody can mean, field by field: an independent list, which the table must refuse.
 # (A value of the wrong type, 1.5 for the seed, is refused by the typed config itself.)
 REFUSED = [
-    ("base_lr", float("nan")), ("base_lr", -0.1), ("base_lr", 0.0), ("base_lr", math.inf),
-    ("seed", -1), ("batch_size", 0), ("batch_size", True),
-    ("eval_batch_size", 0), ("base_batch_size", -8), ("batch_augmentation.multiplicity", 0),
-    ("checkpoint.keep", 0), ("label_smoothing", 1.0), ("label_smoothing", -0.1),
-    ("schedule.decay_factor", 0.0), ("schedule.power", -1.0), ("schedule.decay_rate", 0.0),
-    ("optimizer.momentum", 1.0), ("optimizer.momentum", -0.5), ("optimizer.b1", 1.0),
-    ("optimizer.b2", 1.5), ("optimizer.eps", 0.0), ("optimizer.rho", 1.0),
-    ("optimizer.initial_accumulator", -1.0), ("optimizer.trust_coefficient", 0.0),
-    ("optimizer.weight_decay", -1e-4), ("optimizer.weight_decay", float("nan")),
-    ("optimizer.grad_clip_norm", -1.0), ("optimizer.accumulation_steps", 0),
-    ("optimizer.lr_multipliers.scale", -0.01), ("noise_scale.sub_batches", 1),
+    ("base_lr", float("nan")),
+    ("base_lr", -0.1),
+    ("base_lr", 0.0),
+    ("base_lr", math.inf),
+    ("seed", -1),
+    ("batch_size", 0),
+    ("batch_size", True),
+    ("eval_batch_size", 0),
+    ("base_batch_size", -8),
+    ("batch_augmentation.multiplicity", 0),
+    ("checkpoint.keep", 0),
+    ("label_smoothing", 1.0),
+    ("label_smoothing", -0.1),
+    ("schedule.decay_factor", 0.0),
+    ("schedule.power", -1.0),
+    ("schedule.decay_rate", 0.0),
+    ("optimizer.momentum", 1.0),
+    ("optimizer.momentum", -0.5),
+    ("optimizer.b1", 1.0),
+    ("optimizer.b2", 1.5),
+    ("optimizer.eps", 0.0),
+    ("optimizer.rho", 1.0),
+    ("optimizer.initial_accumulator", -1.0),
+    ("optimizer.trust_coefficient", 0.0),
+    ("optimizer.weight_decay", -1e-4),
+    ("optimizer.weight_decay", float("nan")),
+    ("optimizer.grad_clip_norm", -1.0),
+    ("optimizer.accumulation_steps", 0),
+    ("optimizer.lr_multipliers.scale", -0.01),
+    ("noise_scale.sub_batches", 1),
     ("noise_scale.ema_decay", 1.0),
-    ("optimizer.lr_multipliers.kernel", -1.0), ("optimizer.lr_multipliers.bias", math.nan),
+    ("optimizer.lr_multipliers.kernel", -1.0),
+    ("optimizer.lr_multipliers.bias", math.nan),
 ]
 
 
@@ -48,11 +69,20 @@ def test_a_value_out_of_range_is_refused_in_one_line_naming_the_field(field, val
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("base_lr", 3.2), ("seed", 0), ("label_smoothing", 0.0), ("optimizer.momentum", 0.0),
-    ("optimizer.weight_decay", 0.0), ("optimizer.grad_clip_norm", 0.0),
-    ("optimizer.lr_multipliers.bias", 0.0), ("noise_scale.sub_batches", 2),
-    ("schedule.decay_factor", 2.0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("base_lr", 3.2),
+        ("seed", 0),
+        ("label_smoothing", 0.0),
+        ("optimizer.momentum", 0.0),
+        ("optimizer.weight_decay", 0.0),
+        ("optimizer.grad_clip_norm", 0.0),
+        ("optimizer.lr_multipliers.bias", 0.0),
+        ("noise_scale.sub_batches", 2),
+        ("schedule.decay_factor", 2.0),
+    ],
+)
 def test_edge_values_that_mean_something_are_accepted(field, value):
     check_ranges(with_value(field, value))
 

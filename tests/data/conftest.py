@@ -1,5 +1,6 @@
 """Fixtures for the data tests. Every data dir is a pytest temporary folder, so no test reads or
 writes ~/tensorflow_datasets."""
+
 import pytest
 
 from bnresearch.data.dataset import load_dataset

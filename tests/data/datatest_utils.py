@@ -1,4 +1,5 @@
 """Helpers for the data tests: configs, generated image folders, in-memory labelled datasets."""
+
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -26,11 +27,12 @@ def make_config(name: str, data_dir: str, **overrides) -> ml_collections.ConfigD
 
 
 def write_image_folder(root, classes, images_per_class, size, *, seed=0, test_classes=None):
-    """Writes root/{train,test}/<class>/NN.png with random RGB pixels; returns {relative path: pixels}."""
+    """Writes root/{train,test}/<class>/NN.png with random RGB pixels; returns
+    {relative path: pixels}."""
     rng = np.random.default_rng(seed)
     written = {}
     for split, per_class in images_per_class.items():
-        for name in (test_classes if split == "test" and test_classes is not None else classes):
+        for name in test_classes if split == "test" and test_classes is not None else classes:
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for index in range(per_class):
                 pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)

@@ -1,4 +1,5 @@
 """Each augmentation against a NumPy/PIL reference or the property that defines it."""
+
 import math
 
 import numpy as np
@@ -57,8 +58,12 @@ def test_crop_is_a_shifted_window_without_flip():
     for seed in range(200):
         out = crop(image, np.random.default_rng(seed))
         padded = np.pad(image, ((1, 1), (1, 1), (0, 0)))
-        matches = [(top, left) for top in range(3) for left in range(3)
-                   if np.array_equal(out, padded[top:top + 6, left:left + 6])]
+        matches = [
+            (top, left)
+            for top in range(3)
+            for left in range(3)
+            if np.array_equal(out, padded[top : top + 6, left : left + 6])
+        ]
         assert matches, "not a window of the padded image"
         windows.update(matches)
     assert len(windows) == 9
@@ -77,9 +82,13 @@ def test_crop_flip_draws_offsets_then_flip():
 
 def test_flip_mirrors_left_right():
     image = random_image(3, 4)
-    rng_flip = next(np.random.default_rng(s) for s in range(100) if np.random.default_rng(s).random() < 0.5)
+    rng_flip = next(
+        np.random.default_rng(s) for s in range(100) if np.random.default_rng(s).random() < 0.5
+    )
     np.testing.assert_array_equal(horizontal_flip(image, rng_flip), image[:, ::-1])
-    rng_keep = next(np.random.default_rng(s) for s in range(100) if np.random.default_rng(s).random() >= 0.5)
+    rng_keep = next(
+        np.random.default_rng(s) for s in range(100) if np.random.default_rng(s).random() >= 0.5
+    )
     np.testing.assert_array_equal(horizontal_flip(image, rng_keep), image)
 
 
@@ -95,6 +104,7 @@ def test_crop_boxes_respect_bounds_area_and_aspect_ratio():
 def test_crop_box_falls_back_to_a_central_crop():
     # A 1-pixel-high strip admits no box with aspect ratio <= 4/3 at 8% of the area.
     assert sample_crop_box(1, 100, np.random.default_rng(0)) == (0, 49, 1, 1)
+
     # Inside the ratio range the fallback is the whole image.
     class NeverFits:
         def uniform(self, low, high):
@@ -157,4 +167,6 @@ def test_normalize_matches_the_formula():
     out = normalize(images, mean, std)
     assert out.dtype == np.float32 and out.shape == images.shape
     np.testing.assert_allclose(out, (images / 255 - mean) / std, rtol=1e-6, atol=1e-6)
-    assert math.isclose(float(normalize(np.full((1, 1, 1, 1), 255, np.uint8), [0.5], [0.25])[0, 0, 0, 0]), 2.0)
+    assert math.isclose(
+        float(normalize(np.full((1, 1, 1, 1), 255, np.uint8), [0.5], [0.25])[0, 0, 0, 0]), 2.0
+    )

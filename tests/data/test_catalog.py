@@ -1,4 +1,6 @@
-"""Dataset names and config fields are checked cheaply, with one-line errors that say what is valid."""
+"""Dataset names and config fields are checked cheaply, with one-line errors that say what is
+valid."""
+
 import pytest
 
 from bnresearch.data.catalog import (
@@ -48,15 +50,29 @@ def test_settings_require_every_field():
         DatasetSettings.from_config(config)
     message = str(error.value)
     assert "lacks crop_padding, num_threads" in message
-    assert all(field in message for field in ("name", "data_dir", "augment", "crop_padding",
-                                              "image_size", "num_workers", "num_threads",
-                                              "prefetch"))
+    assert all(
+        field in message
+        for field in (
+            "name",
+            "data_dir",
+            "augment",
+            "crop_padding",
+            "image_size",
+            "num_workers",
+            "num_threads",
+            "prefetch",
+        )
+    )
 
 
 @pytest.mark.parametrize(
     "field, value, expected",
     [
-        ("augment", "mixup", "unknown augment 'mixup'; valid: auto, none, crop, crop_flip, resized_crop_flip"),
+        (
+            "augment",
+            "mixup",
+            "unknown augment 'mixup'; valid: auto, none, crop, crop_flip, resized_crop_flip",
+        ),
         ("crop_padding", -1, "crop_padding must be an integer >= 0"),
         ("image_size", 0, "image_size must be an integer >= 1"),
         ("num_workers", 1.5, "num_workers must be an integer >= 0"),

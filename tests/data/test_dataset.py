@@ -1,5 +1,6 @@
 """load_dataset: TFDS datasets that cannot be prepared fail fast and clearly; preparation is safe
 when several loaders race."""
+
 import os
 import threading
 

@@ -1,4 +1,5 @@
 """The prepared digits equal scikit-learn's data, scaled and split as documented."""
+
 import hashlib
 
 import numpy as np

@@ -2,6 +2,7 @@
 
 Most tests use an in-memory dataset whose record i has label i, so labels identify examples.
 """
+
 import itertools
 
 import grain
@@ -39,7 +40,9 @@ def test_batches_have_the_promised_shapes_and_values():
 
 def test_each_epoch_is_a_new_permutation():
     dataset, _ = labelled_dataset(24)
-    labels = np.concatenate([b["label"] for b in take(make_train_iterator(dataset, seed=3, batch_size=8), 9)])
+    labels = np.concatenate(
+        [b["label"] for b in take(make_train_iterator(dataset, seed=3, batch_size=8), 9)]
+    )
     epochs = labels.reshape(3, 24)
     for epoch in epochs:
         assert sorted(epoch) == list(range(24))
@@ -48,7 +51,9 @@ def test_each_epoch_is_a_new_permutation():
 
 def test_batches_cross_epoch_boundaries_without_losing_examples():
     dataset, _ = labelled_dataset(10)
-    labels = np.concatenate([b["label"] for b in take(make_train_iterator(dataset, seed=0, batch_size=4), 5)])
+    labels = np.concatenate(
+        [b["label"] for b in take(make_train_iterator(dataset, seed=0, batch_size=4), 5)]
+    )
     assert sorted(labels[:10]) == list(range(10)) and sorted(labels[10:]) == list(range(10))
 
 
@@ -57,14 +62,20 @@ def test_same_seed_same_batches_other_seed_other_batches():
     first = take(make_train_iterator(dataset, seed=5, batch_size=4), 8)
     assert_batches_equal(first, take(make_train_iterator(dataset, seed=5, batch_size=4), 8))
     other = take(make_train_iterator(dataset, seed=6, batch_size=4), 8)
-    assert not np.array_equal(np.concatenate([b["label"] for b in first]), np.concatenate([b["label"] for b in other]))
+    assert not np.array_equal(
+        np.concatenate([b["label"] for b in first]), np.concatenate([b["label"] for b in other])
+    )
 
 
 def test_neighbouring_seeds_do_not_replay_each_other_one_epoch_later():
     # Grain shuffles epoch e with seed + e; raw seeds 0 and 1 would share permutations.
     dataset, _ = labelled_dataset(12)
-    seed0 = np.concatenate([b["label"] for b in take(make_train_iterator(dataset, seed=0, batch_size=12), 2)])
-    seed1 = np.concatenate([b["label"] for b in take(make_train_iterator(dataset, seed=1, batch_size=12), 1)])
+    seed0 = np.concatenate(
+        [b["label"] for b in take(make_train_iterator(dataset, seed=0, batch_size=12), 2)]
+    )
+    seed1 = np.concatenate(
+        [b["label"] for b in take(make_train_iterator(dataset, seed=1, batch_size=12), 1)]
+    )
     assert not np.array_equal(seed0[12:], seed1)
 
 
@@ -80,13 +91,18 @@ def test_process_shares_concatenate_to_the_single_process_batch(process_count):
     dataset, _ = labelled_dataset(20, size=(8, 8), augment="crop_flip")
     single = take(make_train_iterator(dataset, seed=1, batch_size=8), 6)
     shares = [
-        take(make_train_iterator(dataset, seed=1, batch_size=8, process_index=p, process_count=process_count), 6)
+        take(
+            make_train_iterator(
+                dataset, seed=1, batch_size=8, process_index=p, process_count=process_count
+            ),
+            6,
+        )
         for p in range(process_count)
     ]
     for step, whole in enumerate(single):
         parts = [share[step] for share in shares]
         labels = [part["label"] for part in parts]
-        assert all(len(l) == 8 // process_count for l in labels)
+        assert all(len(part) == 8 // process_count for part in labels)
         assert not set(labels[0]) & set(labels[1])  # disjoint (within a batch, labels are unique)
         # Same examples, same order, same augmentation as the single-process batch.
         for key in ("image", "label"):
@@ -95,9 +111,13 @@ def test_process_shares_concatenate_to_the_single_process_batch(process_count):
 
 def test_batch_size_must_split_evenly_over_processes():
     dataset, _ = labelled_dataset(8)
-    with pytest.raises(ValueError, match="batch_size 6 must be a positive multiple of process_count 4"):
+    with pytest.raises(
+        ValueError, match="batch_size 6 must be a positive multiple of process_count 4"
+    ):
         make_train_iterator(dataset, seed=0, batch_size=6, process_count=4)
-    with pytest.raises(ValueError, match="batch_size 6 must be a positive multiple of process_count 4"):
+    with pytest.raises(
+        ValueError, match="batch_size 6 must be a positive multiple of process_count 4"
+    ):
         make_eval_iterator(dataset, batch_size=6, process_count=4)
     with pytest.raises(ValueError, match="process_index must be in"):
         make_train_iterator(dataset, seed=0, batch_size=4, process_index=2, process_count=2)
@@ -154,7 +174,9 @@ def test_threads_and_workers_do_not_change_the_stream():
 def test_eval_covers_every_example_once(process_count):
     dataset, images = labelled_dataset(11, augment="resized_crop_flip")
     passes = [
-        list(make_eval_iterator(dataset, batch_size=8, process_index=p, process_count=process_count))
+        list(
+            make_eval_iterator(dataset, batch_size=8, process_index=p, process_count=process_count)
+        )
         for p in range(process_count)
     ]
     assert {len(batches) for batches in passes} == {2}  # ceil(11 / 8) for every process
@@ -173,7 +195,9 @@ def test_eval_passes_repeat_identically_and_apply_the_eval_transform():
     first, second = list(eval_batches), list(eval_batches)
     assert_batches_equal(first, second)
     uint8_crop = dataset.augmentation.eval(images[3])
-    np.testing.assert_allclose(first[0]["image"][3], (uint8_crop / 255 - 0.5) / 0.25, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        first[0]["image"][3], (uint8_crop / 255 - 0.5) / 0.25, rtol=1e-6, atol=1e-6
+    )
     assert first[1]["mask"].tolist() == [1, 0, 0, 0]
 
 
@@ -182,9 +206,13 @@ def test_digits_end_to_end(digits_dir):
     batch = next(make_train_iterator(dataset, seed=0, batch_size=32))
     assert batch["image"].shape == (32, 8, 8, 1)
     # Normalized with the train statistics, a large sample is near zero mean and unit std.
-    sample = np.concatenate([b["image"] for b in take(make_train_iterator(dataset, seed=0, batch_size=479), 3)])
+    sample = np.concatenate(
+        [b["image"] for b in take(make_train_iterator(dataset, seed=0, batch_size=479), 3)]
+    )
     assert abs(sample.mean()) < 1e-4 and abs(sample.std() - 1) < 1e-4
-    eval_batches = list(make_eval_iterator(dataset, batch_size=64, process_index=1, process_count=2))
+    eval_batches = list(
+        make_eval_iterator(dataset, batch_size=64, process_index=1, process_count=2)
+    )
     assert len(eval_batches) == 6 and eval_batches[0]["image"].shape == (32, 8, 8, 1)
 
 
@@ -195,13 +223,15 @@ def labels_of(batches):
 def test_batch_size_changes_continue_the_stream():
     # Batches of 4 up to batch 3, then of 6: the same positions as one example at a time.
     dataset, _ = labelled_dataset(10, size=(8, 8), augment="crop_flip")
-    changing = take(make_train_iterator(dataset, seed=3, batch_size=4,
-                                        batch_size_changes=((3, 6),)), 5)
+    changing = take(
+        make_train_iterator(dataset, seed=3, batch_size=4, batch_size_changes=((3, 6),)), 5
+    )
     assert [len(b["label"]) for b in changing] == [4, 4, 4, 6, 6]
     one_by_one = take(make_train_iterator(dataset, seed=3, batch_size=1), 24)
     for key in ("label", "image"):
-        np.testing.assert_array_equal(np.concatenate([b[key] for b in changing]),
-                                      np.concatenate([b[key] for b in one_by_one]))
+        np.testing.assert_array_equal(
+            np.concatenate([b[key] for b in changing]), np.concatenate([b[key] for b in one_by_one])
+        )
 
 
 def test_batch_size_changes_resume_exactly_in_a_later_phase():
@@ -219,13 +249,27 @@ def test_batch_size_changes_resume_exactly_in_a_later_phase():
 
 def test_process_shares_follow_batch_size_changes():
     dataset, _ = labelled_dataset(20, size=(8, 8), augment="crop_flip")
-    single = take(make_train_iterator(dataset, seed=1, batch_size=4,
-                                      batch_size_changes=((2, 8),)), 4)
-    shares = [take(make_train_iterator(dataset, seed=1, batch_size=4, batch_size_changes=((2, 8),),
-                                       process_index=p, process_count=2), 4) for p in range(2)]
+    single = take(
+        make_train_iterator(dataset, seed=1, batch_size=4, batch_size_changes=((2, 8),)), 4
+    )
+    shares = [
+        take(
+            make_train_iterator(
+                dataset,
+                seed=1,
+                batch_size=4,
+                batch_size_changes=((2, 8),),
+                process_index=p,
+                process_count=2,
+            ),
+            4,
+        )
+        for p in range(2)
+    ]
     for step, whole in enumerate(single):
         np.testing.assert_array_equal(
-            np.concatenate([share[step]["image"] for share in shares]), whole["image"])
+            np.concatenate([share[step]["image"] for share in shares]), whole["image"]
+        )
 
 
 def test_batch_augmentation_holds_m_distinct_copies_of_each_example():
@@ -252,21 +296,31 @@ def test_batch_augmentation_copies_are_seeded_by_position_and_copy():
     for position in range(5):
         label = batch["label"][3 * position]
         for copy in range(3):
-            view = dataset.augmentation.train(images[label],
-                                              np.random.default_rng((augment_seed, position, copy)))
-            np.testing.assert_allclose(batch["image"][3 * position + copy],
-                                       (view / 255 - 0.5) / 0.25, rtol=1e-6, atol=1e-6)
+            view = dataset.augmentation.train(
+                images[label], np.random.default_rng((augment_seed, position, copy))
+            )
+            np.testing.assert_allclose(
+                batch["image"][3 * position + copy], (view / 255 - 0.5) / 0.25, rtol=1e-6, atol=1e-6
+            )
 
 
 def test_batch_augmentation_splits_over_processes_and_resumes():
     dataset, _ = labelled_dataset(8, size=(8, 8), augment="crop_flip")
     single = take(make_train_iterator(dataset, seed=0, batch_size=4, multiplicity=2), 3)
-    shares = [take(make_train_iterator(dataset, seed=0, batch_size=4, multiplicity=2,
-                                       process_index=p, process_count=2), 3) for p in range(2)]
+    shares = [
+        take(
+            make_train_iterator(
+                dataset, seed=0, batch_size=4, multiplicity=2, process_index=p, process_count=2
+            ),
+            3,
+        )
+        for p in range(2)
+    ]
     for step, whole in enumerate(single):
         for key in ("image", "label"):
             np.testing.assert_array_equal(
-                np.concatenate([share[step][key] for share in shares]), whole[key])
+                np.concatenate([share[step][key] for share in shares]), whole[key]
+            )
     iterator = make_train_iterator(dataset, seed=0, batch_size=4, multiplicity=2)
     take(iterator, 1)
     state = iterator.get_state()

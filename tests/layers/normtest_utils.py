@@ -1,16 +1,17 @@
 """Helpers for the normalization tests: inputs, non-trivial affine parameters, NumPy moments."""
+
 import jax
 import numpy as np
 
 from bnresearch.layers.variables import STATE
 
 CONV_SHAPE = (6, 4, 5, 8)  # (N, H, W, C)
-DENSE_SHAPE = (6, 8)       # (N, C)
+DENSE_SHAPE = (6, 8)  # (N, C)
 
 # Options some variants need to run on the tests' small shapes.
 SMALL_OPTIONS = {
-    'group': {'num_groups': 4},
-    'ghost_batch': {'virtual_batch_size': 2},
+    "group": {"num_groups": 4},
+    "ghost_batch": {"virtual_batch_size": 2},
 }
 
 
@@ -25,10 +26,10 @@ def init_with_random_affine(module, x, seed=1):
     variables = dict(module.init(jax.random.key(0), x, train=True))
     rng = np.random.default_rng(seed)
     channels = x.shape[-1]
-    params = dict(variables['params'])
-    params['scale'] = rng.uniform(0.5, 2.0, channels).astype(np.float32)
-    params['bias'] = rng.normal(size=channels).astype(np.float32)
-    variables['params'] = params
+    params = dict(variables["params"])
+    params["scale"] = rng.uniform(0.5, 2.0, channels).astype(np.float32)
+    params["bias"] = rng.normal(size=channels).astype(np.float32)
+    variables["params"] = params
     return variables
 
 
@@ -40,4 +41,4 @@ def moments(x, axes):
 
 def state_of(variables):
     """The persistent collections of a variables dict (what a train state keeps)."""
-    return {key: value for key, value in variables.items() if key in ('params', STATE)}
+    return {key: value for key, value in variables.items() if key in ("params", STATE)}

@@ -1,7 +1,7 @@
 """The batch heterogeneity score against a NumPy computation of its definition, on constructed
 homogeneous and heterogeneous batches, its invariances, and its logging by a normalization."""
+
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,7 +17,7 @@ def numpy_score(x, epsilon=1e-6):
     return between / (within + epsilon)
 
 
-@pytest.mark.parametrize('shape', [(16, 4, 4, 3), (16, 10), (1, 5)])
+@pytest.mark.parametrize("shape", [(16, 4, 4, 3), (16, 10), (1, 5)])
 def test_score_matches_numpy(shape):
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32) * 2 + 1
     np.testing.assert_allclose(heterogeneity_score(x), numpy_score(x), rtol=1e-5)
@@ -35,9 +35,10 @@ def test_homogeneous_batches_score_low_and_heterogeneous_ones_high():
     scores = [float(heterogeneity_score(x)) for x in (homogeneous, independent, spread)]
     assert scores[0] < 0.01 < 0.5 < scores[1] < 2 < scores[2]
     # the noise's variance over the prototype's variance across its features
-    np.testing.assert_allclose(scores[0], 0.05 ** 2 / prototype.var(), rtol=0.1)
-    np.testing.assert_allclose(heterogeneity_score(np.repeat(prototype[None], 8, 0)), 0.0,
-                               atol=1e-7)
+    np.testing.assert_allclose(scores[0], 0.05**2 / prototype.var(), rtol=0.1)
+    np.testing.assert_allclose(
+        heterogeneity_score(np.repeat(prototype[None], 8, 0)), 0.0, atol=1e-7
+    )
 
 
 def test_score_ignores_a_global_scale_and_shift_and_the_order_of_examples():
@@ -47,22 +48,21 @@ def test_score_ignores_a_global_scale_and_shift_and_the_order_of_examples():
     np.testing.assert_allclose(heterogeneity_score(x[::-1]), score, rtol=1e-5)
 
 
-@pytest.mark.parametrize('name', ['batch', 'none'])
+@pytest.mark.parametrize("name", ["batch", "none"])
 def test_a_normalization_logs_its_inputs_score_and_the_threshold_decision(name):
     x = np.random.default_rng(3).normal(size=(8, 3, 3, 4)).astype(np.float32)
     norm = get_normalization(name, heterogeneity_threshold=0.5)()
     variables = norm.init(jax.random.key(0), x, train=True)
-    assert 'analysis' not in variables  # init is not a training step
-    _, sown = norm.apply(variables, x, train=True, mutable=['analysis', STATE])
-    (score,), (feasible,) = sown['analysis']['heterogeneity'], sown['analysis']['bn_feasible']
+    assert "analysis" not in variables  # init is not a training step
+    _, sown = norm.apply(variables, x, train=True, mutable=["analysis", STATE])
+    (score,), (feasible,) = sown["analysis"]["heterogeneity"], sown["analysis"]["bn_feasible"]
     np.testing.assert_allclose(score, numpy_score(x), rtol=1e-5)
     assert float(feasible) == float(numpy_score(x) >= 0.5)
     strict = get_normalization(name, heterogeneity_threshold=1e3)()
-    _, sown = strict.apply(variables, x, train=True, mutable=['analysis', STATE])
-    assert float(sown['analysis']['bn_feasible'][0]) == 0.0
+    _, sown = strict.apply(variables, x, train=True, mutable=["analysis", STATE])
+    assert float(sown["analysis"]["bn_feasible"][0]) == 0.0
     # off by default, and never in evaluation
-    _, sown = get_normalization(name)().apply(variables, x, train=True,
-                                              mutable=['analysis', STATE])
-    assert 'analysis' not in sown
-    _, sown = norm.apply(variables, x, train=False, mutable=['analysis'])
-    assert 'analysis' not in sown
+    _, sown = get_normalization(name)().apply(variables, x, train=True, mutable=["analysis", STATE])
+    assert "analysis" not in sown
+    _, sown = norm.apply(variables, x, train=False, mutable=["analysis"])
+    assert "analysis" not in sown

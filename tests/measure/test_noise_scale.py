@@ -1,5 +1,6 @@
 """The gradient noise scale: sub-batch norms against NumPy, the estimator on a synthetic problem
 with a known B_simple, and the measurement on a mesh against one device."""
+
 import functools
 
 import jax
@@ -8,10 +9,10 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from bnresearch.config.defaults import base_config
 from bnresearch.measure import noise_scale
 from bnresearch.models import build_model
 from bnresearch.optim.optimizers import make_optimizer
-from bnresearch.config.defaults import base_config
 from bnresearch.parallel.mesh import DATA_AXIS, make_mesh
 from bnresearch.train.state import create_train_state
 from bnresearch.train.steps import noise_scale_step
@@ -25,9 +26,10 @@ def mean_gradient(sub_batch, rng):
 
 def test_sub_batches_are_contiguous_slices():
     x = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32)
-    small_sq, big_sq = noise_scale.sub_batch_gradient_norms(mean_gradient, {"x": x}, 3,
-                                                            jax.random.key(0))
-    expected_small = np.mean([np.sum(x[i * 4:(i + 1) * 4].mean(0) ** 2) for i in range(3)])
+    small_sq, big_sq = noise_scale.sub_batch_gradient_norms(
+        mean_gradient, {"x": x}, 3, jax.random.key(0)
+    )
+    expected_small = np.mean([np.sum(x[i * 4 : (i + 1) * 4].mean(0) ** 2) for i in range(3)])
     np.testing.assert_allclose(small_sq, expected_small, rtol=1e-5)
     np.testing.assert_allclose(big_sq, np.sum(x.mean(0) ** 2), rtol=1e-5)
 
@@ -45,12 +47,14 @@ def test_estimator_recovers_b_simple_of_a_known_gradient_distribution():
 
     def measure(state, x):
         small_sq, big_sq = noise_scale.sub_batch_gradient_norms(
-            mean_gradient, {"x": x}, sub_batches, jax.random.key(0))
+            mean_gradient, {"x": x}, sub_batches, jax.random.key(0)
+        )
         gradient_sq, trace = noise_scale.estimate(small_sq, big_sq, batch // sub_batches, batch)
         return noise_scale.update(state, gradient_sq, trace, decay=0.999), None
 
-    state, _ = jax.lax.scan(measure, noise_scale.init_noise_scale(),
-                            jnp.asarray(examples, jnp.float32))
+    state, _ = jax.lax.scan(
+        measure, noise_scale.init_noise_scale(), jnp.asarray(examples, jnp.float32)
+    )
     summary = noise_scale.summary(state, decay=0.999)
     assert int(state.count) == measurements
     assert float(summary["noise_scale"]) == pytest.approx(25.0, rel=0.06)
@@ -73,11 +77,14 @@ def test_measurement_on_eight_devices_matches_one_device():
     # Batch norm included: each sub-batch (one device's shard on the mesh) is normalized alone.
     model = build_model("cnn", num_classes=3, widths=(4, 8), convs_per_stage=1)
     rng = np.random.default_rng(2)
-    batch = {"image": rng.normal(size=(32, 8, 8, 1)).astype(np.float32),
-             "label": rng.integers(0, 3, size=32).astype(np.int32)}
+    batch = {
+        "image": rng.normal(size=(32, 8, 8, 1)).astype(np.float32),
+        "label": rng.integers(0, 3, size=32).astype(np.int32),
+    }
     optimizer = make_optimizer(base_config().optimizer, lambda step: 0.1)
-    state = create_train_state(model, optimizer, jax.random.key(0), jnp.asarray(batch["image"]),
-                               measure_noise_scale=True)
+    state = create_train_state(
+        model, optimizer, jax.random.key(0), jnp.asarray(batch["image"]), measure_noise_scale=True
+    )
     one_device, scalars = measured_on(batch, state, model)
     sharding = NamedSharding(make_mesh(), PartitionSpec(DATA_AXIS))
     assert make_mesh().devices.size == 8

@@ -1,8 +1,9 @@
 """Phases of a batch-size schedule and durations resolved through them, against hand counts."""
+
 import pytest
 
-from bnresearch.errors import UsageError
 from bnresearch.config.defaults import base_config
+from bnresearch.errors import UsageError
 from bnresearch.optim.batch_size_schedule import make_timeline, schedule_from_config
 
 # 1000 examples: batch 10 -> 100 steps per epoch, 50 -> 20, 250 -> 4.
@@ -11,13 +12,25 @@ SMITH = make_timeline(num_train=1000, batch_size=10, schedule=((2, 50), (3.5, 25
 
 def test_phases_start_where_their_epochs_are_reached():
     assert [(p.first_step, p.steps_per_epoch, p.batch_size) for p in SMITH.phases] == [
-        (0, 100, 10), (200, 20, 50), (230, 4, 250)]
+        (0, 100, 10),
+        (200, 20, 50),
+        (230, 4, 250),
+    ]
 
 
-@pytest.mark.parametrize("duration, step", [
-    ("0 steps", 0), ("150 steps", 150), ("1.5 epochs", 150), ("2 epochs", 200),
-    ("3 epochs", 220), ("3.5 epochs", 230), ("5 epochs", 236), ("5.1 epochs", 236),
-])
+@pytest.mark.parametrize(
+    "duration, step",
+    [
+        ("0 steps", 0),
+        ("150 steps", 150),
+        ("1.5 epochs", 150),
+        ("2 epochs", 200),
+        ("3 epochs", 220),
+        ("3.5 epochs", 230),
+        ("5 epochs", 236),
+        ("5.1 epochs", 236),
+    ],
+)
 def test_points_in_epochs_resolve_phase_by_phase(duration, step):
     assert SMITH.step_at(duration) == step
 
@@ -29,7 +42,13 @@ def test_epoch_at_inverts_step_at():
 
 def test_phase_at_is_the_phase_of_the_next_update():
     assert [SMITH.phase_at(step).batch_size for step in (0, 199, 200, 229, 230, 999)] == [
-        10, 10, 50, 50, 250, 250]
+        10,
+        10,
+        50,
+        50,
+        250,
+        250,
+    ]
 
 
 def test_intervals_in_epochs_restart_at_each_phase():
@@ -40,8 +59,15 @@ def test_intervals_in_epochs_restart_at_each_phase():
 
 def test_intervals_in_steps_count_from_the_start():
     every_7 = SMITH.every("7 steps")
-    assert [step for step in range(195, 240) if every_7.is_due(step)] == [196, 203, 210, 217,
-                                                                          224, 231, 238]
+    assert [step for step in range(195, 240) if every_7.is_due(step)] == [
+        196,
+        203,
+        210,
+        217,
+        224,
+        231,
+        238,
+    ]
     assert not any(SMITH.every("0 steps").is_due(step) for step in range(1, 300))
     assert all(SMITH.every("0 steps", minimum=1).is_due(step) for step in range(1, 300))
 
@@ -59,13 +85,16 @@ def test_a_fixed_batch_size_resolves_as_before():
     assert timeline.step_at("30 epochs") == 30 * (1437 // 32)
 
 
-@pytest.mark.parametrize("schedule, message", [
-    (((0, 64),), "epochs must increase from above 0"),
-    (((2, 64), (2, 128)), "epochs must increase from above 0, got 2 after 2"),
-    (((2, 0),), r"batch_sizes entry 0 \(from epoch 2\) must be a positive whole number"),
-    (((1, 2000),), "exceeds the 1000 training examples"),
-    (((1, 20), (1.001, 40)), "starts before the previous phase takes a step"),
-])
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        (((0, 64),), "epochs must increase from above 0"),
+        (((2, 64), (2, 128)), "epochs must increase from above 0, got 2 after 2"),
+        (((2, 0),), r"batch_sizes entry 0 \(from epoch 2\) must be a positive whole number"),
+        (((1, 2000),), "exceeds the 1000 training examples"),
+        (((1, 20), (1.001, 40)), "starts before the previous phase takes a step"),
+    ],
+)
 def test_bad_schedules_are_refused(schedule, message):
     with pytest.raises(UsageError, match=message):
         make_timeline(num_train=1000, batch_size=10, schedule=schedule)

@@ -2,9 +2,13 @@ import math
 
 import pytest
 
-from bnresearch.optim.learning_rate import (check_warmup, legw_warmup_epochs, phase_peak_lrs,
-                                             scaled_learning_rate)
 from bnresearch.errors import UsageError
+from bnresearch.optim.learning_rate import (
+    check_warmup,
+    legw_warmup_epochs,
+    phase_peak_lrs,
+    scaled_learning_rate,
+)
 
 
 @pytest.mark.parametrize("batch_size", [32, 128, 256, 1024, 8192])
@@ -13,7 +17,8 @@ def test_scaling_rules(batch_size):
     assert scaled_learning_rate(0.1, batch_size, 256, "none") == 0.1
     assert scaled_learning_rate(0.1, batch_size, 256, "linear") == pytest.approx(0.1 * ratio)
     assert scaled_learning_rate(0.1, batch_size, 256, "sqrt") == pytest.approx(
-        0.1 * math.sqrt(ratio))
+        0.1 * math.sqrt(ratio)
+    )
 
 
 def test_goyal_et_al_reference_point():
@@ -26,8 +31,9 @@ def test_unknown_rule():
         scaled_learning_rate(0.1, 256, 256, "cubic")
 
 
-@pytest.mark.parametrize("batch_size, warmup_epochs", [(256, 5.0), (512, 10.0), (1024, 20.0),
-                                                        (8192, 160.0), (128, 2.5)])
+@pytest.mark.parametrize(
+    "batch_size, warmup_epochs", [(256, 5.0), (512, 10.0), (1024, 20.0), (8192, 160.0), (128, 2.5)]
+)
 def test_legw_warmup_grows_with_the_batch(batch_size, warmup_epochs):
     # You et al. 2019: 5 warmup epochs at 256 become 5 * B/256 epochs at B.
     assert legw_warmup_epochs(5.0, batch_size, 256) == pytest.approx(warmup_epochs)
@@ -49,7 +55,8 @@ def test_phase_peak_lrs_fixed_or_rescaled():
     assert phase_peak_lrs(0.1, 128, "linear", sizes, "fixed") == (0.1, 0.1, 0.1)
     assert phase_peak_lrs(0.1, 128, "linear", sizes, "rescaled") == pytest.approx((0.1, 0.5, 2.5))
     assert phase_peak_lrs(0.1, 128, "sqrt", sizes, "rescaled") == pytest.approx(
-        (0.1, 0.1 * math.sqrt(5), 0.5))
+        (0.1, 0.1 * math.sqrt(5), 0.5)
+    )
     # fixed keeps the lr of the first phase, itself scaled from base_batch_size.
     assert phase_peak_lrs(0.1, 64, "linear", sizes, "fixed") == pytest.approx((0.2,) * 3)
     with pytest.raises(UsageError, match="valid: fixed, rescaled"):

@@ -1,12 +1,13 @@
 """Each schedule's lr at chosen steps against its formula, written out by hand."""
+
 import math
 
 import numpy as np
 import pytest
 
+from bnresearch.config.defaults import base_config
 from bnresearch.errors import UsageError
 from bnresearch.optim.batch_size_schedule import make_timeline
-from bnresearch.config.defaults import base_config
 from bnresearch.optim.schedules import ScheduleSpec, check_decay_options, make_schedule
 
 # 100 examples in batches of 10: 10 steps per epoch.
@@ -30,16 +31,22 @@ def test_constant_with_linear_warmup():
 
 
 def test_step_decay_at_boundaries():
-    lrs = values(spec(0.1, total_steps=100, decay="step", boundaries=(30, 60), decay_factor=0.2),
-                 [0, 29, 30, 59, 60, 99])
+    lrs = values(
+        spec(0.1, total_steps=100, decay="step", boundaries=(30, 60), decay_factor=0.2),
+        [0, 29, 30, 59, 60, 99],
+    )
     np.testing.assert_allclose(lrs, [0.1, 0.1, 0.02, 0.02, 0.004, 0.004], rtol=1e-6)
 
 
 def test_cosine_after_warmup():
     steps = [10, 35, 60, 85, 110]
     expected = [0.5 * (1 + math.cos(math.pi * (s - 10) / 100)) for s in steps]
-    np.testing.assert_allclose(values(spec(total_steps=110, warmup_steps=10, decay="cosine"),
-                                      steps), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        values(spec(total_steps=110, warmup_steps=10, decay="cosine"), steps),
+        expected,
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 def test_polynomial_after_warmup():
@@ -52,25 +59,35 @@ def test_polynomial_after_warmup():
 def test_exponential_decays_per_epoch_after_warmup():
     # 10 steps per epoch, warmup 5 steps: lr = peak * rate^((step - 5) / 10) from step 5 on.
     steps = [5, 15, 25, 40, 99]
-    lrs = values(spec(0.2, total_steps=100, warmup_steps=5, decay="exponential", decay_rate=0.5),
-                 steps)
+    lrs = values(
+        spec(0.2, total_steps=100, warmup_steps=5, decay="exponential", decay_rate=0.5), steps
+    )
     np.testing.assert_allclose(lrs, [0.2 * 0.5 ** ((s - 5) / 10) for s in steps], rtol=1e-5)
 
 
 def test_exponential_counts_epochs_phase_by_phase():
     # Phase 0: 10 steps per epoch up to step 30 (epoch 3); phase 1: 2 steps per epoch, so step 34
     # is epoch 5 and step 41 epoch 8.5.
-    lrs = values(spec(1.0, phases=TWO_PHASES, total_steps=50, decay="exponential",
-                      decay_rate=0.8), [20, 30, 34, 41])
-    np.testing.assert_allclose(lrs, [0.8 ** 2, 0.8 ** 3, 0.8 ** 5, 0.8 ** 8.5], rtol=1e-5)
+    lrs = values(
+        spec(1.0, phases=TWO_PHASES, total_steps=50, decay="exponential", decay_rate=0.8),
+        [20, 30, 34, 41],
+    )
+    np.testing.assert_allclose(lrs, [0.8**2, 0.8**3, 0.8**5, 0.8**8.5], rtol=1e-5)
 
 
 def test_each_phase_has_its_peak_lr():
     # The update after `step` completed updates uses the lr of the phase it belongs to.
-    two = ScheduleSpec(phases=TWO_PHASES, peak_lrs=(0.1, 0.5), total_steps=50, decay="step",
-                       boundaries=(40,), decay_factor=0.1)
-    np.testing.assert_allclose(values(two, [0, 29, 30, 39, 40]), [0.1, 0.1, 0.5, 0.5, 0.05],
-                               rtol=1e-6)
+    two = ScheduleSpec(
+        phases=TWO_PHASES,
+        peak_lrs=(0.1, 0.5),
+        total_steps=50,
+        decay="step",
+        boundaries=(40,),
+        decay_factor=0.1,
+    )
+    np.testing.assert_allclose(
+        values(two, [0, 29, 30, 39, 40]), [0.1, 0.1, 0.5, 0.5, 0.05], rtol=1e-6
+    )
 
 
 def test_unknown_decay():
@@ -78,8 +95,9 @@ def test_unknown_decay():
         make_schedule(spec(total_steps=10, decay="linear"))
 
 
-@pytest.mark.parametrize("option, value", [("power", 0.0), ("decay_rate", -0.5),
-                                           ("decay_factor", 0.0)])
+@pytest.mark.parametrize(
+    "option, value", [("power", 0.0), ("decay_rate", -0.5), ("decay_factor", 0.0)]
+)
 def test_decay_options_must_be_positive(option, value):
     schedule = base_config().schedule
     schedule[option] = value

@@ -1,6 +1,12 @@
 """Axis choices of the report's figures."""
-from bnresearch.report.figures import (_examples_per_step_differ, _facets, _in_epochs, _scale,
-                                        numeric_fields)
+
+from bnresearch.report.figures import (
+    _examples_per_step_differ,
+    _facets,
+    _in_epochs,
+    _scale,
+    numeric_fields,
+)
 from bnresearch.report.table import Variant
 
 
@@ -17,35 +23,50 @@ def variant(**values):
 
 def test_only_fields_that_vary_on_their_own_are_plotted_against():
     # batch_size varies with norm fixed; base_lr only comes with the 'weight' variant
-    variants = [variant(norm="batch", batch_size=64, base_lr=0.1),
-                variant(norm="batch", batch_size=256, base_lr=0.1),
-                variant(norm="weight", batch_size=64, base_lr=0.003)]
+    variants = [
+        variant(norm="batch", batch_size=64, base_lr=0.1),
+        variant(norm="batch", batch_size=256, base_lr=0.1),
+        variant(norm="weight", batch_size=64, base_lr=0.003),
+    ]
     assert numeric_fields(variants) == ["batch_size"]
 
 
 def test_many_variants_become_one_row_of_curves_per_value_of_a_swept_number():
     # 3 batch sizes x 4 rules: 12 lines are too many for one plot, 4 per row are not
-    grid = [variant(batch_size=size, lr_scaling=rule) for size in (256, 64, 128)
-            for rule in ("none", "linear", "sqrt", "legw")]
+    grid = [
+        variant(batch_size=size, lr_scaling=rule)
+        for size in (256, 64, 128)
+        for rule in ("none", "linear", "sqrt", "legw")
+    ]
     field, facets = _facets(grid)
     assert field == "batch_size"
     assert [value for value, _ in facets] == [64, 128, 256]
     for value, members in facets:
         assert [v.values for v in members] == [
-            {"batch_size": value, "lr_scaling": rule} for rule in ("none", "linear", "sqrt",
-                                                                   "legw")]
+            {"batch_size": value, "lr_scaling": rule} for rule in ("none", "linear", "sqrt", "legw")
+        ]
     assert _facets(grid[:8]) == (None, [(None, grid[:8])])  # few enough: one plot
 
 
 def test_curves_are_drawn_against_epochs_where_batch_sizes_differ():
     # Two runs that log every epoch of 1280 examples: 20 steps of 64, or 10 steps of 128.
     def run(batch_size, steps_per_epoch):
-        return [{"step": step, "train/batch_size": batch_size,
-                 "train/epoch": step / steps_per_epoch, "train/loss": 1.0 / step}
-                for step in range(steps_per_epoch, 4 * steps_per_epoch + 1, steps_per_epoch)]
+        return [
+            {
+                "step": step,
+                "train/batch_size": batch_size,
+                "train/epoch": step / steps_per_epoch,
+                "train/loss": 1.0 / step,
+            }
+            for step in range(steps_per_epoch, 4 * steps_per_epoch + 1, steps_per_epoch)
+        ]
+
     small, large = run(64, 20), run(128, 10)
     assert _examples_per_step_differ([small, large])
     assert not _examples_per_step_differ([small, small])
     # eval records at steps between the logged ones: epochs interpolated linearly, from 0 at 0
-    assert _in_epochs(large, [(5, 0.5), (10, 0.7), (25, 0.9)]) == [(0.5, 0.5), (1.0, 0.7),
-                                                                   (2.5, 0.9)]
+    assert _in_epochs(large, [(5, 0.5), (10, 0.7), (25, 0.9)]) == [
+        (0.5, 0.5),
+        (1.0, 0.7),
+        (2.5, 0.9),
+    ]

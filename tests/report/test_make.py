@@ -2,6 +2,7 @@
 
 Reads the finished sweep of tests/conftest.py, which the sweep tests share.
 """
+
 import csv
 import json
 import math
@@ -16,8 +17,10 @@ import pytest
 from bnresearch.report.make import make_report
 from tests.sweep.sweeps import REPO
 
-VARIANTS = {"batch_size=16": ["batch_size=16,seed=0", "batch_size=16,seed=1"],
-            "batch_size=32": ["batch_size=32,seed=0"]}
+VARIANTS = {
+    "batch_size=16": ["batch_size=16,seed=0", "batch_size=16,seed=1"],
+    "batch_size=32": ["batch_size=32,seed=0"],
+}
 DIVERGED = "norm=none,base_lr=1e+30"
 DIGITS_TRAIN_EXAMPLES = 1797 - 360  # scikit-learn's digits less our test split
 
@@ -38,20 +41,26 @@ def expected_row(workdir, points, target, batch_size):
     reached = [next((s for s, a in evals(workdir / p) if a >= target), None) for p in points]
     reached = np.array([s for s in reached if s is not None], dtype=float)
     steps_per_epoch = DIGITS_TRAIN_EXAMPLES // batch_size
-    wall = np.array([json.loads((workdir / p / "status.json").read_text())["wall_time_s"]
-                     for p in points])
+    wall = np.array(
+        [json.loads((workdir / p / "status.json").read_text())["wall_time_s"] for p in points]
+    )
+
     def std(values):  # over seeds, ddof=1; none for a single seed
         return values.std(ddof=1) if values.size > 1 else None
 
-    return {"final_accuracy_mean": final.mean(), "final_accuracy_std": std(final),
-            "best_accuracy_mean": best.mean(), "best_accuracy_std": std(best),
-            "steps_to_target_mean": reached.mean() if reached.size else None,
-            "steps_to_target_std": std(reached),
-            # one batch size throughout, and an epoch of whole batches only
-            "epochs_to_target_mean": (reached.mean() / steps_per_epoch if reached.size else None),
-            "epochs_to_target_std": (None if std(reached) is None
-                                     else std(reached) / steps_per_epoch),
-            "reached_target": reached.size, "wall_time_s_mean": wall.mean()}
+    return {
+        "final_accuracy_mean": final.mean(),
+        "final_accuracy_std": std(final),
+        "best_accuracy_mean": best.mean(),
+        "best_accuracy_std": std(best),
+        "steps_to_target_mean": reached.mean() if reached.size else None,
+        "steps_to_target_std": std(reached),
+        # one batch size throughout, and an epoch of whole batches only
+        "epochs_to_target_mean": (reached.mean() / steps_per_epoch if reached.size else None),
+        "epochs_to_target_std": (None if std(reached) is None else std(reached) / steps_per_epoch),
+        "reached_target": reached.size,
+        "wall_time_s_mean": wall.mean(),
+    }
 
 
 def own_copy(finished_sweep, tmp_path):
@@ -66,9 +75,13 @@ def test_report_numbers_are_those_of_the_metrics_files(finished_sweep, tmp_path)
     # A target between the accuracies the runs reached, so some points reach it and some not.
     all_evals = [a for points in VARIANTS.values() for p in points for _, a in evals(workdir / p)]
     target = float(np.median(all_evals))
-    result = subprocess.run([sys.executable, "-m", "bnresearch.report", str(workdir),
-                             f"--target_accuracy={target}"], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "bnresearch.report", str(workdir), f"--target_accuracy={target}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     rows = read_csv(workdir / "report.csv")
     assert list(rows) == [*VARIANTS, DIVERGED, "norm=no_such_norm"]
@@ -95,8 +108,10 @@ def test_report_numbers_are_those_of_the_metrics_files(finished_sweep, tmp_path)
     assert f"| batch_size=16 | 2/2 | 0 | {shown} |" in markdown
     assert f"| {DIVERGED} | 0/1 | 1 |  |  |  |  |  |" in markdown
     assert re.search(rf"^{re.escape(DIVERGED)} +0/1 +1$", result.stdout, re.M)
-    assert f"Regenerate with `python -m bnresearch.report {workdir} " \
-           f"--target_accuracy={target!r}`." in markdown
+    assert (
+        f"Regenerate with `python -m bnresearch.report {workdir} "
+        f"--target_accuracy={target!r}`." in markdown
+    )
 
 
 def test_report_figures_are_pngs_and_linked_from_the_markdown(finished_sweep, tmp_path):
@@ -111,11 +126,18 @@ def test_report_figures_are_pngs_and_linked_from_the_markdown(finished_sweep, tm
 
 
 def test_a_directory_without_a_sweep_is_refused_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bnresearch.report", str(tmp_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "bnresearch.report", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
-    assert result.stderr == f"error: {tmp_path} holds no sweep.json: a report needs a sweep " \
-                            "directory\n"
+    assert (
+        result.stderr == f"error: {tmp_path} holds no sweep.json: a report needs a sweep "
+        "directory\n"
+    )
 
 
 def synthetic_sweep(directory, runs):
@@ -124,10 +146,13 @@ def synthetic_sweep(directory, runs):
     from bnresearch.sweep import grid
     from bnresearch.sweep.spec import claim, expand
     from tests.sweep import tiny_sweep
+
     module = directory.parent / f"{directory.name}_sweep.py"
-    module.write_text("from bnresearch.sweep import grid\n"
-                      "from tests.sweep.tiny_sweep import get_config\n"
-                      f"def get_sweep(arg=None):\n    return grid.seeds({len(runs)})\n")
+    module.write_text(
+        "from bnresearch.sweep import grid\n"
+        "from tests.sweep.tiny_sweep import get_config\n"
+        f"def get_sweep(arg=None):\n    return grid.seeds({len(runs)})\n"
+    )
     config = tiny_sweep.get_config()
     config.lock()
     sweep = expand(str(module), None, config, {})
@@ -136,16 +161,23 @@ def synthetic_sweep(directory, runs):
     for point, (status, losses) in zip(sweep.points, runs):
         run_dir = directory / point.name
         run_dir.mkdir()
-        (run_dir / "status.json").write_text(json.dumps(
-            {"status": status, "step": len(losses), "total_steps": 6, "wall_time_s": 0.5}))
-        (run_dir / "metrics.jsonl").write_text("".join(
-            json.dumps({"step": step, "train/loss": loss}) + "\n"
-            for step, loss in enumerate(losses, 1)))
+        (run_dir / "status.json").write_text(
+            json.dumps(
+                {"status": status, "step": len(losses), "total_steps": 6, "wall_time_s": 0.5}
+            )
+        )
+        (run_dir / "metrics.jsonl").write_text(
+            "".join(
+                json.dumps({"step": step, "train/loss": loss}) + "\n"
+                for step, loss in enumerate(losses, 1)
+            )
+        )
     return sweep
 
 
 def test_a_sweep_that_only_diverged_is_reported_and_has_finished(tmp_path, monkeypatch, capsys):
     from bnresearch.sweep.runner import launch_sweep
+
     # Both at their first step: no finite value to plot at all.
     sweep = synthetic_sweep(tmp_path / "s", [("diverged", [math.nan]), ("diverged", [math.inf])])
     monkeypatch.chdir(tmp_path)
@@ -163,6 +195,7 @@ def test_a_sweep_that_only_diverged_is_reported_and_has_finished(tmp_path, monke
 
 def test_a_sweep_with_no_result_writes_no_report(tmp_path, capsys):
     from bnresearch.sweep.runner import _finish
+
     sweep = synthetic_sweep(tmp_path / "s", [("preempted", [2.3, 2.2]), ("failed", [])])
     assert _finish(sweep, tmp_path / "s", True, None) == 1
     out = capsys.readouterr().out
@@ -175,6 +208,7 @@ def test_a_sweep_with_no_result_writes_no_report(tmp_path, capsys):
 
 def test_epochs_to_target_follow_the_logged_epochs_across_a_batch_size_change(tmp_path):
     from bnresearch.report.runs import summarize_run
+
     # 10 steps of 0.1 epoch (batch B), then steps of 0.5 epoch (batch 5B), logged every 2 steps;
     # eval accuracy first reaches 0.9 at step 13, an odd step: between logged epochs 2.0 and 3.0.
     epoch = {step: 0.1 * min(step, 10) + 0.5 * max(step - 10, 0) for step in range(1, 17)}

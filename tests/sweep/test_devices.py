@@ -1,4 +1,5 @@
 """How local sweeps divide a machine's GPUs and CPU cores among concurrent points."""
+
 import pytest
 
 from bnresearch.errors import UsageError
@@ -8,7 +9,8 @@ from bnresearch.sweep import devices
 def test_each_slot_gets_an_equal_share_of_the_visible_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
     assert [s.env for s in devices.device_slots(4)] == [
-        {"CUDA_VISIBLE_DEVICES": gpu} for gpu in "4567"]
+        {"CUDA_VISIBLE_DEVICES": gpu} for gpu in "4567"
+    ]
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in devices.device_slots(2)] == ["4,5", "6,7"]
     # Equal shares: every point sees as many devices; the fourth GPU stays idle.
     assert [s.label for s in devices.device_slots(3)] == ["GPU 4", "GPU 5", "GPU 6"]
@@ -20,8 +22,9 @@ def test_each_slot_gets_an_equal_share_of_the_visible_gpus(monkeypatch):
 def test_gpus_are_counted_with_nvidia_smi_when_the_variable_is_unset(monkeypatch, tmp_path):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     fake = tmp_path / "nvidia-smi"
-    fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: a)'\n"
-                    "echo 'GPU 1: NVIDIA H100 (UUID: b)'\n")
+    fake.write_text(
+        "#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: a)'\necho 'GPU 1: NVIDIA H100 (UUID: b)'\n"
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}")
     assert devices.visible_gpus() == ["0", "1"]

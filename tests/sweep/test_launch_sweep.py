@@ -1,5 +1,6 @@
 """launch.py --sweep end to end: points as processes, failures, idempotent relaunch, signals,
 the status view, and the SLURM code path through submitit's local executor."""
+
 import json
 import os
 import re
@@ -27,28 +28,35 @@ def test_failing_and_diverging_points_leave_the_others_done(finished_sweep):
     workdir, result = finished_sweep
     assert result.returncode == 1, result.stdout + result.stderr  # the failed point
     for name in GOOD:
-        assert read_status(workdir / name) == {**read_status(workdir / name), "status": "done",
-                                               "step": 6}
+        assert read_status(workdir / name) == {
+            **read_status(workdir / name),
+            "status": "done",
+            "step": 6,
+        }
     # A diverged point is a result: its process ends normally, at the first non-finite loss.
     diverged = read_status(workdir / DIVERGED)
-    losses = [(m["step"], m["train/loss"]) for m in read_metrics(workdir / DIVERGED)
-              if "train/loss" in m]
+    losses = [
+        (m["step"], m["train/loss"]) for m in read_metrics(workdir / DIVERGED) if "train/loss" in m
+    ]
     assert diverged["status"] == "diverged" and 1 < diverged["step"] < 6, diverged
     assert diverged["step"] == next(s for s, loss in losses if not np.isfinite(loss))
-    assert json.loads((workdir / "logs" / f"{DIVERGED}.exit.json").read_text()) == {
-        "exit_code": 0}
-    assert re.search(rf"diverged    {re.escape(DIVERGED)}: step {diverged['step']}/6 \(",
-                     result.stdout)
+    assert json.loads((workdir / "logs" / f"{DIVERGED}.exit.json").read_text()) == {"exit_code": 0}
+    assert re.search(
+        rf"diverged    {re.escape(DIVERGED)}: step {diverged['step']}/6 \(", result.stdout
+    )
     # Only the failed point is unfinished: a diverged one counts as finished.
     assert re.search(r"\d\d:\d\d:\d\d 1 failed of 5 points; status: ", result.stdout)
-    assert re.search(rf"FAILED      {BAD} \(exit 2\): error: unknown normalization 'no_such_norm'",
-                     result.stdout)
+    assert re.search(
+        rf"FAILED      {BAD} \(exit 2\): error: unknown normalization 'no_such_norm'", result.stdout
+    )
     assert not (workdir / BAD).exists()  # refused before it claimed a run directory
     assert json.loads((workdir / "logs" / f"{BAD}.exit.json").read_text())["exit_code"] == 2
     # Two at a time, each on its own core of the two.
     headers = [(workdir / "logs" / f"{n}.log").read_text().splitlines()[0] for n in GOOD]
     assert {re.search(r"on (CPU cores \d)", h).group(1) for h in headers} == {
-        "CPU cores 0", "CPU cores 1"}
+        "CPU cores 0",
+        "CPU cores 1",
+    }
     assert "report: " in result.stdout and "curves.png" in result.stdout
 
 
@@ -59,20 +67,33 @@ def test_a_point_is_the_run_launch_py_makes_alone(finished_sweep, prepared_data_
     workdir, _ = finished_sweep
     cores = devices.device_slots(2)[1].cpus
     alone = subprocess.run(
-        [sys.executable, str(REPO / "launch.py"), f"--config={TINY}",
-         f"--workdir={tmp_path / 'alone'}", f"--config.dataset.data_dir={prepared_data_dir}",
-         "--config.batch_size=16", "--config.seed=1"],
-        env={**sweep_env(), "JAX_COMPILATION_CACHE_DIR": str(workdir / "compilation_cache"),
-             "JAX_LOG_COMPILES": "1"},
-        capture_output=True, text=True, timeout=300,
-        preexec_fn=lambda: os.sched_setaffinity(0, cores))
+        [
+            sys.executable,
+            str(REPO / "launch.py"),
+            f"--config={TINY}",
+            f"--workdir={tmp_path / 'alone'}",
+            f"--config.dataset.data_dir={prepared_data_dir}",
+            "--config.batch_size=16",
+            "--config.seed=1",
+        ],
+        env={
+            **sweep_env(),
+            "JAX_COMPILATION_CACHE_DIR": str(workdir / "compilation_cache"),
+            "JAX_LOG_COMPILES": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: os.sched_setaffinity(0, cores),
+    )
     assert alone.returncode == 0, alone.stdout + alone.stderr
     assert "Persistent compilation cache hit for 'jit_train_step'" in alone.stderr
     assert read_metrics(tmp_path / "alone") == read_metrics(workdir / "batch_size=16,seed=1")
 
 
-def test_relaunch_trains_nothing_and_retries_failures_only_when_asked(finished_sweep,
-                                                                      prepared_data_dir):
+def test_relaunch_trains_nothing_and_retries_failures_only_when_asked(
+    finished_sweep, prepared_data_dir
+):
     workdir, _ = finished_sweep
     before = snapshot(workdir)
     again = launch_sweep(workdir, prepared_data_dir, "--parallel=2")
@@ -83,12 +104,15 @@ def test_relaunch_trains_nothing_and_retries_failures_only_when_asked(finished_s
 
     retried = launch_sweep(workdir, prepared_data_dir, "--retry_failed")
     assert retried.returncode == 1
-    logs = {path.name: path.read_text().count("\n==== ") + path.read_text().startswith("====")
-            for path in (workdir / "logs").glob("*.log")}
+    logs = {
+        path.name: path.read_text().count("\n==== ") + path.read_text().startswith("====")
+        for path in (workdir / "logs").glob("*.log")
+    }
     assert logs == {**{f"{name}.log": 1 for name in GOOD + [DIVERGED]}, f"{BAD}.log": 2}
     for name in GOOD + [DIVERGED]:
-        assert snapshot(workdir / name) == {p: b for p, b in before.items()
-                                            if p.is_relative_to(workdir / name)}
+        assert snapshot(workdir / name) == {
+            p: b for p, b in before.items() if p.is_relative_to(workdir / name)
+        }
 
 
 def test_another_sweep_in_the_same_directory_is_refused(finished_sweep, prepared_data_dir):
@@ -96,8 +120,9 @@ def test_another_sweep_in_the_same_directory_is_refused(finished_sweep, prepared
     before = snapshot(workdir)
     result = launch_sweep(workdir, prepared_data_dir, arg="one")
     assert result.returncode == 2
-    assert result.stderr.strip().startswith(f"error: {workdir} holds another sweep (points "
-                                            "removed:")
+    assert result.stderr.strip().startswith(
+        f"error: {workdir} holds another sweep (points removed:"
+    )
     assert len(result.stderr.strip().splitlines()) == 1
     assert snapshot(workdir) == before
 
@@ -120,10 +145,14 @@ def test_status_view_shows_each_point(finished_sweep):
     assert any("error: unknown normalization 'no_such_norm'" in line for line in lines)
 
 
-def test_sigterm_stops_the_points_with_a_checkpoint_and_a_relaunch_resumes(tmp_path,
-                                                                         prepared_data_dir):
-    long = ["--config.train_duration=400 steps", "--config.eval_every=0 steps",
-            "--config.log_every=10 steps"]
+def test_sigterm_stops_the_points_with_a_checkpoint_and_a_relaunch_resumes(
+    tmp_path, prepared_data_dir
+):
+    long = [
+        "--config.train_duration=400 steps",
+        "--config.eval_every=0 steps",
+        "--config.log_every=10 steps",
+    ]
     process = launch_sweep(tmp_path, prepared_data_dir, *long, arg="one", wait=False)
     metrics = tmp_path / "seed=3" / "metrics.jsonl"
     deadline = time.time() + 120
@@ -150,8 +179,9 @@ def test_sigterm_stops_the_points_with_a_checkpoint_and_a_relaunch_resumes(tmp_p
 
 
 def test_the_submitit_local_executor_runs_the_slurm_code_path(tmp_path, prepared_data_dir):
-    result = launch_sweep(tmp_path, prepared_data_dir, "--executor=submitit_local",
-                          "--slurm_time=10", arg="one")
+    result = launch_sweep(
+        tmp_path, prepared_data_dir, "--executor=submitit_local", "--slurm_time=10", arg="one"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "submitted 1 submitit_local job(s)" in result.stdout
     assert read_status(tmp_path / "seed=3")["status"] == "done"
@@ -160,13 +190,15 @@ def test_the_submitit_local_executor_runs_the_slurm_code_path(tmp_path, prepared
     assert json.loads((tmp_path / "logs" / "seed=3.exit.json").read_text()) == {"exit_code": 0}
     # submitit pickled the job and its result in its own folder.
     assert list((tmp_path / "logs" / "submitit").glob("*_result.pkl"))
-    eval_accuracy = [m["eval/accuracy"] for m in read_metrics(tmp_path / "seed=3")
-                     if "eval/accuracy" in m]
+    eval_accuracy = [
+        m["eval/accuracy"] for m in read_metrics(tmp_path / "seed=3") if "eval/accuracy" in m
+    ]
     assert len(eval_accuracy) == 2 and np.all(np.isfinite(eval_accuracy))
 
 
 def test_tensorboard_on_the_sweep_directory_shows_every_point(finished_sweep):
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
     workdir, _ = finished_sweep
     runs = EventMultiplexer().AddRunsFromDirectory(str(workdir))
     runs.Reload()

@@ -8,6 +8,7 @@ About 8 s per point on 2 CPU cores, mostly process start. The arg picks the swee
            a point whose normalization does not exist (it fails in its own process): 5 points
   one      a single point
 """
+
 from bnresearch.config.defaults import base_config
 from bnresearch.sweep import grid
 
@@ -31,5 +32,7 @@ def get_sweep(arg=None):
     if arg == "one":
         return [{"seed": 3}]
     return grid.product(grid.axis("batch_size", [16]), grid.seeds(2)) + [
-        {"batch_size": 32, "seed": 0}, {"model.norm": "none", "base_lr": 1e30},
-        {"model.norm": "no_such_norm"}]
+        {"batch_size": 32, "seed": 0},
+        {"model.norm": "none", "base_lr": 1e30},
+        {"model.norm": "no_such_norm"},
+    ]

@@ -1,4 +1,5 @@
 """Tiny experiments on digits, in-process or through launch.py, for the training tests."""
+
 import json
 import os
 import pathlib
@@ -21,6 +22,7 @@ TINY_OVERRIDES = {
 
 def tiny_config(data_dir, **overrides):
     from configs import quickstart
+
     config = quickstart.get_config()
     config.dataset.data_dir = data_dir
     for key, value in {**TINY_OVERRIDES, **overrides}.items():
@@ -36,14 +38,24 @@ def tiny_config(data_dir, **overrides):
 def launch(workdir, data_dir, *, devices=8, wait=True, **overrides):
     """Runs launch.py in a fresh process; returns the CompletedProcess (or Popen if not wait)."""
     flags = [f"--config.{key}={value}" for key, value in {**TINY_OVERRIDES, **overrides}.items()]
-    command = [sys.executable, str(REPO / "launch.py"), f"--config={REPO}/configs/quickstart.py",
-               f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}", *flags]
+    command = [
+        sys.executable,
+        str(REPO / "launch.py"),
+        f"--config={REPO}/configs/quickstart.py",
+        f"--workdir={workdir}",
+        f"--config.dataset.data_dir={data_dir}",
+        *flags,
+    ]
     # Full XLA optimization: these runs are long enough that run time, not compile time, counts.
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_DISABLE_MOST_OPTIMIZATIONS": "0"}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_DISABLE_MOST_OPTIMIZATIONS": "0",
+    }
     if not wait:
-        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -1,8 +1,8 @@
 """End-to-end behaviour of the training loop on digits: files, determinism, resume, divergence,
 batch-size schedules, the noise scale, gradient accumulation and batch augmentation."""
+
 import json
 import logging
-import os
 import pathlib
 import shutil
 import signal
@@ -67,8 +67,9 @@ def test_a_run_leaves_its_files(finished_run):
     assert environment[0]["start_step"] == 0 and environment[0]["packages"]["jax"]
     assert list(finished_run.glob("events.out.tfevents.*"))
     # Checkpoints every 6 steps, the last 3 kept.
-    assert sorted(int(p.name) for p in (finished_run / "checkpoints").iterdir()
-                  if p.name.isdigit()) == [12, 18, 24]
+    assert sorted(
+        int(p.name) for p in (finished_run / "checkpoints").iterdir() if p.name.isdigit()
+    ) == [12, 18, 24]
 
 
 def test_training_learns(finished_run):
@@ -80,9 +81,10 @@ def test_logged_lr_is_the_scheduled_one(finished_run):
     # Quickstart: linear scaling (32/32), 1 epoch of warmup = 44 steps, so during these 24 steps
     # the lr rises linearly as base_lr * (step + 1) / 44 with step counted from 0.
     config = json.loads((finished_run / "config.json").read_text())
-    warmup = (1437 // 32)
-    for step, lr in [(m["step"], m["train/lr"]) for m in read_metrics(finished_run)
-                     if "train/lr" in m]:
+    warmup = 1437 // 32
+    for step, lr in [
+        (m["step"], m["train/lr"]) for m in read_metrics(finished_run) if "train/lr" in m
+    ]:
         assert lr == pytest.approx(config["base_lr"] * step / warmup, rel=1e-6)
 
 
@@ -94,7 +96,8 @@ def test_same_config_and_seed_give_identical_metrics(finished_run, tmp_path, dat
 def test_another_seed_gives_other_numbers(finished_run, tmp_path, data_dir):
     train_and_evaluate(tiny_config(data_dir, seed=1), str(tmp_path / "seed1"))
     assert train_losses(read_metrics(tmp_path / "seed1")) != train_losses(
-        read_metrics(finished_run))
+        read_metrics(finished_run)
+    )
 
 
 def test_relaunching_a_finished_run_does_nothing(finished_run, data_dir):
@@ -114,20 +117,35 @@ def test_another_experiment_is_refused_and_nothing_is_touched(finished_run, data
     assert snapshot(finished_run) == before
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"batch_size": 12}, r"batch_size=12 does not split over 8 devices"),
-    ({"batch_size": 6, "batch_augmentation.multiplicity": 2},
-     r"batch_size x batch_augmentation.multiplicity \(6 x 2\)=12 does not split over 8"),
-    ({"batch_size_schedule.epochs": (1,), "batch_size_schedule.batch_sizes": (36,)},
-     r"batch_size_schedule.batch_sizes\[0\]=36 does not split over 8 devices"),
-    ({"noise_scale.enabled": True, "noise_scale.sub_batches": 5},
-     r"noise_scale.sub_batches=5 does not divide the batch of 32"),
-    # 32 / 4: sub-batches of 8, where ghost batch norm's virtual batches of 16 do not fit
-    ({"noise_scale.enabled": True, "noise_scale.sub_batches": 4, "model.norm": "ghost_batch",
-      "model.norm_kwargs.virtual_batch_size": 16},
-     r"noise_scale.sub_batches=4 measures gradients on sub-batches of 8 images: ghost batch "
-     r"norm: batch_size=8 does not split into virtual batches of virtual_batch_size=16"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"batch_size": 12}, r"batch_size=12 does not split over 8 devices"),
+        (
+            {"batch_size": 6, "batch_augmentation.multiplicity": 2},
+            r"batch_size x batch_augmentation.multiplicity \(6 x 2\)=12 does not split over 8",
+        ),
+        (
+            {"batch_size_schedule.epochs": (1,), "batch_size_schedule.batch_sizes": (36,)},
+            r"batch_size_schedule.batch_sizes\[0\]=36 does not split over 8 devices",
+        ),
+        (
+            {"noise_scale.enabled": True, "noise_scale.sub_batches": 5},
+            r"noise_scale.sub_batches=5 does not divide the batch of 32",
+        ),
+        # 32 / 4: sub-batches of 8, where ghost batch norm's virtual batches of 16 do not fit
+        (
+            {
+                "noise_scale.enabled": True,
+                "noise_scale.sub_batches": 4,
+                "model.norm": "ghost_batch",
+                "model.norm_kwargs.virtual_batch_size": 16,
+            },
+            r"noise_scale.sub_batches=4 measures gradients on sub-batches of 8 images: ghost batch "
+            r"norm: batch_size=8 does not split into virtual batches of virtual_batch_size=16",
+        ),
+    ],
+)
 def test_batch_not_divisible_by_devices_is_refused(tmp_path, data_dir, overrides, message):
     with pytest.raises(UsageError, match=message):
         train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path / "w"))
@@ -135,14 +153,19 @@ def test_batch_not_divisible_by_devices_is_refused(tmp_path, data_dir, overrides
 
 
 def test_divergence_is_a_result(tmp_path, data_dir):
-    config = tiny_config(data_dir, base_lr=1e6, **{"model.norm": "none",
-                                                   "schedule.warmup": "0 steps"})
+    config = tiny_config(
+        data_dir, base_lr=1e6, **{"model.norm": "none", "schedule.warmup": "0 steps"}
+    )
     assert train_and_evaluate(config, str(tmp_path)) == "diverged"
     status = read_status(tmp_path)
     losses = train_losses(read_metrics(tmp_path))
     first_bad = next(step for step, loss in losses if not np.isfinite(loss))
-    assert status == {"status": "diverged", "step": first_bad, "total_steps": 24,
-                      "wall_time_s": status["wall_time_s"]}
+    assert status == {
+        "status": "diverged",
+        "step": first_bad,
+        "total_steps": 24,
+        "wall_time_s": status["wall_time_s"],
+    }
     # No checkpoint holds a state past the divergence.
     saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert all(step < first_bad for step in saved)
@@ -163,8 +186,12 @@ def wait_for_step(workdir, process, step, timeout=240):
 
 # Logging every 7 steps: a stop usually falls inside a logging window, whose partial records
 # must travel with the checkpoint for the resumed metrics to be bitwise those of one run.
-LONG = {"train_duration": "200 steps", "checkpoint.every": "20 steps", "eval_every": "50 steps",
-        "log_every": "7 steps"}
+LONG = {
+    "train_duration": "200 steps",
+    "checkpoint.every": "20 steps",
+    "eval_every": "50 steps",
+    "log_every": "7 steps",
+}
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +215,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path, data_dir, uninterrupted
     assert read_status(tmp_path)["status"] == "done"
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir,
-                                                      uninterrupted_long_run):
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir, uninterrupted_long_run):
     process = launch(tmp_path, data_dir, devices=1, wait=False, **LONG)
     wait_for_step(tmp_path, process, 30)
     process.send_signal(signal.SIGTERM)
@@ -218,11 +244,18 @@ def test_one_device_and_eight_devices_agree(tmp_path, data_dir):
 # Large-batch runs: a batch-size schedule (Smith et al.) with the noise scale measured, and
 # gradient accumulation with batch augmentation.
 # 32 per batch: 44 steps per epoch, so epoch 0.18 is step round(7.92) = 8; then 64 per batch.
-SCHEDULE = {"batch_size_schedule.epochs": (0.18,), "batch_size_schedule.batch_sizes": (64,),
-            "batch_size_schedule.lr": "rescaled",
-            "train_duration": "16 steps", "eval_every": "0 steps", "checkpoint.every": "4 steps",
-            "checkpoint.keep": 10, "noise_scale.enabled": True, "noise_scale.every": "2 steps",
-            "noise_scale.sub_batches": 4}
+SCHEDULE = {
+    "batch_size_schedule.epochs": (0.18,),
+    "batch_size_schedule.batch_sizes": (64,),
+    "batch_size_schedule.lr": "rescaled",
+    "train_duration": "16 steps",
+    "eval_every": "0 steps",
+    "checkpoint.every": "4 steps",
+    "checkpoint.keep": 10,
+    "noise_scale.enabled": True,
+    "noise_scale.every": "2 steps",
+    "noise_scale.sub_batches": 4,
+}
 
 
 @pytest.fixture(scope="module")
@@ -255,13 +288,15 @@ def test_noise_scale_is_logged_finite_and_positive(schedule_run):
     noise = [m for m in read_metrics(schedule_run[0]) if "train/noise_scale" in m]
     assert [m["step"] for m in noise] == list(range(2, 17, 2))
     for record in noise:
-        for key in ("train/noise_scale", "train/noise_scale_gradient_sq",
-                    "train/noise_scale_trace"):
+        for key in (
+            "train/noise_scale",
+            "train/noise_scale_gradient_sq",
+            "train/noise_scale_trace",
+        ):
             assert np.isfinite(record[key]) and record[key] > 0, record
 
 
-def test_without_the_noise_scale_nothing_of_it_is_compiled_or_logged(
-        finished_run_and_compilations):
+def test_without_the_noise_scale_nothing_of_it_is_compiled_or_logged(finished_run_and_compilations):
     workdir, compiled = finished_run_and_compilations
     assert "jit(train_step)" in compiled and "jit(noise_scale_step)" not in compiled
     assert not any(key.startswith("train/noise_scale") for m in read_metrics(workdir) for key in m)
@@ -270,10 +305,21 @@ def test_without_the_noise_scale_nothing_of_it_is_compiled_or_logged(
 def test_noise_scale_grows_as_the_loss_falls_on_digits(tmp_path, data_dir):
     # McCandlish et al.: B_simple grows as training progresses. The small CNN over three epochs
     # at batch 64 (the train loss falls from about 2.3 to below 0.3), measured every 6 steps.
-    config = tiny_config(data_dir, batch_size=64, base_batch_size=64, base_lr=0.1,
-                         train_duration="66 steps", log_every="11 steps", eval_every="0 steps",
-                         **{"checkpoint.every": "0 steps", "model.options.widths": (16, 32),
-                            "noise_scale.enabled": True, "noise_scale.every": "6 steps"})
+    config = tiny_config(
+        data_dir,
+        batch_size=64,
+        base_batch_size=64,
+        base_lr=0.1,
+        train_duration="66 steps",
+        log_every="11 steps",
+        eval_every="0 steps",
+        **{
+            "checkpoint.every": "0 steps",
+            "model.options.widths": (16, 32),
+            "noise_scale.enabled": True,
+            "noise_scale.every": "6 steps",
+        },
+    )
     assert train_and_evaluate(config, str(tmp_path)) == "done"
     metrics = read_metrics(tmp_path)
     noise = np.array([m["train/noise_scale"] for m in metrics if "train/noise_scale" in m])
@@ -302,22 +348,37 @@ def test_resume_in_the_second_phase_is_bitwise_exact(schedule_run, tmp_path, dat
 
 
 def test_accumulation_and_batch_augmentation_count_updates_of_distinct_examples(
-        tmp_path, data_dir, monkeypatch):
+    tmp_path, data_dir, monkeypatch
+):
     # 2 micro-batches of 16 examples, each example twice: 64 images per call, 32 distinct
     # examples per update, which sets the lr (0.05 at base 32) and the epoch (44 updates).
-    config = tiny_config(data_dir, batch_size=16, train_duration="4 steps", eval_every="0 steps",
-                         **{"optimizer.accumulation_steps": 2,
-                            "batch_augmentation.multiplicity": 2, "checkpoint.every": "0 steps"})
+    config = tiny_config(
+        data_dir,
+        batch_size=16,
+        train_duration="4 steps",
+        eval_every="0 steps",
+        **{
+            "optimizer.accumulation_steps": 2,
+            "batch_augmentation.multiplicity": 2,
+            "checkpoint.every": "0 steps",
+        },
+    )
     builds = []
     build = preflight.models.model_from_config
-    monkeypatch.setattr(preflight.models, "model_from_config",
-                        lambda *args, **facts: builds.append(facts) or build(*args, **facts))
+    monkeypatch.setattr(
+        preflight.models,
+        "model_from_config",
+        lambda *args, **facts: builds.append(facts) or build(*args, **facts),
+    )
     assert train_and_evaluate(config, str(tmp_path)) == "done"
     # Layers that count epochs or updates in forward passes are told what those are by the
     # builds that know the data (the config check builds without them): an epoch shows them
     # 1437 x 2 images, an update is 2 passes.
-    assert {(facts["images_per_epoch"], facts["accumulation_steps"]) for facts in builds
-            if "image_shape" in facts} == {(1437 * 2, 2)}
+    assert {
+        (facts["images_per_epoch"], facts["accumulation_steps"])
+        for facts in builds
+        if "image_shape" in facts
+    } == {(1437 * 2, 2)}
     train = [m for m in read_metrics(tmp_path) if "train/loss" in m]
     assert [m["step"] for m in train] == [1, 2, 3, 4]
     assert {m["train/batch_size"] for m in train} == {32}
@@ -339,19 +400,27 @@ class StopAt:
         pass
 
 
-def test_a_stop_inside_a_logging_window_resumes_to_the_same_records(tmp_path, data_dir,
-                                                                   monkeypatch):
+def test_a_stop_inside_a_logging_window_resumes_to_the_same_records(
+    tmp_path, data_dir, monkeypatch
+):
     # Logging every 5 steps, checkpoints every 10: step 13 is neither, so the open window
     # (steps 11-13) must be saved with the checkpoint and finished after the resume.
-    overrides = {"log_every": "5 steps", "checkpoint.every": "10 steps", "eval_every": "0 steps",
-                 "train_duration": "20 steps"}
+    overrides = {
+        "log_every": "5 steps",
+        "checkpoint.every": "10 steps",
+        "eval_every": "0 steps",
+        "train_duration": "20 steps",
+    }
     train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path / "whole"))
     monkeypatch.setattr("bnresearch.train.loop.PreemptionWatch", lambda: StopAt(13))
-    assert train_and_evaluate(tiny_config(data_dir, **overrides),
-                              str(tmp_path / "stopped")) == "preempted"
+    assert (
+        train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path / "stopped"))
+        == "preempted"
+    )
     assert read_status(tmp_path / "stopped")["step"] == 13
     assert [m["step"] for m in read_metrics(tmp_path / "stopped")] == [5, 10]
     monkeypatch.setattr("bnresearch.train.loop.PreemptionWatch", lambda: StopAt(-1))
-    assert train_and_evaluate(tiny_config(data_dir, **overrides),
-                              str(tmp_path / "stopped")) == "done"
+    assert (
+        train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path / "stopped")) == "done"
+    )
     assert read_metrics(tmp_path / "stopped") == read_metrics(tmp_path / "whole")

@@ -1,4 +1,5 @@
 """The plan of a run: durations, warmup and peak lr resolved from a config and the data's size."""
+
 import math
 
 import pytest
@@ -6,22 +7,30 @@ import pytest
 from bnresearch.train.plan import make_plan
 from configs import batch_scaling
 
-
 # 1437 digits: (batch size, steps per epoch, LEGW warmup steps, linear warmup steps) for one
 # warmup epoch at base batch 64. LEGW's B/64 epochs at 1437 // B steps each keep the warmup
 # about as long in steps as at 64 (rounding aside), where a plain 1-epoch warmup shrinks.
-LEGW_CASES = [(64, 22, 22, 22), (128, 11, 22, 11), (256, 5, 20, 5), (512, 2, 16, 2),
-              (32, 44, 22, 44)]
+LEGW_CASES = [
+    (64, 22, 22, 22),
+    (128, 11, 22, 11),
+    (256, 5, 20, 5),
+    (512, 2, 16, 2),
+    (32, 44, 22, 44),
+]
 
 
 @pytest.mark.parametrize("batch_size, steps_per_epoch, legw_steps, linear_steps", LEGW_CASES)
 def test_a_runs_plan_stretches_the_legw_warmup_and_scales_the_lr_by_sqrt(
-        batch_size, steps_per_epoch, legw_steps, linear_steps):
+    batch_size, steps_per_epoch, legw_steps, linear_steps
+):
     # batch_scaling's base: lr 0.1 at batch 64, one warmup epoch, 20 epochs.
-    for warmup, scaling, expected_steps in (("legw", "sqrt", legw_steps),
-                                            ("linear", "sqrt", linear_steps)):
+    for warmup, scaling, expected_steps in (
+        ("legw", "sqrt", legw_steps),
+        ("linear", "sqrt", linear_steps),
+    ):
         config = batch_scaling.get_config(
-            f"batch_size={batch_size},scaling={scaling},warmup={warmup}")
+            f"batch_size={batch_size},scaling={scaling},warmup={warmup}"
+        )
         plan = make_plan(config, num_train=1437)
         assert plan.total_steps == 20 * steps_per_epoch
         assert plan.schedule.warmup_steps == expected_steps

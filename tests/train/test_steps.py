@@ -1,5 +1,6 @@
 """The train step against hand computations: label smoothing, sown auxiliary losses, analysis
 scalars, and gradient accumulation against one step on the whole batch."""
+
 import functools
 
 import flax.linen as nn
@@ -26,7 +27,7 @@ class SowingLinear(nn.Module):
     def __call__(self, x, train):
         w = self.param("w", nn.initializers.normal(1.0), (x.shape[-1], 3))
         for name in ("first", "second"):
-            self.sow(AUX_LOSS, name, jnp.sum(w ** 2))
+            self.sow(AUX_LOSS, name, jnp.sum(w**2))
         self.sow(ANALYSIS, "mean_input", jnp.mean(x))
         return x @ w
 
@@ -43,8 +44,11 @@ def numpy_cross_entropy(logits, labels, eps):
 def test_cross_entropy_with_label_smoothing(eps):
     logits = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     labels = np.array([0, 3, 1, 1, 2])
-    np.testing.assert_allclose(cross_entropy(jnp.asarray(logits), jnp.asarray(labels), eps),
-                               numpy_cross_entropy(logits, labels, eps), rtol=1e-5)
+    np.testing.assert_allclose(
+        cross_entropy(jnp.asarray(logits), jnp.asarray(labels), eps),
+        numpy_cross_entropy(logits, labels, eps),
+        rtol=1e-5,
+    )
 
 
 def test_aux_losses_join_the_objective_and_analysis_scalars_are_logged():
@@ -54,18 +58,24 @@ def test_aux_losses_join_the_objective_and_analysis_scalars_are_logged():
     model = SowingLinear()
     state = create_train_state(model, optax.sgd(LR), jax.random.key(0), jnp.asarray(x))
     w = np.asarray(state.params["w"], np.float64)
-    new_state, metrics = train_step(state, {"image": x, "label": labels}, model=model,
-                                    optimizer=optax.sgd(LR), learning_rate_fn=lambda s: LR,
-                                    label_smoothing=0.1)
+    new_state, metrics = train_step(
+        state,
+        {"image": x, "label": labels},
+        model=model,
+        optimizer=optax.sgd(LR),
+        learning_rate_fn=lambda s: LR,
+        label_smoothing=0.1,
+    )
     # d/dw of mean CE(x w) + 2 sum(w^2), by hand
     logits = x @ w
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     targets = 0.9 * np.eye(3)[labels] + 0.1 / 3
     grad = x.T @ (probs - targets) / len(x) + 4 * w
     np.testing.assert_allclose(new_state.params["w"], w - LR * grad, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(metrics["loss"], numpy_cross_entropy(logits, labels, 0.1).mean(),
-                               rtol=1e-5)
-    np.testing.assert_allclose(metrics["aux_loss"], 2 * np.sum(w ** 2), rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics["loss"], numpy_cross_entropy(logits, labels, 0.1).mean(), rtol=1e-5
+    )
+    np.testing.assert_allclose(metrics["aux_loss"], 2 * np.sum(w**2), rtol=1e-5)
     np.testing.assert_allclose(metrics["mean_input"], x.mean(), rtol=1e-5)
 
 
@@ -75,8 +85,13 @@ def tiny_cnn(norm):
 
 def random_batches(count, size, seed=0):
     rng = np.random.default_rng(seed)
-    return [{"image": rng.normal(size=(size, 8, 8, 1)).astype(np.float32),
-             "label": rng.integers(0, 3, size=size).astype(np.int32)} for _ in range(count)]
+    return [
+        {
+            "image": rng.normal(size=(size, 8, 8, 1)).astype(np.float32),
+            "label": rng.integers(0, 3, size=size).astype(np.int32),
+        }
+        for _ in range(count)
+    ]
 
 
 def run_updates(model, batches, accumulation_steps):
@@ -86,10 +101,12 @@ def run_updates(model, batches, accumulation_steps):
     config.update(name="momentum", weight_decay=0.01, accumulation_steps=accumulation_steps)
     schedule = lambda step: 0.1 / (1.0 + step)  # changes every update: a stale count would show
     optimizer = make_optimizer(config, schedule)
-    state = create_train_state(model, optimizer, jax.random.key(0),
-                               jnp.asarray(batches[0]["image"]))
-    step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer,
-                                     learning_rate_fn=schedule))
+    state = create_train_state(
+        model, optimizer, jax.random.key(0), jnp.asarray(batches[0]["image"])
+    )
+    step = jax.jit(
+        functools.partial(train_step, model=model, optimizer=optimizer, learning_rate_fn=schedule)
+    )
     seen = []
     for batch in batches:
         state, metrics = step(state, batch)
@@ -102,12 +119,17 @@ def test_k_micro_batches_make_the_update_of_one_k_times_larger_batch(norm):
     # Two updates of 3 micro-batches of 4 against two updates of the 12 examples together.
     model, k = tiny_cnn(norm), 3
     micro = random_batches(2 * k, 4)
-    joined = [{key: np.concatenate([b[key] for b in micro[i * k:(i + 1) * k]]) for key in micro[0]}
-              for i in range(2)]
+    joined = [
+        {key: np.concatenate([b[key] for b in micro[i * k : (i + 1) * k]]) for key in micro[0]}
+        for i in range(2)
+    ]
     accumulated, seen = run_updates(model, micro, accumulation_steps=k)
     whole, seen_whole = run_updates(model, joined, accumulation_steps=1)
-    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=1e-7),
-                 accumulated.params, whole.params)
+    jax.tree.map(
+        functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=1e-7),
+        accumulated.params,
+        whole.params,
+    )
     # The step counts updates, not calls; each call reports the lr of its update.
     assert [s for s, _ in seen] == [0, 0, 1, 1, 1, 2]
     np.testing.assert_allclose([lr for _, lr in seen], [0.1] * 3 + [0.05] * 3, rtol=1e-6)
@@ -117,7 +139,11 @@ def test_k_micro_batches_make_the_update_of_one_k_times_larger_batch(norm):
 def test_parameters_change_only_on_the_kth_call():
     state, _ = run_updates(tiny_cnn("none"), random_batches(1, 4), accumulation_steps=2)
     fresh, _ = run_updates(tiny_cnn("none"), random_batches(1, 4), accumulation_steps=1)
-    initial = create_train_state(tiny_cnn("none"), optax.sgd(0.1), jax.random.key(0),
-                                 jnp.asarray(random_batches(1, 4)[0]["image"]))
+    initial = create_train_state(
+        tiny_cnn("none"),
+        optax.sgd(0.1),
+        jax.random.key(0),
+        jnp.asarray(random_batches(1, 4)[0]["image"]),
+    )
     jax.tree.map(np.testing.assert_array_equal, state.params, initial.params)
     assert not np.allclose(fresh.params["head"]["kernel"], initial.params["head"]["kernel"])

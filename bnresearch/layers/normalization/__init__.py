@@ -27,6 +27,7 @@ frn: the activation; batch_kalman: the conv and dense layers, so they report the
 in ``open_forward``, which every forward pass applies to it (batch_kalman: a fresh record of the
 pass, which those layers report to).
 """
+
 import functools
 
 from bnresearch.layers.normalization.base import Identity, Normalization
@@ -41,25 +42,25 @@ from bnresearch.layers.normalization.weight import WeightNorm
 from bnresearch.layers.registry import ModuleFactory, has_field, lookup
 
 NORMALIZATIONS: dict[str, ModuleFactory] = {
-    'batch': BatchNorm,
-    'ghost_batch': GhostBatchNorm,
-    'batch_renorm': BatchRenorm,
-    'batch_kalman': BatchKalmanNorm,
-    'batch_layer': BatchLayerNorm,
-    'layer': LayerNorm,
-    'group': GroupNorm,
-    'instance': InstanceNorm,
-    'frn': FilterResponseNorm,
-    'weight': WeightNorm,
-    'batchless': BatchlessNorm,
-    'none': Identity,
+    "batch": BatchNorm,
+    "ghost_batch": GhostBatchNorm,
+    "batch_renorm": BatchRenorm,
+    "batch_kalman": BatchKalmanNorm,
+    "batch_layer": BatchLayerNorm,
+    "layer": LayerNorm,
+    "group": GroupNorm,
+    "instance": InstanceNorm,
+    "frn": FilterResponseNorm,
+    "weight": WeightNorm,
+    "batchless": BatchlessNorm,
+    "none": Identity,
 }
 
 # Fields that are facts of the model or the run, filled in by the kit or build_model rather
 # than set by users: the compute dtype, the model's activation and the record of the forward
 # pass (batch_kalman), the training images a layer sees per epoch (batch_layer) and the forward
 # passes of one optimizer update (batch_renorm).
-BUILD_FACTS = ('dtype', 'activation', 'record', 'images_per_epoch', 'accumulation_steps')
+BUILD_FACTS = ("dtype", "activation", "record", "images_per_epoch", "accumulation_steps")
 
 
 def get_normalization(name: str, **options) -> ModuleFactory:
@@ -68,7 +69,7 @@ def get_normalization(name: str, **options) -> ModuleFactory:
     Unknown names and options, and invalid option values, raise UsageError here. The build facts
     (``BUILD_FACTS``) are not options.
     """
-    factory = lookup('normalization', NORMALIZATIONS, name, options, reserved=BUILD_FACTS)
+    factory = lookup("normalization", NORMALIZATIONS, name, options, reserved=BUILD_FACTS)
     factory(parent=None)  # a detached instance, built only so that bad option values raise now
     return factory
 
@@ -84,12 +85,19 @@ def check_normalization_features(norm: ModuleFactory, num_features: int) -> None
     norm(parent=None).check_features(num_features)
 
 
-def check_normalization_batch_sizes(norm: ModuleFactory, batch_size: int,
-                                    eval_batch_size: int | None = None) -> None:
+def check_normalization_batch_sizes(
+    norm: ModuleFactory, batch_size: int, eval_batch_size: int | None = None
+) -> None:
     """Raises UsageError if the normalizations `norm` makes cannot work at these batch sizes."""
     norm(parent=None).check_batch_sizes(batch_size, eval_batch_size)
 
 
-__all__ = ['BUILD_FACTS', 'NORMALIZATIONS', 'Normalization', 'bind_facts',
-           'check_normalization_batch_sizes', 'check_normalization_features',
-           'get_normalization']
+__all__ = [
+    "BUILD_FACTS",
+    "NORMALIZATIONS",
+    "Normalization",
+    "bind_facts",
+    "check_normalization_batch_sizes",
+    "check_normalization_features",
+    "get_normalization",
+]

@@ -12,6 +12,7 @@ Variances are biased (divide by the number of reduced elements) unless a paper s
 and computed in two passes, E[(x - E[x])^2], which unlike E[x^2] - E[x]^2 cannot cancel
 catastrophically.
 """
+
 from typing import ClassVar
 
 import flax.linen as nn
@@ -26,25 +27,25 @@ from bnresearch.measure.heterogeneity import heterogeneity_score
 
 def check_epsilon(kind: str, epsilon: float) -> None:
     if not (isinstance(epsilon, (int, float)) and epsilon > 0):
-        raise UsageError(f'{kind}: epsilon must be > 0, got {epsilon!r}')
+        raise UsageError(f"{kind}: epsilon must be > 0, got {epsilon!r}")
 
 
 def check_fraction(kind: str, option: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-        raise UsageError(f'{kind}: {option} must lie in [0, 1], got {value!r}')
+        raise UsageError(f"{kind}: {option} must lie in [0, 1], got {value!r}")
 
 
 def check_choice(kind: str, option: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
-        raise UsageError(f'{kind}: unknown {option} {value!r}; valid: {", ".join(valid)}')
+        raise UsageError(f"{kind}: unknown {option} {value!r}; valid: {', '.join(valid)}")
 
 
 def check_positive_int(kind: str, option: str, value) -> None:
     if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        raise UsageError(f'{kind}: {option} must be a positive int, got {value!r}')
+        raise UsageError(f"{kind}: {option} must be a positive int, got {value!r}")
 
 
-BATCH_REMEDY = 'use a larger batch or a per-example normalization (layer, group, frn, batchless)'
+BATCH_REMEDY = "use a larger batch or a per-example normalization (layer, group, frn, batchless)"
 
 
 def check_enough_values(kind: str, count: int, statistic: str, remedy: str = BATCH_REMEDY) -> None:
@@ -57,8 +58,9 @@ def check_enough_values(kind: str, count: int, statistic: str, remedy: str = BAT
     """
     if count < 2:
         raise UsageError(
-            f'{kind}: {statistic} would be taken over one value per channel (variance 0, the '
-            f'input erased); {remedy}')
+            f"{kind}: {statistic} would be taken over one value per channel (variance 0, the "
+            f"input erased); {remedy}"
+        )
 
 
 def scale_and_bias(module: nn.Module, num_features: int) -> tuple[jax.Array, jax.Array]:
@@ -67,9 +69,10 @@ def scale_and_bias(module: nn.Module, num_features: int) -> tuple[jax.Array, jax
     The gain is named ``scale`` in every normalization: parameter groups (per-group lr, weight
     decay masks) find gammas by that name.
     """
-    scale = module.param('scale', nn.initializers.constant(module.scale_init), (num_features,),
-                         jnp.float32)
-    bias = module.param('bias', nn.initializers.zeros, (num_features,), jnp.float32)
+    scale = module.param(
+        "scale", nn.initializers.constant(module.scale_init), (num_features,), jnp.float32
+    )
+    bias = module.param("bias", nn.initializers.zeros, (num_features,), jnp.float32)
     return scale, bias
 
 
@@ -111,6 +114,7 @@ class Normalization(nn.Module):
     enough for batch statistics. The measurement reads the input and changes nothing, so any
     normalization, ``none`` included, can be assessed.
     """
+
     dtype: Dtype = jnp.float32
     heterogeneity_threshold: float | None = None
     # Whether the layer ends with a learned per-channel shift; the conv or dense layer before it
@@ -120,15 +124,16 @@ class Normalization(nn.Module):
     def __post_init__(self):
         threshold = self.heterogeneity_threshold
         if threshold is not None and not (isinstance(threshold, (int, float)) and threshold >= 0):
-            raise UsageError(f'heterogeneity_threshold must be a number >= 0, got {threshold!r}')
+            raise UsageError(f"heterogeneity_threshold must be a number >= 0, got {threshold!r}")
         super().__post_init__()
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if train and self.heterogeneity_threshold is not None and not self.is_initializing():
             score = heterogeneity_score(x)
-            self.sow(ANALYSIS, 'heterogeneity', score)
-            self.sow(ANALYSIS, 'bn_feasible',
-                     (score >= self.heterogeneity_threshold).astype(jnp.float32))
+            self.sow(ANALYSIS, "heterogeneity", score)
+            self.sow(
+                ANALYSIS, "bn_feasible", (score >= self.heterogeneity_threshold).astype(jnp.float32)
+            )
         return self.normalize(x, train)
 
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
@@ -176,6 +181,7 @@ class Normalization(nn.Module):
 
 class Identity(Normalization):
     """No normalization: passes the input through, cast to ``dtype``; no parameters."""
+
     adds_bias: ClassVar[bool] = False
 
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:

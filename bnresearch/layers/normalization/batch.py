@@ -9,6 +9,7 @@ References:
   small initial gain (``scale_init``): Davis & Frank, "Revisiting Batch Normalization
     Initialization", ECCV 2022, arXiv:2110.13989.
 """
+
 from typing import ClassVar
 
 import flax.linen as nn
@@ -16,23 +17,31 @@ import jax
 import jax.numpy as jnp
 
 from bnresearch.errors import UsageError
-from bnresearch.layers.normalization.base import (Normalization, check_choice, check_enough_values,
-                                                  check_epsilon, check_fraction,
-                                                  check_positive_int, elements_per_channel,
-                                                  mean_and_variance, running_average,
-                                                  scale_and_bias)
+from bnresearch.layers.normalization.base import (
+    Normalization,
+    check_choice,
+    check_enough_values,
+    check_epsilon,
+    check_fraction,
+    check_positive_int,
+    elements_per_channel,
+    mean_and_variance,
+    running_average,
+    scale_and_bias,
+)
 from bnresearch.layers.variables import STATE
 
-MOMENTUM_CONVENTIONS = ('flax', 'pytorch')
+MOMENTUM_CONVENTIONS = ("flax", "pytorch")
 # The same EMA in both conventions: 0.9 on the old value is PyTorch's 0.1 on the new one.
-DEFAULT_MOMENTUM = {'flax': 0.9, 'pytorch': 0.1}
-EVAL_STATISTICS = ('running', 'batch')
+DEFAULT_MOMENTUM = {"flax": 0.9, "pytorch": 0.1}
+EVAL_STATISTICS = ("running", "batch")
 
 
-def update_running(running: jax.Array, statistic: jax.Array, momentum: float,
-                   convention: str) -> jax.Array:
+def update_running(
+    running: jax.Array, statistic: jax.Array, momentum: float, convention: str
+) -> jax.Array:
     """One EMA step: ``momentum`` weighs the old value ('flax') or the new one ('pytorch')."""
-    return running_average(running, statistic, momentum if convention == 'flax' else 1.0 - momentum)
+    return running_average(running, statistic, momentum if convention == "flax" else 1.0 - momentum)
 
 
 class BatchNorm(Normalization):
@@ -63,26 +72,30 @@ class BatchNorm(Normalization):
     ``optimizer.weight_decay_on=kernels`` is Davis & Frank's recipe (gamma 0.1, its lr / 100, no
     decay on normalization parameters and biases).
     """
+
     momentum: float | None = None
     epsilon: float = 1e-5
     scale_init: float = 1.0
-    momentum_convention: str = 'flax'
-    eval_statistics: str = 'running'
+    momentum_convention: str = "flax"
+    eval_statistics: str = "running"
 
-    kind: ClassVar[str] = 'batch norm'
+    kind: ClassVar[str] = "batch norm"
 
     def __post_init__(self):
-        check_choice(self.kind, 'momentum_convention', self.momentum_convention,
-                     MOMENTUM_CONVENTIONS)
-        check_choice(self.kind, 'eval_statistics', self.eval_statistics, EVAL_STATISTICS)
+        check_choice(
+            self.kind, "momentum_convention", self.momentum_convention, MOMENTUM_CONVENTIONS
+        )
+        check_choice(self.kind, "eval_statistics", self.eval_statistics, EVAL_STATISTICS)
         if self.momentum is not None:
-            check_fraction(self.kind, 'momentum', self.momentum)
+            check_fraction(self.kind, "momentum", self.momentum)
         check_epsilon(self.kind, self.epsilon)
         super().__post_init__()
 
     @property
     def resolved_momentum(self) -> float:
-        return DEFAULT_MOMENTUM[self.momentum_convention] if self.momentum is None else self.momentum
+        return (
+            DEFAULT_MOMENTUM[self.momentum_convention] if self.momentum is None else self.momentum
+        )
 
     @nn.nowrap
     def group_size(self, batch_size: int) -> int:
@@ -93,10 +106,10 @@ class BatchNorm(Normalization):
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
         num_features = x.shape[-1]
         scale, bias = scale_and_bias(self, num_features)
-        running_mean = self.variable(STATE, 'mean', jnp.zeros, (num_features,), jnp.float32)
-        running_var = self.variable(STATE, 'var', jnp.ones, (num_features,), jnp.float32)
+        running_mean = self.variable(STATE, "mean", jnp.zeros, (num_features,), jnp.float32)
+        running_var = self.variable(STATE, "var", jnp.ones, (num_features,), jnp.float32)
         x = x.astype(jnp.float32)
-        if not train and self.eval_statistics == 'running':
+        if not train and self.eval_statistics == "running":
             y = (x - running_mean.value) * (jax.lax.rsqrt(running_var.value + self.epsilon) * scale)
             return (y + bias).astype(self.dtype)
 
@@ -107,12 +120,13 @@ class BatchNorm(Normalization):
         batch_size = x.shape[0]
         group_size = self.group_size(batch_size)
         if batch_size % group_size:
-            raise UsageError(f'{self.kind}: a batch of {batch_size} does not split into groups of '
-                             f'{group_size}')
+            raise UsageError(
+                f"{self.kind}: a batch of {batch_size} does not split into groups of {group_size}"
+            )
         grouped = x.reshape(batch_size // group_size, group_size, *x.shape[1:])
         axes = tuple(range(1, grouped.ndim - 1))
         count = elements_per_channel(grouped, axes)
-        check_enough_values(self.kind, count, f'a batch statistic of {x.shape} features')
+        check_enough_values(self.kind, count, f"a batch statistic of {x.shape} features")
         mean, var = mean_and_variance(grouped, axes)
         y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
         if train and not self.is_initializing():
@@ -121,14 +135,16 @@ class BatchNorm(Normalization):
             # group means (the batch mean) and the mean of the group variances, i.e. the
             # variance the groups were actually normalized with, on average; with one group
             # this is batch norm's update exactly.
-            var_for_running = var * (count / (count - 1)) if self.momentum_convention == 'pytorch' \
-                else var
+            var_for_running = (
+                var * (count / (count - 1)) if self.momentum_convention == "pytorch" else var
+            )
             momentum, convention = self.resolved_momentum, self.momentum_convention
             running_mean.value = update_running(
-                running_mean.value, jnp.mean(mean, axis=(0, *axes)), momentum, convention)
+                running_mean.value, jnp.mean(mean, axis=(0, *axes)), momentum, convention
+            )
             running_var.value = update_running(
-                running_var.value, jnp.mean(var_for_running, axis=(0, *axes)), momentum,
-                convention)
+                running_var.value, jnp.mean(var_for_running, axis=(0, *axes)), momentum, convention
+            )
         return (y * scale + bias).astype(self.dtype)
 
 
@@ -144,12 +160,13 @@ class GhostBatchNorm(BatchNorm):
     ``virtual_batch_size`` equal to the batch size is batch norm. The options of batch norm
     (momentum and its convention, epsilon, scale_init, eval_statistics) apply.
     """
+
     virtual_batch_size: int = 128
 
-    kind: ClassVar[str] = 'ghost batch norm'
+    kind: ClassVar[str] = "ghost batch norm"
 
     def __post_init__(self):
-        check_positive_int(self.kind, 'virtual_batch_size', self.virtual_batch_size)
+        check_positive_int(self.kind, "virtual_batch_size", self.virtual_batch_size)
         super().__post_init__()
 
     @nn.nowrap
@@ -158,12 +175,13 @@ class GhostBatchNorm(BatchNorm):
 
     @nn.nowrap
     def check_batch_sizes(self, batch_size: int, eval_batch_size: int | None) -> None:
-        sizes = [('batch_size', batch_size)]
-        if self.eval_statistics == 'batch' and eval_batch_size is not None:
-            sizes.append(('eval_batch_size', eval_batch_size))
+        sizes = [("batch_size", batch_size)]
+        if self.eval_statistics == "batch" and eval_batch_size is not None:
+            sizes.append(("eval_batch_size", eval_batch_size))
         for field, size in sizes:
             if size % self.virtual_batch_size:
                 raise UsageError(
-                    f'ghost batch norm: {field}={size} does not split into virtual batches of '
-                    f'virtual_batch_size={self.virtual_batch_size}; use a multiple of it or set '
-                    f'model.norm_kwargs.virtual_batch_size to a divisor of {size}')
+                    f"ghost batch norm: {field}={size} does not split into virtual batches of "
+                    f"virtual_batch_size={self.virtual_batch_size}; use a multiple of it or set "
+                    f"model.norm_kwargs.virtual_batch_size to a divisor of {size}"
+                )

@@ -3,6 +3,7 @@
 Reference: Berger & Uc Cetina, "Batchless Normalization: How to Normalize Activations Across
 Instances with Minimal Memory Requirements", 2022, arXiv:2212.14729.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ from bnresearch.layers.normalization.base import Normalization, scale_and_bias
 from bnresearch.layers.variables import AUX_LOSS
 
 # The name of this layer's term in the aux_loss collection.
-AUX_LOSS_NAME = 'gaussian_nll'
+AUX_LOSS_NAME = "gaussian_nll"
 
 
 def gaussian_nll(x: jax.Array, mu: jax.Array, log_sigma: jax.Array) -> jax.Array:
@@ -37,14 +38,15 @@ class BatchlessNorm(Normalization):
     mu and log sigma are vectors not named ``scale``, so they are in the ``bias`` parameter group:
     ``optimizer.weight_decay_on=kernels`` keeps weight decay from pulling them towards 0.
     """
+
     scale_init: float = 1.0
 
     @nn.compact
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
         num_features = x.shape[-1]
         scale, bias = scale_and_bias(self, num_features)
-        mu = self.param('mu', nn.initializers.zeros, (num_features,), jnp.float32)
-        log_sigma = self.param('log_sigma', nn.initializers.zeros, (num_features,), jnp.float32)
+        mu = self.param("mu", nn.initializers.zeros, (num_features,), jnp.float32)
+        log_sigma = self.param("log_sigma", nn.initializers.zeros, (num_features,), jnp.float32)
         x = x.astype(jnp.float32)
         if train and not self.is_initializing():
             self.sow(AUX_LOSS, AUX_LOSS_NAME, gaussian_nll(jax.lax.stop_gradient(x), mu, log_sigma))

@@ -3,6 +3,7 @@
 Reference: Singh & Krishnan, "Filter Response Normalization Layer: Eliminating Batch Dependence
 in the Training of Deep Neural Networks", CVPR 2020, arXiv:1911.09737.
 """
+
 import dataclasses
 
 import flax.linen as nn
@@ -11,11 +12,15 @@ import jax.numpy as jnp
 
 from bnresearch.errors import UsageError
 from bnresearch.layers.activations import ReLU
-from bnresearch.layers.normalization.base import (Normalization, check_epsilon, scale_and_bias,
-                                                  spatial_axes)
+from bnresearch.layers.normalization.base import (
+    Normalization,
+    check_epsilon,
+    scale_and_bias,
+    spatial_axes,
+)
 from bnresearch.layers.registry import module_class
 
-KIND = 'frn'
+KIND = "frn"
 
 
 class ThresholdedLinearUnit(nn.Module):
@@ -28,7 +33,7 @@ class ThresholdedLinearUnit(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        tau = self.param('tau', nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+        tau = self.param("tau", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
         return jnp.maximum(x, tau.astype(x.dtype))
 
 
@@ -48,6 +53,7 @@ class FilterResponseNorm(Normalization):
     x / sqrt(x^2 + eps), close to sign(x) unless ``epsilon`` is large; the paper raises this for
     1x1 activation maps and proposes a learned epsilon there, which is not implemented here.
     """
+
     epsilon: float = 1e-6
     scale_init: float = 1.0
     tlu: bool = True
@@ -55,7 +61,7 @@ class FilterResponseNorm(Normalization):
     def __post_init__(self):
         check_epsilon(KIND, self.epsilon)
         if not isinstance(self.tlu, bool):
-            raise UsageError(f'{KIND}: tlu must be true or false, got {self.tlu!r}')
+            raise UsageError(f"{KIND}: tlu must be true or false, got {self.tlu!r}")
         super().__post_init__()
 
     @nn.compact
@@ -73,7 +79,8 @@ class FilterResponseNorm(Normalization):
             return kit
         if module_class(kit.activation_factory) is not ReLU:
             raise UsageError(
-                f'{KIND}: its TLU replaces the model\'s relu (the paper\'s FRN layer), but the '
-                f'activation is {module_class(kit.activation_factory).__name__}; use '
-                'model.activation=relu or set model.norm_kwargs.tlu=false')
+                f"{KIND}: its TLU replaces the model's relu (the paper's FRN layer), but the "
+                f"activation is {module_class(kit.activation_factory).__name__}; use "
+                "model.activation=relu or set model.norm_kwargs.tlu=false"
+            )
         return dataclasses.replace(kit, activation_factory=ThresholdedLinearUnit)

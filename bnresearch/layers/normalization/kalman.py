@@ -1,7 +1,8 @@
 """Batch Kalman normalization (BKN).
 
 Reference: Wang, Peng, Luo, Wang & Lin, "Batch Kalman Normalization: Towards Training Deep Neural
-Networks with Micro-Batches", 2018, arXiv:1802.03133 (code: github.com/wanggrun/Kalman-Normalization).
+Networks with Micro-Batches", 2018, arXiv:1802.03133 (the authors' code:
+github.com/wanggrun/Kalman-Normalization).
 
 Layer k's normalization statistics fuse the moments it observes in the batch with moments
 predicted from layer k-1's fused moments, propagated through the layers between them:
@@ -44,6 +45,7 @@ branch's, or the projection shortcut's when there is one), ignoring the other su
 projection shortcut conv, whose input channels differ from the branch's output, gets no
 prediction (plain batch norm), as does every first layer.
 """
+
 import dataclasses
 import functools
 
@@ -54,15 +56,21 @@ import numpy as np
 
 from bnresearch.errors import UsageError
 from bnresearch.layers.kit import kernel_initializer
-from bnresearch.layers.normalization.base import (Normalization, check_enough_values,
-                                                  check_epsilon, check_fraction,
-                                                  elements_per_channel, mean_and_variance,
-                                                  running_average, scale_and_bias)
+from bnresearch.layers.normalization.base import (
+    Normalization,
+    check_enough_values,
+    check_epsilon,
+    check_fraction,
+    elements_per_channel,
+    mean_and_variance,
+    running_average,
+    scale_and_bias,
+)
 from bnresearch.layers.normalization.weight import require_plain_weight_layers
 from bnresearch.layers.registry import ModuleFactory
 from bnresearch.layers.variables import STATE
 
-KIND = 'batch_kalman norm'
+KIND = "batch_kalman norm"
 # Gauss-Hermite nodes and weights for E[f(z)], z ~ N(m, s^2):
 # sum_i w_i f(m + sqrt(2) s x_i) / sqrt(pi). 128 nodes keep the relative error of ReLU's
 # moments (a kink, where the rule converges slowly) near 0.3% at m = 0; smooth activations
@@ -81,27 +89,40 @@ def gaussian_activation_moments(activation, mean: jax.Array, var: jax.Array):
     return first, jnp.maximum(second - jnp.square(first), 0.0)
 
 
-def propagate_moments(mean: jax.Array, var: jax.Array, kernel: jax.Array,
-                      bias: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+def propagate_moments(
+    mean: jax.Array, var: jax.Array, kernel: jax.Array, bias: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
     """Per-channel moments through a conv or dense kernel (..., C_in, C_out), inputs independent."""
     taps = kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1])
-    out_mean = jnp.einsum('tio,i->o', taps, mean)
-    out_var = jnp.einsum('tio,i->o', jnp.square(taps), var)
+    out_mean = jnp.einsum("tio,i->o", taps, mean)
+    out_var = jnp.einsum("tio,i->o", jnp.square(taps), var)
     if bias is not None:
         out_mean = out_mean + bias
     return out_mean, out_var
 
 
-def kalman_fuse(predicted_mean, predicted_var, observed_mean, observed_var, *,
-                prediction_weight: float, max_variance_ratio: float):
+def kalman_fuse(
+    predicted_mean,
+    predicted_var,
+    observed_mean,
+    observed_var,
+    *,
+    prediction_weight: float,
+    max_variance_ratio: float,
+):
     """The fused moments, or the observed ones where mean(var_pred / var_obs) >= the limit."""
     p = prediction_weight
     fused_mean = p * predicted_mean + (1 - p) * observed_mean
-    fused_var = (p * predicted_var + (1 - p) * observed_var
-                 + p * (1 - p) * jnp.square(predicted_mean - observed_mean))
+    fused_var = (
+        p * predicted_var
+        + (1 - p) * observed_var
+        + p * (1 - p) * jnp.square(predicted_mean - observed_mean)
+    )
     use_prediction = jnp.mean(predicted_var / observed_var) < max_variance_ratio
-    return (jnp.where(use_prediction, fused_mean, observed_mean),
-            jnp.where(use_prediction, fused_var, observed_var))
+    return (
+        jnp.where(use_prediction, fused_mean, observed_mean),
+        jnp.where(use_prediction, fused_var, observed_var),
+    )
 
 
 # Compared and hashed by identity (eq=False): each forward pass has its own record, and the
@@ -110,49 +131,83 @@ def kalman_fuse(predicted_mean, predicted_var, observed_mean, observed_var, *,
 class KalmanRecord:
     """What one forward pass has recorded so far for the next BKN layer: the output moments the
     last BKN layer left, and the (kernel, bias) of each weight layer called since."""
+
     output_moments: tuple[jax.Array, jax.Array] | None = None
     weight_layers: list = dataclasses.field(default_factory=list)
 
 
 class KalmanConv(nn.Conv):
     """``nn.Conv`` that records its kernel and bias in ``record`` for the next BKN layer."""
+
     record: KalmanRecord | None = None
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         outputs = super().__call__(inputs)
         if self.record is not None:
-            params = self.variables['params']
-            self.record.weight_layers.append((params['kernel'], params.get('bias')))
+            params = self.variables["params"]
+            self.record.weight_layers.append((params["kernel"], params.get("bias")))
         return outputs
 
 
 class KalmanDense(nn.Dense):
     """``nn.Dense`` that records its kernel and bias in ``record`` for the next BKN layer."""
+
     record: KalmanRecord | None = None
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         outputs = super().__call__(inputs)
         if self.record is not None:
-            params = self.variables['params']
-            self.record.weight_layers.append((params['kernel'], params.get('bias')))
+            params = self.variables["params"]
+            self.record.weight_layers.append((params["kernel"], params.get("bias")))
         return outputs
 
 
-def kalman_conv(features, kernel_size, *, strides=1, padding='SAME', use_bias=True,
-                role='hidden', dtype=jnp.float32, weight_init=None, name=None,
-                record=None) -> nn.Module:
+def kalman_conv(
+    features,
+    kernel_size,
+    *,
+    strides=1,
+    padding="SAME",
+    use_bias=True,
+    role="hidden",
+    dtype=jnp.float32,
+    weight_init=None,
+    name=None,
+    record=None,
+) -> nn.Module:
     """The kit's plain conv (same initialization), recording in `record` for BKN."""
-    return KalmanConv(features, tuple(kernel_size), strides=strides, padding=padding,
-                      use_bias=use_bias, kernel_init=kernel_initializer(weight_init, role, 'conv'),
-                      dtype=dtype, record=record, name=name)
+    return KalmanConv(
+        features,
+        tuple(kernel_size),
+        strides=strides,
+        padding=padding,
+        use_bias=use_bias,
+        kernel_init=kernel_initializer(weight_init, role, "conv"),
+        dtype=dtype,
+        record=record,
+        name=name,
+    )
 
 
-def kalman_dense(features, *, use_bias=True, role='hidden', dtype=jnp.float32,
-                 weight_init=None, name=None, record=None) -> nn.Module:
+def kalman_dense(
+    features,
+    *,
+    use_bias=True,
+    role="hidden",
+    dtype=jnp.float32,
+    weight_init=None,
+    name=None,
+    record=None,
+) -> nn.Module:
     """The kit's plain dense layer (same initialization), recording in `record` for BKN."""
-    return KalmanDense(features, use_bias=use_bias,
-                       kernel_init=kernel_initializer(weight_init, role, 'dense'), dtype=dtype,
-                       record=record, name=name)
+    return KalmanDense(
+        features,
+        use_bias=use_bias,
+        kernel_init=kernel_initializer(weight_init, role, "dense"),
+        dtype=dtype,
+        record=record,
+        name=name,
+    )
 
 
 class BatchKalmanNorm(Normalization):
@@ -162,6 +217,7 @@ class BatchKalmanNorm(Normalization):
     the prediction passes (None: ReLU). Nor is ``record``, the record of the forward pass that
     ``open_forward`` binds (None: no predecessor, so no prediction).
     """
+
     momentum: float = 0.9
     epsilon: float = 1e-5
     scale_init: float = 1.0
@@ -171,12 +227,13 @@ class BatchKalmanNorm(Normalization):
     record: KalmanRecord | None = None
 
     def __post_init__(self):
-        check_fraction(KIND, 'momentum', self.momentum)
-        check_fraction(KIND, 'prediction_weight', self.prediction_weight)
+        check_fraction(KIND, "momentum", self.momentum)
+        check_fraction(KIND, "prediction_weight", self.prediction_weight)
         check_epsilon(KIND, self.epsilon)
         if not (isinstance(self.max_variance_ratio, (int, float)) and self.max_variance_ratio > 0):
-            raise UsageError(f'{KIND}: max_variance_ratio must be > 0, '
-                             f'got {self.max_variance_ratio!r}')
+            raise UsageError(
+                f"{KIND}: max_variance_ratio must be > 0, got {self.max_variance_ratio!r}"
+            )
         super().__post_init__()
 
     @nn.nowrap
@@ -190,28 +247,32 @@ class BatchKalmanNorm(Normalization):
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
         num_features = x.shape[-1]
         scale, bias = scale_and_bias(self, num_features)
-        running_mean = self.variable(STATE, 'mean', jnp.zeros, (num_features,), jnp.float32)
-        running_var = self.variable(STATE, 'var', jnp.ones, (num_features,), jnp.float32)
+        running_mean = self.variable(STATE, "mean", jnp.zeros, (num_features,), jnp.float32)
+        running_var = self.variable(STATE, "var", jnp.ones, (num_features,), jnp.float32)
         x = x.astype(jnp.float32)
         if not train:
             mean, var = running_mean.value, running_var.value
         else:
             axes = tuple(range(x.ndim - 1))
-            check_enough_values(KIND, elements_per_channel(x, axes),
-                                f'a batch statistic of {x.shape} features')
+            check_enough_values(
+                KIND, elements_per_channel(x, axes), f"a batch statistic of {x.shape} features"
+            )
             observed_mean, observed_var = mean_and_variance(x, axes)
             mean = observed_mean.reshape(num_features)
             var = observed_var.reshape(num_features)
             prediction = self._predict(num_features)
             if prediction is not None:
-                mean, var = kalman_fuse(*prediction, mean, var,
-                                        prediction_weight=self.prediction_weight,
-                                        max_variance_ratio=self.max_variance_ratio)
+                mean, var = kalman_fuse(
+                    *prediction,
+                    mean,
+                    var,
+                    prediction_weight=self.prediction_weight,
+                    max_variance_ratio=self.max_variance_ratio,
+                )
             if self.record is not None:
                 # What the next BKN layer starts from: this layer's output, modelled as
                 # N(beta, gamma^2 var / (var + eps)) per channel.
-                self.record.output_moments = (bias,
-                                              jnp.square(scale) * var / (var + self.epsilon))
+                self.record.output_moments = (bias, jnp.square(scale) * var / (var + self.epsilon))
                 self.record.weight_layers = []
             if not self.is_initializing():
                 running_mean.value = running_average(running_mean.value, mean, self.momentum)
@@ -229,21 +290,28 @@ class BatchKalmanNorm(Normalization):
         in_mean, in_var = record.output_moments
         if kernel.shape[-2] != in_mean.shape[0] or kernel.shape[-1] != num_features:
             return None
-        act_mean, act_var = gaussian_activation_moments(self.activation_function(), in_mean,
-                                                        in_var)
+        act_mean, act_var = gaussian_activation_moments(self.activation_function(), in_mean, in_var)
         return propagate_moments(act_mean, act_var, kernel, bias)
 
     @nn.nowrap
     def adapt_kit(self, kit):
         require_plain_weight_layers(kit, KIND)
-        probe = jax.eval_shape(kit.activation_factory(parent=None).init, jax.random.key(0),
-                               jax.ShapeDtypeStruct((1, 2), jnp.float32))
+        probe = jax.eval_shape(
+            kit.activation_factory(parent=None).init,
+            jax.random.key(0),
+            jax.ShapeDtypeStruct((1, 2), jnp.float32),
+        )
         if probe:
-            raise UsageError(f'{KIND}: its prediction passes moments through the activation, '
-                             'which must have no parameters')
+            raise UsageError(
+                f"{KIND}: its prediction passes moments through the activation, "
+                "which must have no parameters"
+            )
         return dataclasses.replace(
-            kit, conv_factory=kalman_conv, dense_factory=kalman_dense,
-            norm_factory=functools.partial(kit.norm_factory, activation=kit.activation_factory))
+            kit,
+            conv_factory=kalman_conv,
+            dense_factory=kalman_dense,
+            norm_factory=functools.partial(kit.norm_factory, activation=kit.activation_factory),
+        )
 
     @nn.nowrap
     def open_forward(self, kit):
@@ -251,6 +319,8 @@ class BatchKalmanNorm(Normalization):
         layers and BKN layers."""
         record = KalmanRecord()
         return dataclasses.replace(
-            kit, conv_factory=functools.partial(kit.conv_factory, record=record),
+            kit,
+            conv_factory=functools.partial(kit.conv_factory, record=record),
             dense_factory=functools.partial(kit.dense_factory, record=record),
-            norm_factory=functools.partial(kit.norm_factory, record=record))
+            norm_factory=functools.partial(kit.norm_factory, record=record),
+        )

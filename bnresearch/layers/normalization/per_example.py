@@ -9,14 +9,21 @@ References:
   instance: Ulyanov, Vedaldi & Lempitsky, "Instance Normalization: The Missing Ingredient for
     Fast Stylization", 2016, arXiv:1607.08022.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from bnresearch.errors import UsageError
-from bnresearch.layers.normalization.base import (Normalization, check_enough_values,
-                                                  check_epsilon, elements_per_channel,
-                                                  mean_and_variance, scale_and_bias, spatial_axes)
+from bnresearch.layers.normalization.base import (
+    Normalization,
+    check_enough_values,
+    check_epsilon,
+    elements_per_channel,
+    mean_and_variance,
+    scale_and_bias,
+    spatial_axes,
+)
 
 DEFAULT_NUM_GROUPS = 32  # Wu & He's default
 
@@ -27,11 +34,12 @@ class LayerNorm(Normalization):
     For conv features that is (H, W, C) together. The learnable scale and bias are per channel.
     ``epsilon`` defaults to 1e-5 (PyTorch's default; Flax's own LayerNorm uses 1e-6).
     """
+
     epsilon: float = 1e-5
     scale_init: float = 1.0
 
     def __post_init__(self):
-        check_epsilon('layer norm', self.epsilon)
+        check_epsilon("layer norm", self.epsilon)
         super().__post_init__()
 
     @nn.compact
@@ -51,6 +59,7 @@ class GroupNorm(Normalization):
     paper. The channel count must divide evenly. G = 1 is layer norm over (H, W, C); G = C is
     instance norm. The learnable scale and bias are per channel; ``epsilon`` defaults to 1e-5.
     """
+
     num_groups: int | None = None
     group_size: int | None = None
     epsilon: float = 1e-5
@@ -58,12 +67,12 @@ class GroupNorm(Normalization):
 
     def __post_init__(self):
         if self.num_groups is not None and self.group_size is not None:
-            raise UsageError('group norm: give num_groups or group_size, not both')
-        for option in ('num_groups', 'group_size'):
+            raise UsageError("group norm: give num_groups or group_size, not both")
+        for option in ("num_groups", "group_size"):
             value = getattr(self, option)
             if value is not None and not (isinstance(value, int) and value > 0):
-                raise UsageError(f'group norm: {option} must be a positive int, got {value!r}')
-        check_epsilon('group norm', self.epsilon)
+                raise UsageError(f"group norm: {option} must be a positive int, got {value!r}")
+        check_epsilon("group norm", self.epsilon)
         super().__post_init__()
 
     @nn.nowrap
@@ -71,13 +80,17 @@ class GroupNorm(Normalization):
         """The number of groups for `num_features` channels; UsageError if they do not divide."""
         if self.group_size is not None:
             if num_features % self.group_size:
-                raise UsageError(f'group norm: {num_features} channels do not divide into groups '
-                                 f'of group_size={self.group_size}')
+                raise UsageError(
+                    f"group norm: {num_features} channels do not divide into groups "
+                    f"of group_size={self.group_size}"
+                )
             return num_features // self.group_size
         num_groups = self.num_groups or DEFAULT_NUM_GROUPS
         if num_features % num_groups:
-            raise UsageError(f'group norm: {num_features} channels do not divide into '
-                             f'num_groups={num_groups} groups; set num_groups or group_size')
+            raise UsageError(
+                f"group norm: {num_features} channels do not divide into "
+                f"num_groups={num_groups} groups; set num_groups or group_size"
+            )
         return num_groups
 
     @nn.nowrap
@@ -105,20 +118,24 @@ class InstanceNorm(Normalization):
     layer, or 1x1 maps) leave one value per statistic, which normalizing would erase: refused
     when the model is built. ``epsilon`` defaults to 1e-5.
     """
+
     epsilon: float = 1e-5
     scale_init: float = 1.0
 
     def __post_init__(self):
-        check_epsilon('instance norm', self.epsilon)
+        check_epsilon("instance norm", self.epsilon)
         super().__post_init__()
 
     @nn.compact
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
         del train  # per-example statistics: training and evaluation are the same computation
         axes = spatial_axes(x)
-        check_enough_values('instance norm', elements_per_channel(x, axes),
-                            f'the statistic over the spatial axes of {x.shape} features',
-                            remedy='use layer or group norm where features have no spatial axes')
+        check_enough_values(
+            "instance norm",
+            elements_per_channel(x, axes),
+            f"the statistic over the spatial axes of {x.shape} features",
+            remedy="use layer or group norm where features have no spatial axes",
+        )
         scale, bias = scale_and_bias(self, x.shape[-1])
         x = x.astype(jnp.float32)
         mean, var = mean_and_variance(x, axes)

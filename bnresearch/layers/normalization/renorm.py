@@ -3,18 +3,24 @@
 Reference: Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence in
 Batch-Normalized Models", NeurIPS 2017, arXiv:1702.03275.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from bnresearch.errors import UsageError
-from bnresearch.layers.normalization.base import (Normalization, check_enough_values,
-                                                  check_epsilon, check_fraction,
-                                                  elements_per_channel, mean_and_variance,
-                                                  scale_and_bias)
+from bnresearch.layers.normalization.base import (
+    Normalization,
+    check_enough_values,
+    check_epsilon,
+    check_fraction,
+    elements_per_channel,
+    mean_and_variance,
+    scale_and_bias,
+)
 from bnresearch.layers.variables import STATE
 
-KIND = 'batch renorm'
+KIND = "batch renorm"
 
 
 def linear_ramp(step: jax.Array, start: int, end: int) -> jax.Array:
@@ -24,8 +30,9 @@ def linear_ramp(step: jax.Array, start: int, end: int) -> jax.Array:
     return jnp.clip((step - start) / (end - start), 0.0, 1.0).astype(jnp.float32)
 
 
-def renorm_limits(step: jax.Array, *, rmax: float, dmax: float, relax_start: int,
-                  rmax_end: int, dmax_end: int) -> tuple[jax.Array, jax.Array]:
+def renorm_limits(
+    step: jax.Array, *, rmax: float, dmax: float, relax_start: int, rmax_end: int, dmax_end: int
+) -> tuple[jax.Array, jax.Array]:
     """The clipping bounds at `step`: r_max from 1 to `rmax` and d_max from 0 to `dmax`, both
     held until `relax_start` and relaxed linearly to reach their final values at `rmax_end` and
     `dmax_end` (Ioffe 2017, section 4: 5k, then r_max = 3 at 40k and d_max = 5 at 25k)."""
@@ -39,7 +46,8 @@ class BatchRenorm(Normalization):
 
     Training, per channel, with batch statistics mu_B and sigma_B = sqrt(var_B + eps) and the
     moving mean mu and moving standard deviation sigma:
-      r = sg(clip(sigma_B / sigma, 1/r_max, r_max)),  d = sg(clip((mu_B - mu) / sigma, -d_max, d_max))
+      r = sg(clip(sigma_B / sigma, 1/r_max, r_max)),
+      d = sg(clip((mu_B - mu) / sigma, -d_max, d_max))
       y = gamma * ((x - mu_B) / sigma_B * r + d) + beta
     then mu += (1 - momentum) (mu_B - mu) and sigma += (1 - momentum) (sigma_B - sigma), the
     paper's Algorithm 1 (its update rate alpha is 1 - momentum; momentum weighs the old value,
@@ -54,6 +62,7 @@ class BatchRenorm(Normalization):
     ``accumulation_steps``, the forward passes (micro-batches) of one update, a fact
     ``build_model`` passes in.
     """
+
     momentum: float = 0.99
     epsilon: float = 1e-5
     scale_init: float = 1.0
@@ -66,42 +75,49 @@ class BatchRenorm(Normalization):
     accumulation_steps: int = 1
 
     def __post_init__(self):
-        check_fraction(KIND, 'momentum', self.momentum)
+        check_fraction(KIND, "momentum", self.momentum)
         check_epsilon(KIND, self.epsilon)
         if not (isinstance(self.rmax, (int, float)) and self.rmax >= 1.0):
-            raise UsageError(f'{KIND}: rmax must be >= 1, got {self.rmax!r}')
+            raise UsageError(f"{KIND}: rmax must be >= 1, got {self.rmax!r}")
         if not (isinstance(self.dmax, (int, float)) and self.dmax >= 0.0):
-            raise UsageError(f'{KIND}: dmax must be >= 0, got {self.dmax!r}')
-        for option in ('relax_start', 'rmax_end', 'dmax_end'):
+            raise UsageError(f"{KIND}: dmax must be >= 0, got {self.dmax!r}")
+        for option in ("relax_start", "rmax_end", "dmax_end"):
             value = getattr(self, option)
             if not (isinstance(value, int) and value >= 0):
-                raise UsageError(f'{KIND}: {option} must be a step number >= 0, got {value!r}')
+                raise UsageError(f"{KIND}: {option} must be a step number >= 0, got {value!r}")
         super().__post_init__()
 
     @nn.compact
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
         num_features = x.shape[-1]
         scale, bias = scale_and_bias(self, num_features)
-        moving_mean = self.variable(STATE, 'mean', jnp.zeros, (num_features,), jnp.float32)
-        moving_std = self.variable(STATE, 'std', jnp.ones, (num_features,), jnp.float32)
-        steps = self.variable(STATE, 'steps', jnp.zeros, (), jnp.int32)
+        moving_mean = self.variable(STATE, "mean", jnp.zeros, (num_features,), jnp.float32)
+        moving_std = self.variable(STATE, "std", jnp.ones, (num_features,), jnp.float32)
+        steps = self.variable(STATE, "steps", jnp.zeros, (), jnp.int32)
         x = x.astype(jnp.float32)
         if not train:
             y = (x - moving_mean.value) / moving_std.value
             return (y * scale + bias).astype(self.dtype)
 
         axes = tuple(range(x.ndim - 1))
-        check_enough_values(KIND, elements_per_channel(x, axes),
-                            f'a batch statistic of {x.shape} features')
+        check_enough_values(
+            KIND, elements_per_channel(x, axes), f"a batch statistic of {x.shape} features"
+        )
         batch_mean, batch_var = mean_and_variance(x, axes)
         batch_mean, batch_var = batch_mean.reshape(num_features), batch_var.reshape(num_features)
         batch_std = jnp.sqrt(batch_var + self.epsilon)
-        r_limit, d_limit = renorm_limits(steps.value // self.accumulation_steps, rmax=self.rmax,
-                                         dmax=self.dmax, relax_start=self.relax_start,
-                                         rmax_end=self.rmax_end, dmax_end=self.dmax_end)
+        r_limit, d_limit = renorm_limits(
+            steps.value // self.accumulation_steps,
+            rmax=self.rmax,
+            dmax=self.dmax,
+            relax_start=self.relax_start,
+            rmax_end=self.rmax_end,
+            dmax_end=self.dmax_end,
+        )
         r = jax.lax.stop_gradient(jnp.clip(batch_std / moving_std.value, 1.0 / r_limit, r_limit))
-        d = jax.lax.stop_gradient(jnp.clip((batch_mean - moving_mean.value) / moving_std.value,
-                                           -d_limit, d_limit))
+        d = jax.lax.stop_gradient(
+            jnp.clip((batch_mean - moving_mean.value) / moving_std.value, -d_limit, d_limit)
+        )
         y = (x - batch_mean) / batch_std * r + d
         if not self.is_initializing():
             # The paper's form, old + rate * (new - old), rather than base.running_average's

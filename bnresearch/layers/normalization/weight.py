@@ -11,6 +11,7 @@ paper, whose data-dependent init then starts the logits at zero mean and unit va
 first batch). What remains in the normalization slot after each weight layer is either nothing
 or, with ``mean_only_batch_norm=True``, the paper's mean-only batch norm.
 """
+
 import dataclasses
 import functools
 from collections.abc import Sequence
@@ -21,12 +22,16 @@ import jax.numpy as jnp
 from flax.typing import Dtype
 
 from bnresearch.errors import UsageError
-from bnresearch.layers.normalization.base import (Normalization, check_enough_values,
-                                                  check_fraction, elements_per_channel,
-                                                  running_average)
+from bnresearch.layers.normalization.base import (
+    Normalization,
+    check_enough_values,
+    check_fraction,
+    elements_per_channel,
+    running_average,
+)
 from bnresearch.layers.variables import STATE
 
-KIND = 'weight norm'
+KIND = "weight norm"
 # v ~ N(0, 0.05^2), the paper's initialization of the directions.
 DIRECTION_STDDEV = 0.05
 # Keeps g = 1 / std(t) finite for a unit whose output is constant on the first batch (the
@@ -40,8 +45,9 @@ def _direction_normalized(v: jax.Array) -> jax.Array:
     return v * jax.lax.rsqrt(squared_norm)
 
 
-def _gain_and_bias(module: nn.Module, t: jax.Array, use_bias: bool,
-                   data_dependent_init: bool) -> jax.Array:
+def _gain_and_bias(
+    module: nn.Module, t: jax.Array, use_bias: bool, data_dependent_init: bool
+) -> jax.Array:
     """g * t + b for t = v.x / ||v||, with g and b from the data of the init pass.
 
     Salimans & Kingma's data-dependent init: on the first batch, g = 1 / std(t) and
@@ -53,27 +59,34 @@ def _gain_and_bias(module: nn.Module, t: jax.Array, use_bias: bool,
     """
     features = t.shape[-1]
     if data_dependent_init:
+
         def init_from_data(quantity):
             def init(rng, shape, dtype=jnp.float32):
                 del rng
                 axes = tuple(range(t.ndim - 1))
-                check_enough_values(KIND, elements_per_channel(t, axes),
-                                    f'the data-dependent init of {t.shape} outputs')
+                check_enough_values(
+                    KIND,
+                    elements_per_channel(t, axes),
+                    f"the data-dependent init of {t.shape} outputs",
+                )
                 t32 = t.astype(jnp.float32)
                 mean = jnp.mean(t32, axis=axes)
-                inv_std = jax.lax.rsqrt(jnp.mean(jnp.square(t32 - mean), axis=axes)
-                                        + INIT_VARIANCE_FLOOR)
-                value = inv_std if quantity == 'scale' else -mean * inv_std
+                inv_std = jax.lax.rsqrt(
+                    jnp.mean(jnp.square(t32 - mean), axis=axes) + INIT_VARIANCE_FLOOR
+                )
+                value = inv_std if quantity == "scale" else -mean * inv_std
                 return value.reshape(shape).astype(dtype)
+
             return init
-        scale_init, bias_init = init_from_data('scale'), init_from_data('bias')
+
+        scale_init, bias_init = init_from_data("scale"), init_from_data("bias")
     else:
         scale_init, bias_init = nn.initializers.ones, nn.initializers.zeros
     # Named 'scale' so the optimizer's parameter groups treat g like a normalization gain.
-    g = module.param('scale', scale_init, (features,), jnp.float32)
+    g = module.param("scale", scale_init, (features,), jnp.float32)
     y = t * g.astype(t.dtype)
     if use_bias:
-        y = y + module.param('bias', bias_init, (features,), jnp.float32).astype(t.dtype)
+        y = y + module.param("bias", bias_init, (features,), jnp.float32).astype(t.dtype)
     return y
 
 
@@ -87,10 +100,11 @@ def _conv_padding(padding, num_spatial: int):
 
 class WeightNormConv(nn.Module):
     """A conv with w = g v / ||v|| per output channel (kernel layout (*window, C_in, C_out))."""
+
     features: int
     kernel_size: Sequence[int]
     strides: int | Sequence[int] = 1
-    padding: str | int | Sequence = 'SAME'
+    padding: str | int | Sequence = "SAME"
     use_bias: bool = True
     data_dependent_init: bool = True
     dtype: Dtype = jnp.float32
@@ -99,20 +113,29 @@ class WeightNormConv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel_size = tuple(self.kernel_size)
         num_spatial = len(kernel_size)
-        strides = ((self.strides,) * num_spatial if isinstance(self.strides, int)
-                   else tuple(self.strides))
-        v = self.param('kernel', nn.initializers.normal(DIRECTION_STDDEV),
-                       (*kernel_size, x.shape[-1], self.features), jnp.float32)
-        spatial = 'HWD'[:num_spatial]
+        strides = (
+            (self.strides,) * num_spatial if isinstance(self.strides, int) else tuple(self.strides)
+        )
+        v = self.param(
+            "kernel",
+            nn.initializers.normal(DIRECTION_STDDEV),
+            (*kernel_size, x.shape[-1], self.features),
+            jnp.float32,
+        )
+        spatial = "HWD"[:num_spatial]
         t = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), _direction_normalized(v).astype(self.dtype),
-            window_strides=strides, padding=_conv_padding(self.padding, num_spatial),
-            dimension_numbers=(f'N{spatial}C', f'{spatial}IO', f'N{spatial}C'))
+            x.astype(self.dtype),
+            _direction_normalized(v).astype(self.dtype),
+            window_strides=strides,
+            padding=_conv_padding(self.padding, num_spatial),
+            dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
+        )
         return _gain_and_bias(self, t, self.use_bias, self.data_dependent_init)
 
 
 class WeightNormDense(nn.Module):
     """A dense layer with w = g v / ||v|| per output unit (kernel (C_in, C_out))."""
+
     features: int
     use_bias: bool = True
     data_dependent_init: bool = True
@@ -120,31 +143,59 @@ class WeightNormDense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        v = self.param('kernel', nn.initializers.normal(DIRECTION_STDDEV),
-                       (x.shape[-1], self.features), jnp.float32)
+        v = self.param(
+            "kernel",
+            nn.initializers.normal(DIRECTION_STDDEV),
+            (x.shape[-1], self.features),
+            jnp.float32,
+        )
         t = jnp.dot(x.astype(self.dtype), _direction_normalized(v).astype(self.dtype))
         return _gain_and_bias(self, t, self.use_bias, self.data_dependent_init)
 
 
-def weight_norm_conv(features: int, kernel_size: Sequence[int], *, strides=1, padding='SAME',
-                     use_bias: bool = True, role: str = 'hidden', dtype: Dtype = jnp.float32,
-                     weight_init: str | None = None, name: str | None = None,
-                     data_dependent_init: bool = True) -> nn.Module:
+def weight_norm_conv(
+    features: int,
+    kernel_size: Sequence[int],
+    *,
+    strides=1,
+    padding="SAME",
+    use_bias: bool = True,
+    role: str = "hidden",
+    dtype: Dtype = jnp.float32,
+    weight_init: str | None = None,
+    name: str | None = None,
+    data_dependent_init: bool = True,
+) -> nn.Module:
     """LayerKit conv factory: every role alike (the logits layer too, as in the paper), and the
     kit's ``weight_init`` ignored: the directions start as the paper's (``DIRECTION_STDDEV``)."""
     del role, weight_init
-    return WeightNormConv(features, kernel_size, strides=strides, padding=padding,
-                          use_bias=use_bias, data_dependent_init=data_dependent_init,
-                          dtype=dtype, name=name)
+    return WeightNormConv(
+        features,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=use_bias,
+        data_dependent_init=data_dependent_init,
+        dtype=dtype,
+        name=name,
+    )
 
 
-def weight_norm_dense(features: int, *, use_bias: bool = True, role: str = 'hidden',
-                      dtype: Dtype = jnp.float32, weight_init: str | None = None,
-                      name: str | None = None, data_dependent_init: bool = True) -> nn.Module:
+def weight_norm_dense(
+    features: int,
+    *,
+    use_bias: bool = True,
+    role: str = "hidden",
+    dtype: Dtype = jnp.float32,
+    weight_init: str | None = None,
+    name: str | None = None,
+    data_dependent_init: bool = True,
+) -> nn.Module:
     """LayerKit dense factory: as ``weight_norm_conv``."""
     del role, weight_init
-    return WeightNormDense(features, use_bias=use_bias, data_dependent_init=data_dependent_init,
-                           dtype=dtype, name=name)
+    return WeightNormDense(
+        features, use_bias=use_bias, data_dependent_init=data_dependent_init, dtype=dtype, name=name
+    )
 
 
 def require_plain_weight_layers(kit, kind: str) -> None:
@@ -152,8 +203,10 @@ def require_plain_weight_layers(kit, kind: str) -> None:
     normalization that brings its own (weight norm, Kalman norm) never silently drops others,
     such as quantized layers."""
     if not kit.has_plain_weight_layers:
-        raise UsageError(f'{kind} brings its own conv and dense layers and cannot combine with '
-                         'other replaced weight layers (e.g. quantized ones)')
+        raise UsageError(
+            f"{kind} brings its own conv and dense layers and cannot combine with "
+            "other replaced weight layers (e.g. quantized ones)"
+        )
 
 
 class WeightNorm(Normalization):
@@ -169,16 +222,18 @@ class WeightNorm(Normalization):
     default 0.9); the weight layers before it then have no bias of their own, so the data-
     dependent init sets only g. Scale stays with g: there is no variance normalization.
     """
+
     mean_only_batch_norm: bool = False
     momentum: float = 0.9
     data_dependent_init: bool = True
 
     def __post_init__(self):
-        for option in ('mean_only_batch_norm', 'data_dependent_init'):
+        for option in ("mean_only_batch_norm", "data_dependent_init"):
             if not isinstance(getattr(self, option), bool):
-                raise UsageError(f'{KIND}: {option} must be true or false, '
-                                 f'got {getattr(self, option)!r}')
-        check_fraction(KIND, 'momentum', self.momentum)
+                raise UsageError(
+                    f"{KIND}: {option} must be true or false, got {getattr(self, option)!r}"
+                )
+        check_fraction(KIND, "momentum", self.momentum)
         super().__post_init__()
 
     @property
@@ -191,14 +246,16 @@ class WeightNorm(Normalization):
         if not self.mean_only_batch_norm:
             return x.astype(self.dtype)
         num_features = x.shape[-1]
-        bias = self.param('bias', nn.initializers.zeros, (num_features,), jnp.float32)
-        running_mean = self.variable(STATE, 'mean', jnp.zeros, (num_features,),
-                                     jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (num_features,), jnp.float32)
+        running_mean = self.variable(STATE, "mean", jnp.zeros, (num_features,), jnp.float32)
         x = x.astype(jnp.float32)
         if train:
             axes = tuple(range(x.ndim - 1))
-            check_enough_values('mean-only batch norm', elements_per_channel(x, axes),
-                                f'a batch statistic of {x.shape} features')
+            check_enough_values(
+                "mean-only batch norm",
+                elements_per_channel(x, axes),
+                f"a batch statistic of {x.shape} features",
+            )
             mean = jnp.mean(x, axis=axes)
             if not self.is_initializing():
                 running_mean.value = running_average(running_mean.value, mean, self.momentum)
@@ -211,7 +268,10 @@ class WeightNorm(Normalization):
         require_plain_weight_layers(kit, KIND)
         return dataclasses.replace(
             kit,
-            conv_factory=functools.partial(weight_norm_conv,
-                                           data_dependent_init=self.data_dependent_init),
-            dense_factory=functools.partial(weight_norm_dense,
-                                            data_dependent_init=self.data_dependent_init))
+            conv_factory=functools.partial(
+                weight_norm_conv, data_dependent_init=self.data_dependent_init
+            ),
+            dense_factory=functools.partial(
+                weight_norm_dense, data_dependent_init=self.data_dependent_init
+            ),
+        )
