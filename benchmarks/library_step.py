@@ -17,14 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnresearch import data, models
+from bnresearch import data
 from bnresearch.config.defaults import base_config
-from bnresearch.optim.optimizers import make_optimizer
-from bnresearch.optim.schedules import make_schedule
 from bnresearch.parallel.mesh import global_batch, make_mesh
 from bnresearch.train import loop
-from bnresearch.train.plan import make_plan
-from bnresearch.train.preflight import COMPUTE_DTYPES, Setup, check_config
+from bnresearch.train.preflight import Setup, check_config, resolve
 from bnresearch.train.state import create_train_state
 
 # The plan counts epochs over this many training images; with a constant lr nothing measured
@@ -95,29 +92,7 @@ def build_setup(case: ModelCase, batch_size: int, compute_dtype: str) -> Setup:
         num_train=NUM_TRAIN,
         num_test=batch_size,
     )
-    plan = make_plan(config, info.num_train)
-    # The facts preflight builds the model with (see preflight._build_model).
-    model = models.model_from_config(
-        config.model,
-        num_classes=info.num_classes,
-        dtype=COMPUTE_DTYPES[config.compute_dtype],
-        images_per_epoch=plan.images_per_epoch,
-        accumulation_steps=plan.accumulation_steps,
-        image_shape=info.image_shape,
-        batch_sizes=plan.train_batch_sizes,
-        eval_batch_size=config.eval_batch_size,
-    )
-    learning_rate_fn = make_schedule(plan.schedule)
-    return Setup(
-        config=config,
-        rundir=None,
-        dataset=_RandomData(info),
-        plan=plan,
-        mesh=make_mesh(),
-        model=model,
-        learning_rate_fn=learning_rate_fn,
-        optimizer=make_optimizer(config.optimizer, learning_rate_fn),
-    )
+    return resolve(config, _RandomData(info), make_mesh())
 
 
 def random_batch(case: ModelCase, batch_size: int, mesh, *, with_mask: bool = False) -> dict:

@@ -149,7 +149,15 @@ def preflight(config: ml_collections.ConfigDict, rundir: RunDirectory) -> Setup 
     if previous.get("status") == DONE:
         log.info("%s already finished at step %d; nothing to do", rundir.path, previous["step"])
         return None
-    dataset = data.load_dataset(config.dataset)
+    return resolve(config, data.load_dataset(config.dataset), mesh, rundir)
+
+
+def resolve(
+    config: ml_collections.ConfigDict, dataset, mesh: Mesh, rundir: RunDirectory | None = None
+) -> Setup:
+    """The plan, the model (built once, traced at every batch it will see) and the optimizer of
+    a checked `config` on an opened `dataset`: the part of preflight after the data. The
+    benchmark calls it too, with random data of a dataset's shape."""
     plan = make_plan(config, dataset.info.num_train)
     model = _build_model(config, dataset.info, plan)
     learning_rate_fn = make_schedule(plan.schedule)
