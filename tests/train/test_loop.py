@@ -1,6 +1,7 @@
 """End-to-end behaviour of the training loop on digits: files, determinism, resume, divergence,
 batch-size schedules, the noise scale, gradient accumulation and batch augmentation."""
 
+import collections
 import json
 import logging
 import pathlib
@@ -25,8 +26,11 @@ def train_losses(metrics):
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax's event per XLA compilation
 
 
-def train_and_record_compilations(config, workdir) -> list[str]:
-    """Runs `config` to the end; returns the names of the functions XLA compiled meanwhile."""
+def train_and_record_compilations(config, workdir, status="done") -> list[str]:
+    """Runs `config` (to the end, or to `status`); returns the names of the functions XLA
+    compiled meanwhile. JAX's in-memory caches are emptied first, so programs that an earlier
+    run of this process compiled count again: each run is counted as a launch would be."""
+    jax.clear_caches()
     compiled = []
 
     def count(event, duration, **details):
@@ -35,7 +39,7 @@ def train_and_record_compilations(config, workdir) -> list[str]:
 
     jax.monitoring.register_event_duration_secs_listener(count)
     try:
-        assert train_and_evaluate(config, str(workdir)) == "done"
+        assert train_and_evaluate(config, str(workdir)) == status
     finally:
         jax.monitoring.unregister_event_duration_listener(count)
     return compiled
@@ -424,3 +428,33 @@ def test_a_stop_inside_a_logging_window_resumes_to_the_same_records(
         train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path / "stopped")) == "done"
     )
     assert read_metrics(tmp_path / "stopped") == read_metrics(tmp_path / "whole")
+
+
+OUR_PROGRAMS = ("jit(create_train_state)", "jit(train_step)", "jit(eval_step)")
+
+
+def test_nothing_compiles_again_at_steady_state_or_after_a_resume(
+    finished_run_and_compilations, tmp_path, data_dir, monkeypatch
+):
+    _, compiled = finished_run_and_compilations
+    # The init, the train step and the eval step compile once each in a run that evaluates
+    # twice and checkpoints four times.
+    assert {name: compiled.count(name) for name in OUR_PROGRAMS} == dict.fromkeys(OUR_PROGRAMS, 1)
+    # A run twice as long (four evaluations, eight checkpoints) compiles exactly the same
+    # programs, each as often: nothing compiles again once the loop runs, inside the library or
+    # in the libraries it calls (orbax's first save compiles its slicing programs, once).
+    longer = train_and_record_compilations(
+        tiny_config(data_dir, train_duration="48 steps"), tmp_path / "longer"
+    )
+    assert collections.Counter(longer) == collections.Counter(compiled)
+    # Stopped at step 12 and resumed: the resumed run restores instead of initializing and
+    # compiles its two steps once each.
+    monkeypatch.setattr("bnresearch.train.loop.PreemptionWatch", lambda: StopAt(12))
+    train_and_record_compilations(tiny_config(data_dir), tmp_path / "resumed", "preempted")
+    monkeypatch.setattr("bnresearch.train.loop.PreemptionWatch", lambda: StopAt(-1))
+    resumed = train_and_record_compilations(tiny_config(data_dir), tmp_path / "resumed")
+    assert {name: resumed.count(name) for name in OUR_PROGRAMS} == {
+        "jit(create_train_state)": 0,
+        "jit(train_step)": 1,
+        "jit(eval_step)": 1,
+    }
