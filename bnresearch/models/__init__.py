@@ -184,9 +184,7 @@ def build_model(
     for num_features in model.normalized_features():
         check_normalization_features(layers.norm_factory, num_features)
     for batch_size in sorted(set(batch_sizes)):
-        check_normalization_batch_sizes(layers.norm_factory, batch_size, eval_batch_size)
-        if image_shape is not None:
-            trace_at_batch_sizes(model, tuple(image_shape), batch_size, eval_batch_size)
+        check_model_at_batch_size(model, batch_size, image_shape, eval_batch_size)
     return model
 
 
@@ -256,9 +254,15 @@ def check_model_config(
 
 
 def check_model_at_batch_size(
-    model: nn.Module, batch_size: int, image_shape: tuple[int, ...]
+    model: nn.Module,
+    batch_size: int,
+    image_shape: tuple[int, ...] | None = None,
+    eval_batch_size: int | None = None,
 ) -> None:
-    """Raises UsageError if `model` cannot train on batches of `batch_size` images (checked and
-    traced abstractly, as ``build_model`` does at the run's batch sizes)."""
-    check_normalization_batch_sizes(model.layers.norm_factory, batch_size)
-    trace_at_batch_sizes(model, tuple(image_shape), batch_size)
+    """Raises UsageError if `model` cannot train on batches of `batch_size` images (or evaluate
+    on `eval_batch_size`): its normalization's check and, given `image_shape`, an abstract trace
+    (shapes only). ``build_model`` runs it at the run's batch sizes, preflight at the noise
+    scale's sub-batches."""
+    check_normalization_batch_sizes(model.layers.norm_factory, batch_size, eval_batch_size)
+    if image_shape is not None:
+        trace_at_batch_sizes(model, tuple(image_shape), batch_size, eval_batch_size)
