@@ -3,8 +3,8 @@
 A value that cannot be meant (a negative or NaN learning rate, a momentum of 1, a batch of 0) is
 refused in one line before anything runs, instead of training to a result that means nothing
 (gradient ascent at `base_lr=-0.1` ends "done" at chance accuracy). Preflight checks the whole
-config against the table; modules that take one block of it (the optimizer, the lr schedule, the
-noise scale) check that block against the same rows, so a value is judged the same wherever it
+config against the table, first; ``make_optimizer``, which is also called without a whole
+config, checks its block against the same rows, so a value is judged the same wherever it
 enters.
 
 Not here: the options of a normalization, activation or model (their modules check their own

@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from bnresearch.config.durations import parse_duration
-from bnresearch.config.ranges import check_ranges
 from bnresearch.errors import UsageError
 
 
@@ -94,11 +93,11 @@ def summary(state: NoiseScaleState, decay: float) -> dict[str, jax.Array]:
 
 def check_noise_scale_config(config: ml_collections.ConfigDict, batch_sizes) -> None:
     """Raises UsageError for a bad `noise_scale` block; `batch_sizes`: the images per train-step
-    call of every phase, which the sub-batches must divide."""
+    call of every phase, which the sub-batches must divide. The ranges of its numbers are
+    checked first, by ``config/ranges.py`` (``preflight.check_config``)."""
     if not isinstance(config.enabled, bool):
         raise UsageError(f"noise_scale.enabled={config.enabled!r} must be true or false")
     parse_duration(config.every)
-    check_ranges(config, "noise_scale")
     sub_batches = config.sub_batches
     if config.enabled:
         for size in batch_sizes:

@@ -23,7 +23,6 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from bnresearch.config.ranges import check_ranges
 from bnresearch.errors import UsageError
 from bnresearch.optim.batch_size_schedule import Phase
 
@@ -101,11 +100,6 @@ def _warmup(step, spec):
     if spec.warmup_steps <= 0:
         return 1.0
     return jnp.minimum(1.0, (step + 1.0) / spec.warmup_steps)
-
-
-def check_decay_options(config) -> None:
-    """Raises UsageError for a decay option (of the config's `schedule` block) out of range."""
-    check_ranges(config, "schedule")
 
 
 def make_schedule(spec: ScheduleSpec) -> Schedule:

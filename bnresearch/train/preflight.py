@@ -33,7 +33,7 @@ from bnresearch.measure.noise_scale import check_noise_scale_config
 from bnresearch.optim.batch_size_schedule import schedule_from_config
 from bnresearch.optim.learning_rate import BATCH_SIZE_SCHEDULE_LR, LR_SCALING_RULES, check_warmup
 from bnresearch.optim.optimizers import check_optimizer_config, make_optimizer
-from bnresearch.optim.schedules import DECAYS, check_decay_options, make_schedule
+from bnresearch.optim.schedules import DECAYS, make_schedule
 from bnresearch.parallel.mesh import check_batch_size, make_mesh
 from bnresearch.run_status import DONE
 from bnresearch.train.plan import Plan, configured_batch_sizes, make_plan
@@ -70,7 +70,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     check_optimizer_config(config.optimizer)
     _check_choice("lr_scaling", config.lr_scaling, LR_SCALING_RULES)
     _check_choice("schedule.decay", config.schedule.decay, tuple(DECAYS))
-    check_decay_options(config.schedule)
     _check_choice("compute_dtype", config.compute_dtype, tuple(COMPUTE_DTYPES))
     schedule_from_config(config.batch_size_schedule)
     _check_choice("batch_size_schedule.lr", config.batch_size_schedule.lr, BATCH_SIZE_SCHEDULE_LR)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from bnresearch.config.defaults import base_config
+from bnresearch.config.ranges import check_ranges
 from bnresearch.errors import UsageError
 from bnresearch.optim.batch_size_schedule import make_timeline
-from bnresearch.optim.schedules import ScheduleSpec, check_decay_options, make_schedule
+from bnresearch.optim.schedules import ScheduleSpec, make_schedule
 
 # 100 examples in batches of 10: 10 steps per epoch.
 ONE_PHASE = make_timeline(num_train=100, batch_size=10).phases
@@ -102,4 +103,4 @@ def test_decay_options_must_be_positive(option, value):
     schedule = base_config().schedule
     schedule[option] = value
     with pytest.raises(UsageError, match=f"schedule.{option}={value!r} must be a positive"):
-        check_decay_options(schedule)
+        check_ranges(schedule, "schedule")
