@@ -26,52 +26,20 @@ from bnresearch.layers.kit import LayerKit
 from bnresearch.models.common import check_positive_int
 
 POOL = "pool"
+# Simonyan & Zisserman's configurations A, B, D and E: five stages of 3x3 convs of these widths,
+# each stage ending in a 2x2 max pool; the depths differ only in the convs per stage.
+STAGE_WIDTHS = (64, 128, 256, 512, 512)
+CONVS_PER_STAGE = {
+    11: (1, 1, 2, 2, 2),
+    13: (2, 2, 2, 2, 2),
+    16: (2, 2, 3, 3, 3),
+    19: (2, 2, 4, 4, 4),
+}
 CONFIGURATIONS = {
-    11: (64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL),
-    13: (64, 64, POOL, 128, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL),
-    16: (
-        64,
-        64,
-        POOL,
-        128,
-        128,
-        POOL,
-        256,
-        256,
-        256,
-        POOL,
-        512,
-        512,
-        512,
-        POOL,
-        512,
-        512,
-        512,
-        POOL,
-    ),
-    19: (
-        64,
-        64,
-        POOL,
-        128,
-        128,
-        POOL,
-        256,
-        256,
-        256,
-        256,
-        POOL,
-        512,
-        512,
-        512,
-        512,
-        POOL,
-        512,
-        512,
-        512,
-        512,
-        POOL,
-    ),
+    depth: tuple(
+        layer for width, convs in zip(STAGE_WIDTHS, per_stage) for layer in (*[width] * convs, POOL)
+    )
+    for depth, per_stage in CONVS_PER_STAGE.items()
 }
 
 
