@@ -11,6 +11,7 @@ from bnresearch.layers.normalization import BUILD_FACTS, NORMALIZATIONS
 from bnresearch.layers.registry import option_names
 from bnresearch.models import BUILD_ARGUMENTS, MODELS, model_from_config
 from bnresearch.registered_options import COMMAND, TABLE_FILE, generated_source
+from tests.data.datatest_utils import DATASET_FIELDS
 
 
 def union_of_options(registry, reserved=()):
@@ -37,16 +38,7 @@ def test_the_generated_option_table_is_current():
 
 def test_the_dataset_block_takes_every_dataset_setting():
     config = base_config()
-    assert set(config.dataset) == {
-        "name",
-        "data_dir",
-        "augment",
-        "crop_padding",
-        "image_size",
-        "num_workers",
-        "num_threads",
-        "prefetch",
-    }
+    assert set(config.dataset) == set(DATASET_FIELDS)
     DatasetSettings.from_config(config.dataset)  # the defaults are valid settings
 
 

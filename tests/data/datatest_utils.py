@@ -7,6 +7,18 @@ from PIL import Image
 from bnresearch.data.augment import make_augmentation
 from bnresearch.data.dataset import Dataset, DatasetInfo, LoaderOptions
 
+# The fields of a config's dataset block, written out as the reference the tests compare with.
+DATASET_FIELDS = (
+    "name",
+    "data_dir",
+    "augment",
+    "crop_padding",
+    "image_size",
+    "num_workers",
+    "num_threads",
+    "prefetch",
+)
+
 
 def make_config(name: str, data_dir: str, **overrides) -> ml_collections.ConfigDict:
     """A dataset config with every required field; ``overrides`` replace fields."""

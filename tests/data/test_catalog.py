@@ -9,7 +9,7 @@ from bnresearch.data.catalog import (
     check_dataset_name,
     resolve_data_dir,
 )
-from tests.data.datatest_utils import make_config
+from tests.data.datatest_utils import DATASET_FIELDS, make_config
 
 
 @pytest.mark.parametrize(
@@ -50,19 +50,7 @@ def test_settings_require_every_field():
         DatasetSettings.from_config(config)
     message = str(error.value)
     assert "lacks crop_padding, num_threads" in message
-    assert all(
-        field in message
-        for field in (
-            "name",
-            "data_dir",
-            "augment",
-            "crop_padding",
-            "image_size",
-            "num_workers",
-            "num_threads",
-            "prefetch",
-        )
-    )
+    assert all(field in message for field in DATASET_FIELDS)
 
 
 @pytest.mark.parametrize(
