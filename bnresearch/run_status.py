@@ -51,6 +51,15 @@ def process_gone(status: dict) -> bool:
     return False
 
 
+def observed(status: dict) -> str:
+    """The state a reader shows for a run's status.json: PENDING without one, INTERRUPTED for a
+    RUNNING run whose process is gone (killed before it could say so), else its status."""
+    state = status.get("status", PENDING)
+    if state == RUNNING and process_gone(status):
+        return INTERRUPTED
+    return state
+
+
 def write_json(path, value) -> None:
     """Writes `value` as JSON to `path` atomically (see `write_atomically`)."""
     write_atomically(path, json.dumps(value, indent=2) + "\n")

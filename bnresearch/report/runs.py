@@ -11,7 +11,7 @@ import pathlib
 
 import numpy as np
 
-from bnresearch.run_status import DONE, FINISHED, INTERRUPTED, PENDING, RUNNING, process_gone
+from bnresearch.run_status import DONE, FINISHED, observed
 
 
 def read_json(path: pathlib.Path) -> dict:
@@ -79,9 +79,7 @@ def summarize_run(run_dir, target_accuracy: float | None = None) -> RunSummary:
         step for step, value in evals if target_accuracy is not None and value >= target_accuracy
     ]
     epochs_to_target = epochs_at(metrics, reached[:1]) if reached else None  # [epoch] or None
-    state = status.get("status", PENDING)
-    if state == RUNNING and process_gone(status):
-        state = INTERRUPTED  # killed (SIGKILL, out of memory, a crash) before it could say so
+    state = observed(status)
     return RunSummary(
         status=state,
         step=(

@@ -27,7 +27,7 @@ from bnresearch.run_status import (
     PENDING,
     PREEMPTED,
     RUNNING,
-    process_gone,
+    observed,
     write_json,
 )
 
@@ -79,9 +79,7 @@ def state(sweep_dir, point: Point) -> str:
         return FAILED
     if exit_code is not None and exit_code < 0 and status in (None, RUNNING):
         return INTERRUPTED  # a signal ended it before it could save (e.g. while compiling)
-    if status == RUNNING and process_gone(record):
-        return INTERRUPTED  # killed with its sweep, or launched by hand and killed
-    return status or PENDING
+    return observed(record)  # INTERRUPTED too if killed with its sweep, or by hand
 
 
 def error_of(sweep_dir, point: Point) -> str:
