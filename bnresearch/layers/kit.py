@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from flax.typing import Dtype
 
 from bnresearch.errors import UsageError
+from bnresearch.layers.convolution import conv_general_dilated
 from bnresearch.layers.registry import ModuleFactory, has_field
 from bnresearch.layers.regularization import AlphaDropout, Dropout, StochasticDepth, linear_survival
 
@@ -90,8 +91,8 @@ def plain_conv(
     name: str | None = None,
     weight_init: str | None = None,
 ) -> nn.Module:
-    """``nn.Conv`` initialized by ``kernel_initializer``; float32 parameters, computing in
-    ``dtype``."""
+    """``nn.Conv`` initialized by ``kernel_initializer``, computing with the kit's convolution
+    (``bnresearch/layers/convolution.py``); float32 parameters, computing in ``dtype``."""
     return nn.Conv(
         features,
         tuple(kernel_size),
@@ -100,6 +101,7 @@ def plain_conv(
         use_bias=use_bias,
         kernel_init=kernel_initializer(weight_init, role, "conv"),
         dtype=dtype,
+        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 

@@ -52,6 +52,7 @@ from flax.linen.linear import PaddingLike, canonicalize_padding
 from flax.typing import Dtype, Initializer
 
 from bnresearch.errors import UsageError
+from bnresearch.layers.convolution import conv_general_dilated
 from bnresearch.layers.kit import WeightLayerFactory, kernel_initializer, plain_conv, plain_dense
 from bnresearch.layers.variables import LATENT_KERNEL, RNG_STREAM
 
@@ -448,7 +449,7 @@ class QuantizedConv(_QuantizedLayer):
 
     @nn.nowrap
     def _convolve(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return jax.lax.conv_general_dilated(
+        return conv_general_dilated(
             x,
             kernel,
             (self.strides, self.strides),

@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bnresearch.errors import UsageError
+from bnresearch.layers.convolution import conv_general_dilated
 from bnresearch.layers.kit import kernel_initializer
 from bnresearch.layers.normalization.base import (
     Normalization,
@@ -184,6 +185,7 @@ def kalman_conv(
         use_bias=use_bias,
         kernel_init=kernel_initializer(weight_init, role, "conv"),
         dtype=dtype,
+        conv_general_dilated=conv_general_dilated,
         record=record,
         name=name,
     )

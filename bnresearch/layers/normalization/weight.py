@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax.typing import Dtype
 
 from bnresearch.errors import UsageError
+from bnresearch.layers.convolution import conv_general_dilated
 from bnresearch.layers.normalization.base import (
     Normalization,
     check_enough_values,
@@ -123,7 +124,7 @@ class WeightNormConv(nn.Module):
             jnp.float32,
         )
         spatial = "HWD"[:num_spatial]
-        t = jax.lax.conv_general_dilated(
+        t = conv_general_dilated(
             x.astype(self.dtype),
             _direction_normalized(v).astype(self.dtype),
             window_strides=strides,

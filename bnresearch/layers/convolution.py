@@ -1,0 +1,123 @@
+"""The convolution every weight layer of the kit computes (``nn.Conv``'s, weight normalization's,
+the quantized layers'): ``lax.conv_general_dilated``, except on the smallest feature maps.
+
+Where a conv's output has at most ``PATCH_MATMUL_MAX_POSITIONS`` spatial positions (the 2x2 maps
+at the end of the quickstart CNN, of ResNet-18 on 64x64 images, of VGG on CIFAR), it is computed
+as one matmul of the input's patches with the flattened kernel. The two are the same sum in
+another order (they agree to float rounding). XLA's CPU backend rewrites such convs, whose window
+covers most of the padded input, into a form it runs with a generic loop, and there the matmul is
+much faster (train step, forward and both gradients, batch 64, float32, 2-core CPU, measured by
+``benchmarks/train_step.py``'s profile, see ``benchmarks/README.md``):
+
+======================  ==========  ============
+conv (input -> output)  XLA conv    patch matmul
+======================  ==========  ============
+2x2x128 -> 2x2x128      32.8 ms     3.0 ms
+4x4x64 -> 2x2x128, s2   8.0 ms      1.4 ms
+4x4x64 -> 4x4x64        1.7 ms      2.9 ms
+======================  ==========  ============
+
+Larger maps stay with XLA's convolution, which is faster there. The patches of a 2x2 output are at
+most 4 x window copies of the input, so the rewrite costs no memory worth counting. The choice
+depends on shapes only, so it is the same on every backend and every run of a config.
+"""
+
+import itertools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Convs with at most this many output positions are computed as patch matmuls (see above).
+PATCH_MATMUL_MAX_POSITIONS = 4
+
+
+def _channels_last(dimension_numbers, ndim: int) -> bool:
+    """Whether `dimension_numbers` (any form lax accepts) is (N, spatial..., C) inputs and
+    outputs with a (spatial..., C_in, C_out) kernel, the layout every layer of the kit uses."""
+    numbers = lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, dimension_numbers)
+    channels_last = (0, ndim - 1, *range(1, ndim - 1))
+    kernel = (ndim - 1, ndim - 2, *range(ndim - 2))
+    return numbers == lax.ConvDimensionNumbers(channels_last, kernel, channels_last)
+
+
+def _patch_matmul(lhs, rhs, window_strides: Sequence[int], pads, precision) -> jax.Array:
+    """The conv of channels-last `lhs` with `rhs` as (patches of lhs) @ (rhs flattened)."""
+    window = rhs.shape[:-2]
+    padded = jnp.pad(lhs, ((0, 0), *pads, (0, 0)))
+    out_shape = [
+        (size - extent) // stride + 1
+        for size, extent, stride in zip(padded.shape[1:-1], window, window_strides, strict=True)
+    ]
+    # One slice per window offset, channels innermost: the order of rhs.reshape(-1, C_out).
+    patches = [
+        lax.slice(
+            padded,
+            (0, *offset, 0),
+            (
+                padded.shape[0],
+                *(o + (n - 1) * s + 1 for o, n, s in zip(offset, out_shape, window_strides)),
+                padded.shape[-1],
+            ),
+            (1, *window_strides, 1),
+        )
+        for offset in itertools.product(*(range(extent) for extent in window))
+    ]
+    return jnp.matmul(
+        jnp.concatenate(patches, axis=-1), rhs.reshape(-1, rhs.shape[-1]), precision=precision
+    )
+
+
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+) -> jax.Array:
+    """``lax.conv_general_dilated``, with the same arguments and result; channels-last convs
+    without dilation or groups whose output is tiny go through ``_patch_matmul`` (module
+    docstring). ``nn.Conv(conv_general_dilated=...)`` takes it as is."""
+    window = rhs.shape[:-2] if rhs.ndim >= 3 else ()
+    plain = (
+        lhs.ndim >= 3
+        and _channels_last(dimension_numbers, lhs.ndim)
+        and not any(d != 1 for d in (lhs_dilation or ()))
+        and not any(d != 1 for d in (rhs_dilation or ()))
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and preferred_element_type is None
+    )
+    if plain:
+        pads = (
+            lax.padtype_to_pads(lhs.shape[1:-1], window, window_strides, padding)
+            if isinstance(padding, str)
+            else [tuple(pad) for pad in padding]
+        )
+        positions = 1
+        for size, (low, high), extent, stride in zip(
+            lhs.shape[1:-1], pads, window, window_strides, strict=True
+        ):
+            positions *= max(size + low + high - extent, -1) // stride + 1
+        if 0 < positions <= PATCH_MATMUL_MAX_POSITIONS:
+            return _patch_matmul(lhs, rhs, window_strides, pads, precision)
+    return lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
