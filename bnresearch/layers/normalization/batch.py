@@ -128,7 +128,12 @@ class BatchNorm(Normalization):
         count = elements_per_channel(grouped, axes)
         check_enough_values(self.kind, count, f"a batch statistic of {x.shape} features")
         mean, var = mean_and_variance(grouped, axes)
-        y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+        # The gain folded into the per-channel multiplier (as in the running-statistics path
+        # above): one multiply-add over the activations instead of two multiplies and an add,
+        # and no gain broadcast to the activations' shape, which XLA's CPU backend materializes
+        # (see benchmarks/README.md).
+        multiplier = jax.lax.rsqrt(var + self.epsilon) * scale
+        y = ((grouped - mean) * multiplier).reshape(x.shape)
         if train and not self.is_initializing():
             # One EMA step per training step whatever the number of groups, so that momentum
             # keeps its meaning (a time constant in steps). Its statistics: the mean of the
@@ -145,7 +150,7 @@ class BatchNorm(Normalization):
             running_var.value = update_running(
                 running_var.value, jnp.mean(var_for_running, axis=(0, *axes)), momentum, convention
             )
-        return (y * scale + bias).astype(self.dtype)
+        return (y + bias).astype(self.dtype)
 
 
 class GhostBatchNorm(BatchNorm):
