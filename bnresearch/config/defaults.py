@@ -147,6 +147,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.label_smoothing = 0.0  # eps of (1 - eps) onehot + eps / K; 0 turns it off
     config.train_duration = "30 epochs"  # durations: "N steps" or "N epochs"
     config.compute_dtype = "float32"  # float32 | bfloat16 (for accelerators)
+    # K updates per compiled call (a scan over K batches), which hides the per-call overhead of
+    # small models; metrics stay per step, and a call never passes a step where logging,
+    # evaluation, a checkpoint or a measurement is due (docs/runs.md#several-steps-per-call).
+    config.steps_per_call = 1
     config.log_every = "50 steps"
     config.eval_every = "10 epochs"  # "0 steps": only at the end
     config.checkpoint = ml_collections.ConfigDict()

@@ -54,6 +54,7 @@ RANGES: dict[str, Range] = {
     "base_batch_size": POSITIVE_WHOLE,
     "batch_augmentation.multiplicity": POSITIVE_WHOLE,
     "checkpoint.keep": POSITIVE_WHOLE,
+    "steps_per_call": POSITIVE_WHOLE,
     "base_lr": Range(low=0, low_open=True, says="be a positive, finite learning rate"),
     "label_smoothing": FRACTION,
     "schedule.decay_factor": POSITIVE,

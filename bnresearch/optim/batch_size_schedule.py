@@ -23,6 +23,7 @@ so every position is a pure function of the step and resume is exact in any phas
 """
 
 import dataclasses
+import math
 
 from bnresearch.config.durations import parse_duration
 from bnresearch.errors import UsageError
@@ -46,6 +47,18 @@ class Cadence:
     def is_due(self, step: int) -> bool:
         first, interval = next(start for start in reversed(self.starts) if start[0] <= step)
         return interval > 0 and (step - first) % interval == 0
+
+    def next_due(self, step: int) -> int | None:
+        """The first step after `step` at which the action is due; None if it never is again."""
+        ends = [first for first, _ in self.starts[1:]] + [math.inf]
+        for (first, interval), end in zip(self.starts, ends):
+            if interval == 0 or end <= step + 1:
+                continue
+            after = max(step + 1, first)
+            due = first + (after - first + interval - 1) // interval * interval
+            if due < end:
+                return due
+        return None
 
 
 @dataclasses.dataclass(frozen=True)

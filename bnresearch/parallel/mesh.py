@@ -26,6 +26,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batches stacked along a new leading axis, each split over the devices as one batch is."""
+    return NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
@@ -45,4 +50,12 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     sharding = batch_sharding(mesh)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+    )
+
+
+def global_batches(local_batches: Sequence[dict], mesh: Mesh) -> dict:
+    """`global_batch` of successive batches at once, stacked along a new leading axis."""
+    sharding = stacked_batch_sharding(mesh)
+    return jax.tree.map(
+        lambda *xs: jax.make_array_from_process_local_data(sharding, np.stack(xs)), *local_batches
     )

@@ -4,8 +4,9 @@
 notice during the start-up ends it cleanly), `preflight` (every check, the dataset, the plan, the
 model and the optimizer, resolved once; `preflight.py`), lock and claim the workdir,
 `restore_or_init` the train state, `compile_steps` once per batch size, then `run_loop`: one
-update per iteration (k train-step calls when gradients accumulate), the noise-scale measurement
-when due, periodic logging, evaluation and checkpoints. The math lives in `steps.py`.
+compiled call per iteration, of `steps_per_call` updates or one (k train steps each when
+gradients accumulate), the noise-scale measurement when due, periodic logging, evaluation and
+checkpoints. The math lives in `steps.py`.
 """
 
 import dataclasses
@@ -20,9 +21,16 @@ import numpy as np
 
 from bnresearch import data
 from bnresearch.checkpoint.manager import Checkpointer, PreemptionWatch
-from bnresearch.parallel.mesh import batch_sharding, global_batch, replicated
+from bnresearch.parallel.mesh import (
+    batch_sharding,
+    global_batch,
+    global_batches,
+    replicated,
+    stacked_batch_sharding,
+)
 from bnresearch.run_status import DIVERGED, DONE, FAILED, PREEMPTED, RUNNING
 from bnresearch.train import steps
+from bnresearch.train.canonical_convolutions import canonical_convolutions
 from bnresearch.train.preflight import Setup, preflight
 from bnresearch.train.rundir import MetricsLog, RunDirectory
 from bnresearch.train.state import TrainState, create_train_state
@@ -59,10 +67,21 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def _per_call(window: list) -> list[dict]:
+    """The metrics of each train step of a logging window, fetched: a call of several steps
+    returns theirs stacked, a row per step."""
+    calls = []
+    for metrics in jax.device_get(window):
+        columns = {key: np.atleast_1d(value) for key, value in metrics.items()}
+        rows = len(next(iter(columns.values())))
+        calls += [{key: column[row] for key, column in columns.items()} for row in range(rows)]
+    return calls
+
+
 def _summarize_train(window: list, first_step: int, calls_per_step: int):
-    """Means over a logging window of train-step calls (the lr: its last value); also the first
+    """Means over a logging window of train steps (the lr: its last value); also the first
     step at which a loss was not finite, if any."""
-    fetched = jax.device_get(window)
+    fetched = _per_call(window)
     losses = np.array([[m[key] for key in ("loss", "aux_loss") if key in m] for m in fetched])
     bad = np.flatnonzero(~np.all(np.isfinite(losses), axis=1))
     diverged_at = first_step + int(bad[0]) // calls_per_step if bad.size else None
@@ -84,7 +103,7 @@ def _pending_to_json(window: list, window_start: int, measurements: list) -> dic
     }
     return {
         "window_start": window_start,
-        "window": [as_json(m) for m in jax.device_get(window)],
+        "window": [as_json(m) for m in _per_call(window)],
         "measurements": [[at_step, as_json(m)] for at_step, m in jax.device_get(measurements)],
     }
 
@@ -117,11 +136,16 @@ def evaluate(eval_step, state: TrainState, dataset, batch_size: int, mesh) -> di
     }
 
 
-def _batch_shapes(images: int, image_shape, mesh) -> dict:
-    sharding = batch_sharding(mesh)
+def _batch_shapes(images: int, image_shape, mesh, stacked: int | None = None) -> dict:
+    """The shapes of a train step's batch; with `stacked`, of that many batches stacked."""
+    if stacked is None:
+        lead, sharding = (), batch_sharding(mesh)
+    else:
+        lead, sharding = (stacked,), stacked_batch_sharding(mesh)
+    image = jax.ShapeDtypeStruct((*lead, images, *image_shape), jnp.float32, sharding=sharding)
     return {
-        "image": jax.ShapeDtypeStruct((images, *image_shape), jnp.float32, sharding=sharding),
-        "label": jax.ShapeDtypeStruct((images,), jnp.int32, sharding=sharding),
+        "image": image,
+        "label": jax.ShapeDtypeStruct((*lead, images), jnp.int32, sharding=sharding),
     }
 
 
@@ -147,9 +171,11 @@ class Start:
 
 @dataclasses.dataclass(frozen=True)
 class CompiledSteps:
-    """The step functions, compiled: train (and noise scale) per images per call."""
+    """The step functions, compiled, by images per train step: one train step, the K updates of
+    a call (none when K = 1) and the noise scale."""
 
     train: dict[int, Callable]
+    k_steps: dict[int, Callable]
     noise_scale: dict[int, Callable] | None
     eval: Callable
 
@@ -216,72 +242,94 @@ def restore_or_init(
     return Start(init_once(key, first_batch["image"]), 0, 0.0, None)
 
 
-def _compile_per_batch_size(
-    step_fn, *, batch_sizes, setup: Setup, layout: StateLayout, out_shardings, donate_state: bool
-) -> dict:
-    """`step_fn(state, batch)` compiled ahead of time once per batch size, by size.
+def _compile(step_fn, batch: dict, *, layout: StateLayout, out_shardings, donate_state: bool):
+    """`step_fn(state, batch)` compiled ahead of time for `batch`'s shapes and shardings.
 
-    A compiled executable never recompiles (a call with another shape is an error), so a
-    batch-size schedule compiles each size once, up front, and the steady state cannot recompile.
+    A compiled executable never recompiles (a call with another shape is an error), so each kind
+    of call the run makes (each batch size of a schedule; K updates or one) is compiled once, up
+    front, and the steady state cannot recompile.
     """
-    mesh = setup.mesh
-    jitted = jax.jit(
-        step_fn,
-        in_shardings=(layout.sharding, batch_sharding(mesh)),
-        out_shardings=out_shardings,
-        donate_argnums=0 if donate_state else (),
+    return (
+        jax.jit(
+            step_fn,
+            in_shardings=(layout.sharding, jax.tree.map(lambda leaf: leaf.sharding, batch)),
+            out_shardings=out_shardings,
+            donate_argnums=0 if donate_state else (),
+        )
+        .lower(layout.abstract, batch)
+        .compile()
     )
-    return {
-        size: jitted.lower(
-            layout.abstract, _batch_shapes(size, setup.dataset.info.image_shape, mesh)
-        ).compile()
-        for size in sorted(set(batch_sizes))
-    }
 
 
 def compile_steps(setup: Setup, layout: StateLayout, start_step: int) -> CompiledSteps:
-    """The train step (and the noise-scale step) for the batch of every phase still to come."""
+    """The train step for every kind of call still to come (its batch; K updates or one), and the
+    noise-scale step for every batch."""
     config, plan, mesh = setup.config, setup.plan, setup.mesh
+    image_shape = setup.dataset.info.image_shape
     compile_start = time.perf_counter()
-    compile_for_each_batch_size = functools.partial(
-        _compile_per_batch_size,
-        batch_sizes=plan.train_batch_sizes_from(start_step),
-        setup=setup,
-        layout=layout,
+    train_step = functools.partial(
+        steps.train_step,
+        model=setup.model,
+        optimizer=setup.optimizer,
+        learning_rate_fn=setup.learning_rate_fn,
+        label_smoothing=config.label_smoothing,
     )
-    train = compile_for_each_batch_size(
-        functools.partial(
-            steps.train_step,
-            model=setup.model,
-            optimizer=setup.optimizer,
-            learning_rate_fn=setup.learning_rate_fn,
-            label_smoothing=config.label_smoothing,
-        ),
+    # In a loop XLA's CPU backend leaves the convolutions in the order JAX wrote them (slow, and
+    # summing otherwise than a single step): canonical_convolutions.py.
+    on_cpu = mesh.devices.flat[0].platform == "cpu"
+    train_k_steps = functools.partial(
+        steps.train_steps, train_step=canonical_convolutions(train_step) if on_cpu else train_step
+    )
+    micro_batches = plan.steps_per_call * plan.accumulation_steps
+    compile_train = functools.partial(
+        _compile,
+        layout=layout,
         out_shardings=(layout.sharding, replicated(mesh)),
         donate_state=True,
     )
+    kinds = plan.call_kinds_from(start_step)
+    batch_sizes = sorted({images for images, _ in kinds})
+    train = {
+        images: compile_train(train_step, _batch_shapes(images, image_shape, mesh))
+        for images, updates in sorted(kinds)
+        if updates == 1
+    }
+    k_steps = {
+        images: compile_train(
+            train_k_steps, _batch_shapes(images, image_shape, mesh, stacked=micro_batches)
+        )
+        for images, updates in sorted(kinds)
+        if updates > 1
+    }
     noise_scale = None
     if plan.noise_scale is not None:
-        noise_scale = compile_for_each_batch_size(
-            functools.partial(
-                steps.noise_scale_step,
-                model=setup.model,
-                sub_batches=config.noise_scale.sub_batches,
-                ema_decay=config.noise_scale.ema_decay,
-                label_smoothing=config.label_smoothing,
-            ),
-            out_shardings=replicated(mesh),
-            donate_state=False,
+        noise_scale_step = functools.partial(
+            steps.noise_scale_step,
+            model=setup.model,
+            sub_batches=config.noise_scale.sub_batches,
+            ema_decay=config.noise_scale.ema_decay,
+            label_smoothing=config.label_smoothing,
         )
+        noise_scale = {
+            images: _compile(
+                noise_scale_step,
+                _batch_shapes(images, image_shape, mesh),
+                layout=layout,
+                out_shardings=replicated(mesh),
+                donate_state=False,
+            )
+            for images in batch_sizes
+        }
     log.info(
-        "compiled the train step for batch size(s) %s in %.1f s",
-        ", ".join(map(str, train)),
+        "compiled the train step for batch size(s) %s%s in %.1f s",
+        ", ".join(map(str, batch_sizes)),
+        f" (and calls of {plan.steps_per_call} updates)" if k_steps else "",
         time.perf_counter() - compile_start,
     )
     eval_step = jax.jit(
         functools.partial(steps.eval_step, model=setup.model), out_shardings=replicated(mesh)
     )
-    return CompiledSteps(train=train, noise_scale=noise_scale, eval=eval_step)
+    return CompiledSteps(train=train, k_steps=k_steps, noise_scale=noise_scale, eval=eval_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,19 +374,33 @@ def run_loop(
         while step < plan.total_steps:
             phase = plan.timeline.phase_at(step)
             images = plan.images_per_call(phase)
-            measure = plan.noise_scale is not None and plan.noise_scale.is_due(step + 1)
-            for call in range(plan.accumulation_steps):
-                batch = global_batch(next(train_iterator), mesh)
-                if measure and call == 0:
-                    # On the (first micro-)batch of update step + 1, before it is applied.
-                    noise_scale, noise_scalars = compiled.noise_scale[images](state, batch)
-                    state = state.replace(noise_scale=noise_scale)
-                    measurements.append((step + 1, noise_scalars))
-                state, step_metrics = compiled.train[images](state, batch)
-                window.append(step_metrics)
-            step += 1
+            updates = plan.updates_in_call(step)
+            local_batches = [next(train_iterator) for _ in range(updates * plan.accumulation_steps)]
+            if plan.noise_scale is not None and plan.noise_scale.is_due(step + 1):
+                # On the (first micro-)batch of update step + 1, before it is applied.
+                noise_scale, noise_scalars = compiled.noise_scale[images](
+                    state, global_batch(local_batches[0], mesh)
+                )
+                state = state.replace(noise_scale=noise_scale)
+                measurements.append((step + 1, noise_scalars))
+            if updates == 1:  # the train step itself, once per micro-batch
+                for local_batch in local_batches:
+                    state, step_metrics = compiled.train[images](
+                        state, global_batch(local_batch, mesh)
+                    )
+                    window.append(step_metrics)
+            else:  # K updates in one call, their metrics stacked
+                state, steps_metrics = compiled.k_steps[images](
+                    state, global_batches(local_batches, mesh)
+                )
+                window.append(steps_metrics)
+            first, step = step, step + updates
+            # Nothing is due inside a call (Plan.updates_in_call), so only its last step counts.
             must_save = plan.is_due(plan.checkpoint, step)
-            preempted = preemption.should_stop(step)
+            # Asked at every step the call made, in order: with several processes JAX's
+            # preemption protocol expects each step and may pick any for the stop, which then
+            # comes at the end of the call, on every process alike.
+            preempted = any([preemption.should_stop(done) for done in range(first + 1, step + 1)])
             if plan.is_due(plan.log, step) or must_save:
                 scalars, diverged_at = _summarize_train(
                     window, window_start, plan.accumulation_steps

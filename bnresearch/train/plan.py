@@ -3,8 +3,9 @@
 `make_plan(config, num_train)` turns the config's durations ("30 epochs", "500 steps"), its
 batch-size phases, batch augmentation's copies, gradient accumulation, the lr rule and schedule,
 and the cadences of logging, evaluation, checkpoints and measurements into numbers of steps
-(optimizer updates) and images. Everything downstream (preflight's checks, the model's build
-facts, the input pipeline, the compiled steps, the loop) reads the plan and recomputes none of it.
+(optimizer updates) and images, and groups the updates into compiled calls (`steps_per_call`).
+Everything downstream (preflight's checks, the model's build facts, the input pipeline, the
+compiled steps, the loop) reads the plan and recomputes none of it.
 
 How durations become steps under a batch-size schedule is `optim.batch_size_schedule.Timeline`'s
 business; how a batch size scales the lr is `optim.learning_rate`'s; the schedule's shape is
@@ -35,6 +36,7 @@ class Plan:
     timeline: Timeline
     total_steps: int
     accumulation_steps: int  # train-step calls (micro-batches) per update
+    steps_per_call: int  # K: updates per compiled call, at most
     multiplicity: int  # batch augmentation: images per distinct example in a batch
     images_per_epoch: int  # training images of an epoch, batch augmentation's copies too
     log: Cadence
@@ -76,6 +78,44 @@ class Plan:
     def is_due(self, cadence: Cadence, step: int) -> bool:
         """Whether a periodic action is due after `step` updates (always at the last one)."""
         return step == self.total_steps or cadence.is_due(step)
+
+    def updates_in_call(self, step: int) -> int:
+        """The updates of the compiled call that follows `step` completed ones: K, or 1 where K
+        would pass the next stop (`_next_stop`).
+
+        The rest of a stretch between two stops that K does not divide is run one update per
+        call, by the train step itself: at most two programs per batch size (K updates and 1),
+        where calls compiled for each rest could need K - 1 more; and no cadence has to be a
+        multiple of K (a duration in epochs seldom is).
+        """
+        return self.steps_per_call if self._next_stop(step) - step >= self.steps_per_call else 1
+
+    def call_kinds_from(self, step: int) -> set[tuple[int, int]]:
+        """(images per train step, updates) of the calls after `step` completed updates: what
+        to compile, once, before the loop starts."""
+        kinds = set()
+        while step < self.total_steps:
+            stop = self._next_stop(step)
+            images = self.images_per_call(self.timeline.phase_at(step))
+            full_calls, rest = divmod(stop - step, self.steps_per_call)
+            if full_calls:
+                kinds.add((images, self.steps_per_call))
+            if rest:
+                kinds.add((images, 1))
+            step = stop
+        return kinds
+
+    def _next_stop(self, step: int) -> int:
+        """The first step after `step` at which a call must end: something is due after it
+        (logging, evaluation, a checkpoint, the end), a batch-size phase starts, or the noise
+        scale is measured before the update that follows it."""
+        stops = [self.total_steps]
+        stops += [phase.first_step for phase in self.timeline.phases if phase.first_step > step]
+        stops += [cadence.next_due(step) for cadence in (self.log, self.eval, self.checkpoint)]
+        if self.noise_scale is not None:
+            measured = self.noise_scale.next_due(step + 1)
+            stops.append(None if measured is None else measured - 1)
+        return min(stop for stop in stops if stop is not None)
 
 
 def configured_batch_sizes(config: ml_collections.ConfigDict) -> tuple[tuple[str, int], ...]:
@@ -148,6 +188,7 @@ def make_plan(config: ml_collections.ConfigDict, num_train: int) -> Plan:
         timeline=timeline,
         total_steps=total_steps,
         accumulation_steps=config.optimizer.accumulation_steps,
+        steps_per_call=config.steps_per_call,
         multiplicity=config.batch_augmentation.multiplicity,
         images_per_epoch=num_train * config.batch_augmentation.multiplicity,
         log=timeline.every(config.log_every, minimum=1),

@@ -98,6 +98,12 @@ def train_step(
     return new_state, metrics
 
 
+def train_steps(state: TrainState, batches: dict, *, train_step):
+    """`train_step` on each of `batches` (stacked along a leading axis) in turn, in one compiled
+    program: a scan. Returns the last state and every call's metrics, stacked in order."""
+    return jax.lax.scan(train_step, state, batches)
+
+
 def noise_scale_step(
     state: TrainState,
     batch: dict,

@@ -37,6 +37,7 @@ REFUSED = [
     ("base_batch_size", -8),
     ("batch_augmentation.multiplicity", 0),
     ("checkpoint.keep", 0),
+    ("steps_per_call", 0),
     ("label_smoothing", 1.0),
     ("label_smoothing", -0.1),
     ("schedule.decay_factor", 0.0),

@@ -72,6 +72,15 @@ def test_intervals_in_steps_count_from_the_start():
     assert all(SMITH.every("0 steps", minimum=1).is_due(step) for step in range(1, 300))
 
 
+@pytest.mark.parametrize("every", ["0.5 epochs", "7 steps", "0 steps", "1 epochs"])
+def test_next_due_is_the_first_due_step_after(every):
+    cadence = SMITH.every(every)
+    due = [step for step in range(1, 400) if cadence.is_due(step)]
+    for step in range(0, 350):
+        later = [d for d in due if d > step]
+        assert cadence.next_due(step) == (later[0] if later else None)
+
+
 def test_accumulation_counts_examples_per_update():
     timeline = make_timeline(num_train=1000, batch_size=10, accumulation_steps=4)
     phase = timeline.phases[0]

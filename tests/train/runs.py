@@ -5,6 +5,12 @@ import os
 import pathlib
 import subprocess
 import sys
+import warnings
+
+import jax
+import orbax.checkpoint as ocp
+
+from bnresearch.train.loop import train_and_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -66,3 +72,47 @@ def read_metrics(workdir):
 
 def read_status(workdir):
     return json.loads((pathlib.Path(workdir) / "status.json").read_text())
+
+
+def final_state(workdir):
+    """The train state of the last checkpoint of `workdir`, as saved."""
+    checkpoints = pathlib.Path(workdir) / "checkpoints"
+    last = max(int(path.name) for path in checkpoints.iterdir() if path.name.isdigit())
+    with warnings.catch_warnings():  # that the shardings are read from the checkpoint: wanted
+        warnings.simplefilter("ignore", UserWarning)
+        return ocp.PyTreeCheckpointer().restore(checkpoints / str(last) / "state")
+
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax's event per XLA compilation
+
+
+def train_and_record_compilations(config, workdir, status="done") -> list[str]:
+    """Runs `config` (to the end, or to `status`); returns the names of the functions XLA
+    compiled meanwhile. JAX's in-memory caches are emptied first, so programs that an earlier
+    run of this process compiled count again: each run is counted as a launch would be."""
+    jax.clear_caches()
+    compiled = []
+
+    def count(event, duration, **details):
+        if event == COMPILE_EVENT:
+            compiled.append(details.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        assert train_and_evaluate(config, str(workdir)) == status
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    return compiled
+
+
+class StopAt:
+    """A preemption notice that arrives at one chosen step."""
+
+    def __init__(self, step):
+        self._step = step
+
+    def should_stop(self, step):
+        return step == self._step
+
+    def close(self):
+        pass

@@ -9,40 +9,24 @@ import shutil
 import signal
 import time
 
-import jax
 import numpy as np
 import pytest
 
 from bnresearch.errors import UsageError
 from bnresearch.train import preflight
 from bnresearch.train.loop import train_and_evaluate
-from tests.train.runs import launch, read_metrics, read_status, tiny_config
+from tests.train.runs import (
+    StopAt,
+    launch,
+    read_metrics,
+    read_status,
+    tiny_config,
+    train_and_record_compilations,
+)
 
 
 def train_losses(metrics):
     return [(m["step"], m["train/loss"]) for m in metrics if "train/loss" in m]
-
-
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax's event per XLA compilation
-
-
-def train_and_record_compilations(config, workdir, status="done") -> list[str]:
-    """Runs `config` (to the end, or to `status`); returns the names of the functions XLA
-    compiled meanwhile. JAX's in-memory caches are emptied first, so programs that an earlier
-    run of this process compiled count again: each run is counted as a launch would be."""
-    jax.clear_caches()
-    compiled = []
-
-    def count(event, duration, **details):
-        if event == COMPILE_EVENT:
-            compiled.append(details.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(count)
-    try:
-        assert train_and_evaluate(config, str(workdir)) == status
-    finally:
-        jax.monitoring.unregister_event_duration_listener(count)
-    return compiled
 
 
 @pytest.fixture(scope="module")
@@ -389,19 +373,6 @@ def test_accumulation_and_batch_augmentation_count_updates_of_distinct_examples(
     for record in train:
         assert record["train/lr"] == pytest.approx(0.05 * record["step"] / 44, rel=1e-6)
         assert record["train/epoch"] == pytest.approx(record["step"] / 44)
-
-
-class StopAt:
-    """A preemption notice that arrives at one chosen step."""
-
-    def __init__(self, step):
-        self._step = step
-
-    def should_stop(self, step):
-        return step == self._step
-
-    def close(self):
-        pass
 
 
 def test_a_stop_inside_a_logging_window_resumes_to_the_same_records(

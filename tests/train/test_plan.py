@@ -6,6 +6,7 @@ import pytest
 
 from bnresearch.train.plan import make_plan
 from configs import batch_scaling
+from tests.train.runs import tiny_config
 
 # 1437 digits: (batch size, steps per epoch, LEGW warmup steps, linear warmup steps) for one
 # warmup epoch at base batch 64. LEGW's B/64 epochs at 1437 // B steps each keep the warmup
@@ -58,3 +59,52 @@ def test_a_phase_the_run_never_reaches_is_not_planned():
     config.batch_size_schedule.batch_sizes = (64,)
     config.train_duration = "3 epochs"
     assert make_plan(config, num_train=1437).train_batch_sizes == (32,)
+
+
+def calls_from(plan, step):
+    """(first step, updates) of each call the loop makes after `step` completed updates."""
+    while step < plan.total_steps:
+        updates = plan.updates_in_call(step)
+        yield step, updates
+        step += updates
+
+
+@pytest.mark.parametrize("k, start", [(8, 0), (8, 13), (5, 0), (1, 0)])
+def test_a_call_makes_k_updates_unless_something_is_due_sooner(k, start):
+    # Checked step by step against the cadences themselves: logs every 10 steps, evaluations
+    # every 25, checkpoints every half epoch (22 steps at 32 per batch), the noise scale before
+    # every 7th update, and the batch doubled at epoch 1.5 (step 66).
+    config = tiny_config(
+        "unused",
+        steps_per_call=k,
+        train_duration="3 epochs",
+        log_every="10 steps",
+        eval_every="25 steps",
+        **{
+            "checkpoint.every": "0.5 epochs",
+            "noise_scale.enabled": True,
+            "noise_scale.every": "7 steps",
+            "batch_size_schedule.epochs": (1.5,),
+            "batch_size_schedule.batch_sizes": (64,),
+        },
+    )
+    plan = make_plan(config, num_train=1437)
+    calls = list(calls_from(plan, start))
+    assert calls[0][0] == start and sum(updates for _, updates in calls) == plan.total_steps - start
+
+    def stops_after(step):  # a call may not run past this step
+        return (
+            any(plan.is_due(c, step) for c in (plan.log, plan.eval, plan.checkpoint))
+            or plan.timeline.phase_at(step) != plan.timeline.phase_at(step - 1)
+            or plan.noise_scale.is_due(step + 1)
+        )
+
+    for first, updates in calls:
+        assert updates in (1, k)
+        inside = range(first + 1, first + updates)
+        assert not any(stops_after(step) for step in inside), (first, updates)
+        if updates == 1 and k > 1:  # only where K updates would have passed a stop
+            assert any(stops_after(step) for step in range(first + 1, first + k))
+    assert plan.call_kinds_from(start) == {
+        (plan.images_per_call(plan.timeline.phase_at(first)), updates) for first, updates in calls
+    }
