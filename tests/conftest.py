@@ -20,6 +20,15 @@ from tests.sweep.sweeps import launch_sweep  # noqa: E402
 jax.config.update("jax_disable_most_optimizations", True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory):
+    """A cache folder of the session's own in place of the user's (~/.cache): the runs the tests
+    launch keep their compiled programs there (bnresearch/persistent_cache.py)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user_cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """One TFDS data dir for the whole session: digits are prepared into it once."""

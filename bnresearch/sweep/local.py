@@ -17,6 +17,7 @@ import subprocess
 import time
 from typing import Callable
 
+from bnresearch.persistent_cache import DIRECTORY_VARIABLE
 from bnresearch.report.sweep_file import Point, Sweep
 from bnresearch.sweep import points as point_files
 from bnresearch.sweep.devices import Slot
@@ -49,9 +50,10 @@ def compilation_cache(sweep_dir) -> dict:
     DIR/compilation_cache: points that differ only in their seed (or in anything else that is
     an input of the compiled programs) compile the same programs, and all but the first load
     them, the same executables, so the same numbers. On this machine only: executables are
-    built for its CPU or accelerator. An explicit JAX_COMPILATION_CACHE_DIR takes precedence."""
+    built for its CPU or accelerator. An explicit JAX_COMPILATION_CACHE_DIR takes precedence,
+    as it does for a single run (bnresearch/persistent_cache.py)."""
     cache = pathlib.Path(sweep_dir).absolute() / COMPILATION_CACHE
-    return {"JAX_COMPILATION_CACHE_DIR": str(cache)}
+    return {DIRECTORY_VARIABLE: str(cache)}
 
 
 @dataclasses.dataclass

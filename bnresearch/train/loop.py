@@ -62,6 +62,40 @@ class _Progress:
         )
 
 
+# JAX's events for turning a function into an executable: tracing it, lowering it for XLA, and
+# compiling it, or loading it from the persistent compilation cache (the last event times both).
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+
+class _StartUp:
+    """A launch's start-up: from its start to its first step done, and the part of that JAX spent
+    compiling (counted from the moment this object is made to `close`)."""
+
+    def __init__(self, launched: float):
+        self._launched = launched
+        self._compiling_s = 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._count)
+
+    def _count(self, event: str, duration: float, **details) -> None:
+        if event in _COMPILE_EVENTS:
+            self._compiling_s += duration
+
+    def first_step_done(self, state: TrainState, rundir: RunDirectory) -> None:
+        """Logs the start-up at the end of the first step (waited for) and records it with the
+        launch's environment."""
+        jax.block_until_ready(state)
+        seconds = time.time() - self._launched
+        log.info("first step after %.1f s (compiling %.1f s)", seconds, self._compiling_s)
+        rundir.record_startup(seconds, self._compiling_s)
+
+    def close(self) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._count)
+
+
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -348,6 +382,7 @@ def run_loop(
     checkpointer: Checkpointer,
     train_iterator,
     preemption: PreemptionWatch,
+    startup: _StartUp,
 ) -> Outcome:
     """Trains from `start` to the plan's last step, a preemption or a divergence."""
     config, plan, mesh, rundir = setup.config, setup.plan, setup.mesh, setup.rundir
@@ -395,6 +430,8 @@ def run_loop(
                 )
                 window.append(steps_metrics)
             first, step = step, step + updates
+            if first == start.step:
+                startup.first_step_done(state, rundir)
             # Nothing is due inside a call (Plan.updates_in_call), so only its last step counts.
             must_save = plan.is_due(plan.checkpoint, step)
             # Asked at every step the call made, in order: with several processes JAX's
@@ -446,12 +483,17 @@ def run_loop(
     return Outcome(status, step, start.elapsed_s + time.perf_counter() - clock_start)
 
 
-def train_and_evaluate(config, workdir: str) -> str:
-    """Trains (or resumes) the experiment of `config` in `workdir`; returns its final status."""
+def train_and_evaluate(config, workdir: str, launched: float | None = None) -> str:
+    """Trains (or resumes) the experiment of `config` in `workdir`; returns its final status.
+
+    `launched`: when the launch began (a time.time(); launch.py gives its process's start), from
+    which the start-up to the first step is timed; None: now.
+    """
     # First of all: a preemption notice (SIGTERM, Ctrl-C) during the long start-up, the dataset's
     # preparation or the compilation, must still end the run cleanly, not kill it mid-way with
     # its status RUNNING for ever.
     preemption = PreemptionWatch()
+    startup = _StartUp(time.time() if launched is None else launched)
     try:
         setup = preflight(config, RunDirectory(workdir))
         if setup is None:
@@ -460,12 +502,13 @@ def train_and_evaluate(config, workdir: str) -> str:
         # launch is refused with the workdir untouched.
         with setup.rundir.hold(config):
             setup.rundir.claim(config)  # only now: a config failing preflight leaves it untouched
-            return _train(setup, preemption)
+            return _train(setup, preemption, startup)
     finally:
+        startup.close()
         preemption.close()
 
 
-def _train(setup: Setup, preemption: PreemptionWatch) -> str:
+def _train(setup: Setup, preemption: PreemptionWatch, startup: _StartUp) -> str:
     """Restores (or initializes) the state, compiles the steps and runs the loop; the status."""
     layout = state_layout(setup)
     train_iterator = make_train_iterator(setup)
@@ -484,7 +527,9 @@ def _train(setup: Setup, preemption: PreemptionWatch) -> str:
             setup.rundir.record_environment(start.step)
             setup.rundir.set_status(RUNNING, start.step, total_steps=setup.plan.total_steps)
             compiled = compile_steps(setup, layout, start.step)
-            outcome = run_loop(setup, compiled, start, checkpointer, train_iterator, preemption)
+            outcome = run_loop(
+                setup, compiled, start, checkpointer, train_iterator, preemption, startup
+            )
     finally:
         checkpointer.close()  # waits for the last checkpoint: only then is the status final
     setup.rundir.set_status(

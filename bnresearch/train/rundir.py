@@ -1,7 +1,8 @@
 """The files a run leaves in its workdir, and the guard that keeps experiments apart.
 
     config.json       the resolved config; a different config is refused in this workdir
-    environment.json  one record per launch: packages, devices, code version, start step
+    environment.json  one record per launch: packages, devices, code version, start step, and
+                      the start-up (seconds to the first step, of which compiling)
     metrics.jsonl     one JSON object per event: {"step": ..., "train/loss": ..., ...}
     events.out.tfevents.*  the same scalars for TensorBoard
     status.json       {"status": ..., "step": ...}: RUNNING (with host and pid), then DONE,
@@ -217,6 +218,18 @@ class RunDirectory:
         records_file = self.path / "environment.json"
         records = json.loads(records_file.read_text()) if records_file.exists() else []
         write_json(records_file, records + [environment_record(start_step)])
+
+    def record_startup(self, first_step_s: float, compiling_s: float) -> None:
+        """Adds this launch's start-up to its environment record: the seconds from its start to
+        its first step done, and how many of them JAX spent compiling."""
+        if not self.writer:
+            return
+        records_file = self.path / "environment.json"
+        records = json.loads(records_file.read_text())
+        records[-1].update(
+            first_step_after_s=round(first_step_s, 2), compiling_s=round(compiling_s, 2)
+        )
+        write_json(records_file, records)
 
 
 def _read_config(path: pathlib.Path) -> dict:

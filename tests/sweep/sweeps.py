@@ -11,13 +11,11 @@ TINY = REPO / "tests" / "sweep" / "tiny_sweep.py"
 
 def sweep_env() -> dict:
     # One device and few XLA optimizations: the points are a handful of steps of a tiny MLP.
-    # Their compilations take well under the second from which JAX caches one persistently, so
-    # every one is cached: the points share DIR/compilation_cache as a real sweep's do.
+    # They share DIR/compilation_cache as a real sweep's do (bnresearch/persistent_cache.py).
     return {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
         "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
 
 

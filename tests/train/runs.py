@@ -41,8 +41,9 @@ def tiny_config(data_dir, **overrides):
     return config
 
 
-def launch(workdir, data_dir, *, devices=8, wait=True, **overrides):
-    """Runs launch.py in a fresh process; returns the CompletedProcess (or Popen if not wait)."""
+def launch(workdir, data_dir, *, devices=8, wait=True, env=None, **overrides):
+    """Runs launch.py in a fresh process, with `env` added to its environment; returns the
+    CompletedProcess (or Popen if not wait)."""
     flags = [f"--config.{key}={value}" for key, value in {**TINY_OVERRIDES, **overrides}.items()]
     command = [
         sys.executable,
@@ -57,6 +58,7 @@ def launch(workdir, data_dir, *, devices=8, wait=True, **overrides):
         **os.environ,
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
         "JAX_DISABLE_MOST_OPTIMIZATIONS": "0",
+        **(env or {}),
     }
     if not wait:
         return subprocess.Popen(

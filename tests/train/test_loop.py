@@ -53,6 +53,8 @@ def test_a_run_leaves_its_files(finished_run):
     assert config["dataset"]["name"] == "digits" and config["batch_size"] == 32
     environment = json.loads((finished_run / "environment.json").read_text())
     assert environment[0]["start_step"] == 0 and environment[0]["packages"]["jax"]
+    # The start-up: from the call to the first step done, of which compiling.
+    assert environment[0]["first_step_after_s"] > environment[0]["compiling_s"] > 0
     assert list(finished_run.glob("events.out.tfevents.*"))
     # Checkpoints every 6 steps, the last 3 kept.
     assert sorted(
