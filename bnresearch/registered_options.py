@@ -1,10 +1,11 @@
 """The config schema's option blocks, derived from the registries.
 
 An option has one home: the field of the module that uses it (a normalization's, an
-activation's, a model's) or of ``data.DatasetSettings``. The schema (``bnresearch/config``)
-needs them as typed placeholders so that ``--config.model.norm_kwargs.num_groups=8`` works on a
-locked config, but it imports nothing of the kit (a sweep's parent process reads configs without
-loading JAX). So the option table is generated from the registries into
+activation's, a model's), the keyword default of an augmentation, or a field of
+``data.DatasetSettings``. The schema (``bnresearch/config``) needs them as typed placeholders
+(the dataset block: as typed defaults) so that ``--config.model.norm_kwargs.num_groups=8`` works
+on a locked config, but it imports nothing of the kit (a sweep's parent process reads configs
+without loading JAX). So the option table is generated from the registries into
 ``bnresearch/config/options.py``:
 
     python -m bnresearch.registered_options
@@ -74,7 +75,24 @@ def registry_options(
 
 def dataset_defaults() -> dict:
     """The dataset block's fields with their defaults, from ``DatasetSettings``."""
-    return {field.name: field.default for field in dataclasses.fields(DatasetSettings)}
+    return {
+        field.name: field.default_factory()
+        if field.default is dataclasses.MISSING
+        else field.default
+        for field in dataclasses.fields(DatasetSettings)
+    }
+
+
+def _literal_lines(key: str, value, indent: str) -> list[str]:
+    """`"key": value,` as the formatter writes it: strings in double quotes (JSON's spelling is
+    Python's here), a dict (augment_kwargs) one entry a line, expanded by its trailing comma."""
+    if not isinstance(value, dict):
+        literal = json.dumps(value) if isinstance(value, str) else repr(value)
+        return [f'{indent}"{key}": {literal},']
+    lines = [f'{indent}"{key}": {{']
+    for inner_key, inner_value in value.items():
+        lines += _literal_lines(inner_key, inner_value, indent + "    ")
+    return lines + [f"{indent}}},"]
 
 
 def generated_source() -> str:
@@ -96,14 +114,12 @@ def generated_source() -> str:
         lines.append("}")
     lines += [
         "",
-        "# The dataset block, from bnresearch/data/catalog.py's DatasetSettings.",
+        "# The dataset block, from bnresearch/data/catalog.py's DatasetSettings; augment_kwargs",
+        "# holds the keyword defaults of the augmentations of bnresearch/data/augment.py.",
         "DATASET_DEFAULTS = {",
     ]
-    # Strings in double quotes (JSON's spelling is Python's here), as the formatter writes them.
-    lines += [
-        f'    "{field}": {json.dumps(default) if isinstance(default, str) else repr(default)},'
-        for field, default in dataset_defaults().items()
-    ]
+    for field, default in dataset_defaults().items():
+        lines += _literal_lines(field, default, "    ")
     lines += ["}", ""]
     return "\n".join(lines)
 

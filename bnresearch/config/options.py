@@ -95,11 +95,46 @@ MODEL_OPTIONS = {
     "factorized_kernel": int,
 }
 
-# The dataset block, from bnresearch/data/catalog.py's DatasetSettings.
+# The dataset block, from bnresearch/data/catalog.py's DatasetSettings; augment_kwargs
+# holds the keyword defaults of the augmentations of bnresearch/data/augment.py.
 DATASET_DEFAULTS = {
     "name": "digits",
     "data_dir": "",
     "augment": "auto",
+    "augment_kwargs": {
+        "flip": {
+            "probability": 0.5,
+        },
+        "translate": {
+            "max_fraction": 0.125,
+            "fill": 0,
+        },
+        "rotate": {
+            "max_degrees": 15.0,
+            "fill": 0,
+        },
+        "resized_crop": {
+            "area_range": (0.08, 1.0),
+            "aspect_ratio_range": (0.75, 1.3333333333333333),
+        },
+        "gaussian_noise": {
+            "std": 0.05,
+        },
+        "cutout": {
+            "length": 16,
+            "fill": 0,
+        },
+        "random_erasing": {
+            "probability": 0.5,
+            "area_range": (0.02, 0.4),
+            "aspect_ratio_range": (0.3, 3.3333333333333335),
+        },
+        "color_jitter": {
+            "brightness": 0.4,
+            "contrast": 0.4,
+            "saturation": 0.4,
+        },
+    },
     "crop_padding": 4,
     "image_size": 224,
     "num_workers": 0,

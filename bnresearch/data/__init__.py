@@ -4,8 +4,8 @@ Public API (re-exported here):
 - ``check_dataset_name(name)``: cheap check of a config's dataset name (``catalog``).
 - ``load_dataset(dataset_config) -> Dataset``: prepares once, then opens the splits (``dataset``).
 - ``make_train_iterator`` / ``make_eval_iterator``: grain pipelines (``pipeline``).
-Also: ``augment`` (augmentation recipes, pure NumPy/PIL) and the TFDS builders for locally
-prepared data, ``digits`` and ``imagefolder``.
+Also: ``augment`` (named, composable augmentations, pure NumPy/PIL) and the TFDS builders for
+locally prepared data, ``digits`` and ``imagefolder``.
 
 Importing the package loads TFDS and grain (and through grain, JAX), but not TensorFlow.
 """

@@ -9,9 +9,14 @@ only checks that its folders exist), so the config check can call them before an
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Mapping
 
-from bnresearch.data.augment import AUGMENTATION_NAMES
+from bnresearch.data.augment import (
+    AUGMENTATION_NAMES,
+    check_options,
+    option_defaults,
+    parse_augment,
+)
 from bnresearch.errors import UsageError
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
@@ -108,8 +113,11 @@ class DatasetSettings:
     """The validated dataset config fields.
 
     name: a catalog name. data_dir: where prepared data live ('' = TFDS default).
-    augment: 'auto' or an augmentation name. crop_padding: zero padding of crop_flip.
-    image_size: output side of resized_crop_flip. num_workers: grain worker processes.
+    augment: augmentation names, comma-separated, applied in order ('auto': the dataset's own
+    recipe; see ``augment``). augment_kwargs: {augmentation: {option: value}}, every option of
+    every augmentation at its default (``augment.option_defaults``); the blocks of
+    augmentations not in ``augment`` are not used. crop_padding: zero padding of crop.
+    image_size: output side of resized_crop. num_workers: grain worker processes.
     num_threads: threads reading and augmenting batches in each process (0: in the caller).
     prefetch: batches each process prepares ahead, at least num_threads.
     """
@@ -117,6 +125,9 @@ class DatasetSettings:
     name: str = "digits"
     data_dir: str = ""
     augment: str = "auto"
+    augment_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+        default_factory=option_defaults
+    )
     crop_padding: int = 4
     image_size: int = 224
     num_workers: int = 0
@@ -149,10 +160,11 @@ class DatasetSettings:
             raise DatasetError(
                 f"dataset data_dir must be a string ('' = TFDS default), got {self.data_dir!r}"
             )
-        if self.augment not in AUGMENT_CHOICES:
-            raise DatasetError(
-                f"unknown augment {self.augment!r}; valid: {', '.join(AUGMENT_CHOICES)}"
-            )
+        try:
+            parse_augment(self.augment, AUGMENT_CHOICES)
+            check_options(self.augment_kwargs)
+        except UsageError as err:
+            raise DatasetError(str(err)) from None
         _check_int("crop_padding", self.crop_padding, minimum=0)
         _check_int("image_size", self.image_size, minimum=1)
         _check_int("num_workers", self.num_workers, minimum=0)

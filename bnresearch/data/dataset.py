@@ -16,8 +16,9 @@ from typing import Any, Sequence
 
 import tensorflow_datasets as tfds
 
-from bnresearch.data.augment import Augmentation, make_augmentation
+from bnresearch.data.augment import Augmentation, make_augmentation, parse_augment
 from bnresearch.data.catalog import (
+    AUGMENT_CHOICES,
     TFDS_DATASETS,
     DatasetError,
     DatasetSettings,
@@ -107,9 +108,15 @@ def load_dataset(dataset_config: Any) -> Dataset:
     """
     settings = DatasetSettings.from_config(dataset_config)
     prepared = _prepare(settings.name, resolve_data_dir(settings.data_dir))
-    augment = prepared.auto_augment if settings.augment == "auto" else settings.augment
+    augment = ",".join(
+        prepared.auto_augment if name == "auto" else name
+        for name in parse_augment(settings.augment, AUGMENT_CHOICES)
+    )
     augmentation = make_augmentation(
-        augment, crop_padding=settings.crop_padding, image_size=settings.image_size
+        augment,
+        crop_padding=settings.crop_padding,
+        image_size=settings.image_size,
+        options=settings.augment_kwargs,
     )
     image_shape = _batch_image_shape(settings.name, augmentation, prepared)
     builder = prepared.builder

@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from bnresearch.data.augment import make_augmentation
+from bnresearch.data.augment import make_augmentation, option_defaults
 from bnresearch.data.dataset import Dataset, DatasetInfo, LoaderOptions
 
 # The fields of a config's dataset block, written out as the reference the tests compare with.
@@ -12,6 +12,7 @@ DATASET_FIELDS = (
     "name",
     "data_dir",
     "augment",
+    "augment_kwargs",
     "crop_padding",
     "image_size",
     "num_workers",
@@ -27,6 +28,7 @@ def make_config(name: str, data_dir: str, **overrides) -> ml_collections.ConfigD
             "name": name,
             "data_dir": data_dir,
             "augment": "auto",
+            "augment_kwargs": option_defaults(),
             "crop_padding": 4,
             "image_size": 224,
             "num_workers": 0,

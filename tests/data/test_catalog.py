@@ -58,8 +58,19 @@ def test_settings_require_every_field():
     [
         (
             "augment",
-            "mixup",
-            "unknown augment 'mixup'; valid: auto, none, crop, crop_flip, resized_crop_flip",
+            "crop_flip,cutuot",
+            "unknown augmentation 'cutuot' in augment 'crop_flip,cutuot'; valid: auto, none, crop,"
+            " crop_flip, resized_crop_flip, flip, ",
+        ),
+        (
+            "augment_kwargs",
+            {"cutout": {"lenght": 8}},
+            r"unknown option\(s\) 'lenght' for augmentation 'cutout'; valid options: length, fill",
+        ),
+        (
+            "augment_kwargs",
+            {"rotate": {"max_degrees": -1.0}},
+            r"augment_kwargs.rotate.max_degrees=-1.0 must lie in \[0, 180\]",
         ),
         ("crop_padding", -1, "crop_padding must be an integer >= 0"),
         ("image_size", 0, "image_size must be an integer >= 1"),

@@ -10,6 +10,7 @@ from PIL import Image
 
 from bnresearch.data import dataset as dataset_module
 from bnresearch.data import imagefolder as imagefolder_module
+from bnresearch.data.augment import make_augmentation
 from bnresearch.data.catalog import DatasetError
 from bnresearch.data.dataset import load_dataset
 from bnresearch.data.imagefolder import folder_fingerprint, scan_image_folder
@@ -58,6 +59,20 @@ def test_statistics_sizes_and_auto_augmentation(small_folder, tmp_path):
     np.testing.assert_allclose(dataset.std, train_pixels.std(axis=(0, 1, 2)), rtol=1e-12)
     # Images of 10x12 are small: CIFAR-style augmentation at their own size.
     assert dataset.augmentation.name == "crop_flip"
+
+
+def test_auto_composes_with_other_augmentations_and_their_options(small_folder, tmp_path):
+    root, _ = small_folder
+    options = {"cutout": {"length": 3, "fill": 9}}
+    dataset = load_folder(root, tmp_path, augment="auto,cutout", augment_kwargs=options)
+    assert dataset.augmentation.name == "crop_flip,cutout"
+    expected = make_augmentation("crop_flip,cutout", crop_padding=4, image_size=1, options=options)
+    image = dataset.train_source[0]["image"]
+    for seed in range(5):
+        np.testing.assert_array_equal(
+            dataset.augmentation.train(image, np.random.default_rng(seed)),
+            expected.train(image, np.random.default_rng(seed)),
+        )
 
 
 def test_large_images_get_resized_crops_by_default(tmp_path):

@@ -125,8 +125,13 @@ def test_batch_size_must_split_evenly_over_processes():
         make_train_iterator(dataset, seed=-1, batch_size=4)
 
 
-def test_state_resumes_exactly():
-    dataset, _ = labelled_dataset(10, size=(8, 8), augment="crop_flip", num_threads=2, prefetch=3)
+# Every augmentation but the resizing one, in one composition.
+EVERY_AUGMENTATION = "crop_flip,translate,rotate,gaussian_noise,cutout,random_erasing,color_jitter"
+
+
+@pytest.mark.parametrize("augment", ["crop_flip", EVERY_AUGMENTATION])
+def test_state_resumes_exactly(augment):
+    dataset, _ = labelled_dataset(10, size=(8, 8), augment=augment, num_threads=2, prefetch=3)
     iterator = make_train_iterator(dataset, seed=2, batch_size=4)
     take(iterator, 5)
     state = iterator.get_state()
