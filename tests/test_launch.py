@@ -76,6 +76,10 @@ def test_bad_config_values_fail_in_one_line(tmp_path, data_dir, flags, message):
             "unknown config field 'model.norm_kwargs.num_group'; "
             "fields of model.norm_kwargs: data_dependent_init, dmax,",
         ),
+        (
+            "--config.dataset.augment=crop,cutuot",
+            "unknown augmentation 'cutuot' in augment 'crop,cutuot'; valid: auto, none, crop,",
+        ),
     ],
 )
 def test_a_misspelt_override_names_the_field_and_the_valid_ones(tmp_path, override, message):

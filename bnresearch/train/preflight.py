@@ -66,7 +66,7 @@ def _check_choice(field: str, value: str, valid) -> None:
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises a one-line UsageError for anything wrong with `config` that needs no data."""
     check_ranges(config)
-    data.check_dataset_name(config.dataset.name)
+    data.DatasetSettings.from_config(config.dataset)  # the name, the augmentations, no data
     check_optimizer_config(config.optimizer)
     _check_choice("lr_scaling", config.lr_scaling, LR_SCALING_RULES)
     _check_choice("schedule.decay", config.schedule.decay, tuple(DECAYS))
