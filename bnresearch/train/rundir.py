@@ -34,6 +34,7 @@ import jax
 import ml_collections
 
 from bnresearch.config.compare import differences, summarize
+from bnresearch.config.defaults import base_config
 from bnresearch.errors import UsageError
 from bnresearch.run_status import (
     RUNNING,
@@ -139,7 +140,10 @@ class RunDirectory:
         stored_file = self.path / "config.json"
         if stored_file.exists():
             stored = _read_config(stored_file)
-            changes = list(differences(stored, _jsonable(config)))
+            # A field added to the kit since the run began, at its default, is the same run.
+            changes = list(
+                differences(stored, _jsonable(config), defaults=_jsonable(base_config()))
+            )
             if changes:
                 shown = summarize(changes)
                 raise WorkdirError(

@@ -157,3 +157,32 @@ def test_a_sweep_point_running_on_a_dead_pid_reads_interrupted(tmp_path):
     assert points.state(tmp_path, point) == "running"
     (run_dir / "status.json").write_text(json.dumps({**status, "pid": dead_pid()}))
     assert points.state(tmp_path, point) == "interrupted"
+
+
+def _written_before_the_kit_had(workdir, *fields):
+    """Removes `fields` (dotted) from workdir/config.json: the file a run wrote before the kit
+    gained them."""
+    stored = json.loads((workdir / "config.json").read_text())
+    for field in fields:
+        *parents, leaf = field.split(".")
+        block = stored
+        for parent in parents:
+            block = block[parent]
+        del block[leaf]
+    (workdir / "config.json").write_text(json.dumps(stored))
+
+
+def test_a_run_from_before_a_new_field_resumes_while_the_field_keeps_its_default(tmp_path, config):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    RunDirectory(workdir).claim(config)
+    _written_before_the_kit_had(workdir, "steps_per_call", "dataset.augment_kwargs")
+    RunDirectory(workdir).check(config)  # the defaults: the same experiment
+
+    config.steps_per_call = 2
+    with pytest.raises(WorkdirError) as error:
+        RunDirectory(workdir).check(config)
+    assert str(error.value) == (
+        f"workdir {workdir} holds another experiment (steps_per_call: '<absent>' -> 2); "
+        "use a new --workdir or the same config"
+    )
