@@ -90,10 +90,14 @@ def plain_conv(
     dtype: Dtype = jnp.float32,
     name: str | None = None,
     weight_init: str | None = None,
+    layer: type[nn.Conv] = nn.Conv,
+    **layer_fields,
 ) -> nn.Module:
     """``nn.Conv`` initialized by ``kernel_initializer``, computing with the kit's convolution
-    (``bnresearch/layers/convolution.py``); float32 parameters, computing in ``dtype``."""
-    return nn.Conv(
+    (``bnresearch/layers/convolution.py``); float32 parameters, computing in ``dtype``.
+    ``layer`` (a subclass of ``nn.Conv``) and ``layer_fields`` (its own fields) let a
+    normalization build its variant of the conv the same way (batch Kalman norm's)."""
+    return layer(
         features,
         tuple(kernel_size),
         strides=strides,
@@ -103,6 +107,7 @@ def plain_conv(
         dtype=dtype,
         conv_general_dilated=conv_general_dilated,
         name=name,
+        **layer_fields,
     )
 
 
@@ -114,14 +119,18 @@ def plain_dense(
     dtype: Dtype = jnp.float32,
     name: str | None = None,
     weight_init: str | None = None,
+    layer: type[nn.Dense] = nn.Dense,
+    **layer_fields,
 ) -> nn.Module:
-    """``nn.Dense`` initialized by ``kernel_initializer``."""
-    return nn.Dense(
+    """``nn.Dense`` initialized by ``kernel_initializer``; ``layer`` and ``layer_fields`` as
+    in ``plain_conv``."""
+    return layer(
         features,
         use_bias=use_bias,
         kernel_init=kernel_initializer(weight_init, role, "dense"),
         dtype=dtype,
         name=name,
+        **layer_fields,
     )
 
 

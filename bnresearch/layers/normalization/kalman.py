@@ -55,8 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bnresearch.errors import UsageError
-from bnresearch.layers.convolution import conv_general_dilated
-from bnresearch.layers.kit import kernel_initializer
+from bnresearch.layers.kit import plain_conv, plain_dense
 from bnresearch.layers.normalization.base import (
     Normalization,
     check_enough_values,
@@ -137,17 +136,22 @@ class KalmanRecord:
     weight_layers: list = dataclasses.field(default_factory=list)
 
 
+def _recorded(layer: nn.Module, outputs: jax.Array) -> jax.Array:
+    """`outputs`, after `layer` (a weight layer with a `record` field) has added its kernel and
+    bias to its record, if it has one."""
+    if layer.record is not None:
+        params = layer.variables["params"]
+        layer.record.weight_layers.append((params["kernel"], params.get("bias")))
+    return outputs
+
+
 class KalmanConv(nn.Conv):
     """``nn.Conv`` that records its kernel and bias in ``record`` for the next BKN layer."""
 
     record: KalmanRecord | None = None
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        outputs = super().__call__(inputs)
-        if self.record is not None:
-            params = self.variables["params"]
-            self.record.weight_layers.append((params["kernel"], params.get("bias")))
-        return outputs
+        return _recorded(self, super().__call__(inputs))
 
 
 class KalmanDense(nn.Dense):
@@ -156,60 +160,7 @@ class KalmanDense(nn.Dense):
     record: KalmanRecord | None = None
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        outputs = super().__call__(inputs)
-        if self.record is not None:
-            params = self.variables["params"]
-            self.record.weight_layers.append((params["kernel"], params.get("bias")))
-        return outputs
-
-
-def kalman_conv(
-    features,
-    kernel_size,
-    *,
-    strides=1,
-    padding="SAME",
-    use_bias=True,
-    role="hidden",
-    dtype=jnp.float32,
-    weight_init=None,
-    name=None,
-    record=None,
-) -> nn.Module:
-    """The kit's plain conv (same initialization), recording in `record` for BKN."""
-    return KalmanConv(
-        features,
-        tuple(kernel_size),
-        strides=strides,
-        padding=padding,
-        use_bias=use_bias,
-        kernel_init=kernel_initializer(weight_init, role, "conv"),
-        dtype=dtype,
-        conv_general_dilated=conv_general_dilated,
-        record=record,
-        name=name,
-    )
-
-
-def kalman_dense(
-    features,
-    *,
-    use_bias=True,
-    role="hidden",
-    dtype=jnp.float32,
-    weight_init=None,
-    name=None,
-    record=None,
-) -> nn.Module:
-    """The kit's plain dense layer (same initialization), recording in `record` for BKN."""
-    return KalmanDense(
-        features,
-        use_bias=use_bias,
-        kernel_init=kernel_initializer(weight_init, role, "dense"),
-        dtype=dtype,
-        record=record,
-        name=name,
-    )
+        return _recorded(self, super().__call__(inputs))
 
 
 class BatchKalmanNorm(Normalization):
@@ -310,8 +261,8 @@ class BatchKalmanNorm(Normalization):
             )
         return dataclasses.replace(
             kit,
-            conv_factory=kalman_conv,
-            dense_factory=kalman_dense,
+            conv_factory=functools.partial(plain_conv, layer=KalmanConv),
+            dense_factory=functools.partial(plain_dense, layer=KalmanDense),
             norm_factory=functools.partial(kit.norm_factory, activation=kit.activation_factory),
         )
 
