@@ -23,6 +23,7 @@ depends on shapes only, so it is the same on every backend and every run of a co
 """
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -42,14 +43,11 @@ def _channels_last(dimension_numbers, ndim: int) -> bool:
     return numbers == lax.ConvDimensionNumbers(channels_last, kernel, channels_last)
 
 
-def _patch_matmul(lhs, rhs, window_strides: Sequence[int], pads, precision) -> jax.Array:
-    """The conv of channels-last `lhs` with `rhs` as (patches of lhs) @ (rhs flattened)."""
+def _patch_matmul(lhs, rhs, window_strides: Sequence[int], pads, out_shape, precision):
+    """The conv of channels-last `lhs` with `rhs` as (patches of lhs) @ (rhs flattened), its
+    output's spatial shape being `out_shape`."""
     window = rhs.shape[:-2]
     padded = jnp.pad(lhs, ((0, 0), *pads, (0, 0)))
-    out_shape = [
-        (size - extent) // stride + 1
-        for size, extent, stride in zip(padded.shape[1:-1], window, window_strides, strict=True)
-    ]
     # One slice per window offset, channels innermost: the order of rhs.reshape(-1, C_out).
     patches = [
         lax.slice(
@@ -89,8 +87,8 @@ def conv_general_dilated(
     plain = (
         lhs.ndim >= 3
         and _channels_last(dimension_numbers, lhs.ndim)
-        and not any(d != 1 for d in (lhs_dilation or ()))
-        and not any(d != 1 for d in (rhs_dilation or ()))
+        and all(d == 1 for d in lhs_dilation or ())
+        and all(d == 1 for d in rhs_dilation or ())
         and feature_group_count == 1
         and batch_group_count == 1
         and preferred_element_type is None
@@ -101,13 +99,14 @@ def conv_general_dilated(
             if isinstance(padding, str)
             else [tuple(pad) for pad in padding]
         )
-        positions = 1
-        for size, (low, high), extent, stride in zip(
-            lhs.shape[1:-1], pads, window, window_strides, strict=True
-        ):
-            positions *= max(size + low + high - extent, -1) // stride + 1
-        if 0 < positions <= PATCH_MATMUL_MAX_POSITIONS:
-            return _patch_matmul(lhs, rhs, window_strides, pads, precision)
+        out_shape = [
+            (size + low + high - extent) // stride + 1
+            for size, (low, high), extent, stride in zip(
+                lhs.shape[1:-1], pads, window, window_strides, strict=True
+            )
+        ]
+        if all(n > 0 for n in out_shape) and math.prod(out_shape) <= PATCH_MATMUL_MAX_POSITIONS:
+            return _patch_matmul(lhs, rhs, window_strides, pads, out_shape, precision)
     return lax.conv_general_dilated(
         lhs,
         rhs,
