@@ -19,6 +19,7 @@ hour on 2 CPU cores). One point alone, e.g. group norm at batch 8:
 
 from bnresearch.config.arg import parse_arg
 from bnresearch.config.defaults import base_config
+from bnresearch.config.fields import set_fields
 from bnresearch.errors import UsageError
 from bnresearch.sweep import grid
 
@@ -111,12 +112,7 @@ def get_config(arg=None):
     # the evaluation batch see only real images.
     config.eval_batch_size = 500
     config.checkpoint.every = "0 steps"
-    for field, value in _point(arg.norm, arg.batch).items():
-        *parents, leaf = field.split(".")
-        block = config
-        for parent in parents:
-            block = block[parent]
-        block[leaf] = value
+    set_fields(config, _point(arg.norm, arg.batch))
     return config
 
 

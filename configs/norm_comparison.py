@@ -19,6 +19,7 @@ committed study with its results is experiments/norm_comparison/.
 
 from bnresearch.config.arg import parse_arg
 from bnresearch.config.defaults import base_config
+from bnresearch.config.fields import set_fields
 from bnresearch.errors import UsageError
 from bnresearch.sweep import grid
 
@@ -71,13 +72,6 @@ def variant_overrides(variant: str) -> dict:
     return {"model.norm": variant, **VARIANTS[variant]}
 
 
-def _set(config, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for parent in parents:
-        config = config[parent]
-    config[leaf] = value
-
-
 def get_config(arg=None):
     arg = parse_arg(arg, norm="batch")
     config = base_config()
@@ -96,8 +90,7 @@ def get_config(arg=None):
     config.log_every = "1 epochs"
     config.eval_every = "1 epochs"  # one batch of 360: the learning curves cost little
     config.checkpoint.every = "0 steps"
-    for field, value in variant_overrides(arg.norm).items():
-        _set(config, field, value)
+    set_fields(config, variant_overrides(arg.norm))
     return config
 
 

@@ -24,3 +24,11 @@ def field_type(config: ml_collections.ConfigDict, field: str):
         node = node[part]
         walked.append(part)
     return config_path.get_type(field, config)
+
+
+def set_fields(config: ml_collections.ConfigDict, overrides: dict) -> None:
+    """Sets each dotted field of `overrides` on `config`, as a config file sets a variant's
+    fields; an unknown field is refused in one line naming the valid ones."""
+    for field, value in overrides.items():
+        field_type(config, field)
+        config_path.set_value(field, config, value)
