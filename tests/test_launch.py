@@ -53,6 +53,22 @@ def launch(workdir, *flags):
         (["--config.base_lr=nan"], "base_lr=nan must be a positive, finite learning rate"),
         (["--config.base_lr=-0.1"], "base_lr=-0.1 must be a positive, finite learning rate"),
         (["--config.optimizer.momentum=1.0"], "optimizer.momentum=1.0 must lie in [0, 1)"),
+        # mixup and CutMix mix the finished batch: last, and one of them.
+        (
+            ["--config.dataset.augment=mixup,crop"],
+            "augment 'mixup,crop' puts 'mixup' before 'crop'",
+        ),
+        (
+            ["--config.dataset.augment=crop,mixup,cutmix"],
+            "names 2 mixings (mixup, cutmix); use one of them",
+        ),
+        (
+            [
+                "--config.dataset.augment=crop,cutmix",
+                "--config.dataset.augment_kwargs.cutmix.alpha=0.0",
+            ],
+            "augment_kwargs.cutmix.alpha=0.0 must be a positive number",
+        ),
     ],
 )
 def test_bad_config_values_fail_in_one_line(tmp_path, data_dir, flags, message):

@@ -134,6 +134,13 @@ DATASET_DEFAULTS = {
             "contrast": 0.4,
             "saturation": 0.4,
         },
+        "mixup": {
+            "alpha": 1.0,
+        },
+        "cutmix": {
+            "alpha": 1.0,
+            "probability": 0.5,
+        },
     },
     "crop_padding": 4,
     "image_size": 224,

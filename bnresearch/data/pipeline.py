@@ -18,6 +18,14 @@ Batch augmentation (Hoffer et al., "Augment your batch: better training with lar
 generators of (seed, i, 0) .. (seed, i, M-1), next to each other in the batch, so a batch of B
 positions holds M*B images (labels repeated) and copy 0 is the image of multiplicity 1.
 
+Mixing (mixup, CutMix; ``augment.MIXINGS``) mixes each local batch once it is stacked and
+normalized, with a generator seeded by (mix seed, global batch index, process index), so its
+lambda and its pairing are a pure function of the stream position too and a restored iterator
+goes on exactly. Pairs are drawn within a process's batch (with M
+copies, over all M*b images): the mixed stream depends on the process count, unlike the rest.
+A mixed batch gains 'mix_label' (int32, the partner's label) and 'mix_weight' (float32, the
+weight of 'label' in the targets); without mixing, batches are exactly as they were before it.
+
 Eval order. The test split in record order, padded to a whole number of global batches with
 zero images (label 0, mask 0.0) and split across processes the same way.
 """
@@ -44,6 +52,13 @@ def local_batch_size(batch_size: int, process_index: int, process_count: int) ->
             f"batch_size {batch_size} must be a positive multiple of process_count {process_count}"
         )
     return batch_size // process_count
+
+
+def derive_mix_seed(seed: int) -> int:
+    """The 32-bit seed of the batch mixing: the third word hashed from ``seed``, after the two of
+    ``derive_seeds``. Not the augmentation seed: (augment seed, k, p) would seed batch k's mixing
+    as the generator of copy p of position k."""
+    return int(np.random.SeedSequence(seed).generate_state(3)[2])
 
 
 def derive_seeds(seed: int) -> tuple[int, int]:
@@ -126,6 +141,26 @@ class _NormalizedBatch:
         return batch
 
 
+class _MixedBatch:
+    """(global batch index k, batch) -> the batch mixed by ``mix`` with a generator seeded by
+    (seed, k, process index), with 'mix_label' and 'mix_weight' added."""
+
+    def __init__(self, mix, mix_seed: int, process_index: int):
+        self._mix = mix
+        self._seed = mix_seed
+        self._process_index = process_index
+
+    def __call__(self, index: int, batch: dict) -> dict:
+        rng = np.random.default_rng((self._seed, index, self._process_index))
+        images, partners, weights = self._mix(batch["image"], rng)
+        return {
+            **batch,
+            "image": images,
+            "mix_label": batch["label"][partners],
+            "mix_weight": weights,
+        }
+
+
 def _parallel(batches: grain.MapDataset, loader: LoaderOptions) -> grain.IterDataset:
     # Threads overlap batch making with the training step (JAX, PIL and NumPy release the GIL);
     # worker processes split batches round-robin and grain interleaves them back in order.
@@ -152,7 +187,8 @@ def make_train_iterator(
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.DatasetIterator:
-    """Endless iterator of this process's {'image': float32 (b*M, H, W, C), 'label': int32 (b*M,)}.
+    """Endless iterator of this process's {'image': float32 (b*M, H, W, C), 'label': int32 (b*M,)}
+    and, when the dataset's augmentation mixes batches, 'mix_label' and 'mix_weight' (b*M,).
 
     b = batch_size // process_count positions (M copies each), and from global batch k on, for
     each (k, size) of ``batch_size_changes`` (increasing k), size // process_count. Deterministic
@@ -190,7 +226,13 @@ def make_train_iterator(
         )
         position = stop
     batches = runs[0] if len(runs) == 1 else grain.MapDataset.concatenate(runs)
-    return iter(_parallel(batches[process_index::process_count], dataset.loader))
+    # Process p's i-th local batch is its share of global batch i.
+    batches = batches[process_index::process_count]
+    if dataset.augmentation.mix is not None:
+        batches = batches.map_with_index(
+            _MixedBatch(dataset.augmentation.mix, derive_mix_seed(seed), process_index)
+        )
+    return iter(_parallel(batches, dataset.loader))
 
 
 def make_eval_iterator(

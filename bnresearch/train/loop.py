@@ -170,17 +170,21 @@ def evaluate(eval_step, state: TrainState, dataset, batch_size: int, mesh) -> di
     }
 
 
-def _batch_shapes(images: int, image_shape, mesh, stacked: int | None = None) -> dict:
-    """The shapes of a train step's batch; with `stacked`, of that many batches stacked."""
+def _batch_shapes(
+    images: int, image_shape, mesh, stacked: int | None = None, mixed: bool = False
+) -> dict:
+    """The shapes of a train step's batch; with `stacked`, of that many batches stacked; `mixed`
+    (mixup, CutMix) adds each example's partner label and label weight."""
     if stacked is None:
         lead, sharding = (), batch_sharding(mesh)
     else:
         lead, sharding = (stacked,), stacked_batch_sharding(mesh)
     image = jax.ShapeDtypeStruct((*lead, images, *image_shape), jnp.float32, sharding=sharding)
-    return {
-        "image": image,
-        "label": jax.ShapeDtypeStruct((*lead, images), jnp.int32, sharding=sharding),
-    }
+    label = jax.ShapeDtypeStruct((*lead, images), jnp.int32, sharding=sharding)
+    if not mixed:
+        return {"image": image, "label": label}
+    weight = jax.ShapeDtypeStruct((*lead, images), jnp.float32, sharding=sharding)
+    return {"image": image, "label": label, "mix_label": label, "mix_weight": weight}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +303,12 @@ def compile_steps(setup: Setup, layout: StateLayout, start_step: int) -> Compile
     """The train step for every kind of call still to come (its batch; K updates or one), and the
     noise-scale step for every batch."""
     config, plan, mesh = setup.config, setup.plan, setup.mesh
-    image_shape = setup.dataset.info.image_shape
+    batch_shapes = functools.partial(
+        _batch_shapes,
+        image_shape=setup.dataset.info.image_shape,
+        mesh=mesh,
+        mixed=setup.dataset.augmentation.mix is not None,
+    )
     compile_start = time.perf_counter()
     train_step = functools.partial(
         steps.train_step,
@@ -324,14 +333,12 @@ def compile_steps(setup: Setup, layout: StateLayout, start_step: int) -> Compile
     kinds = plan.call_kinds_from(start_step)
     batch_sizes = sorted({images for images, _ in kinds})
     train = {
-        images: compile_train(train_step, _batch_shapes(images, image_shape, mesh))
+        images: compile_train(train_step, batch_shapes(images))
         for images, updates in sorted(kinds)
         if updates == 1
     }
     k_steps = {
-        images: compile_train(
-            train_k_steps, _batch_shapes(images, image_shape, mesh, stacked=micro_batches)
-        )
+        images: compile_train(train_k_steps, batch_shapes(images, stacked=micro_batches))
         for images, updates in sorted(kinds)
         if updates > 1
     }
@@ -347,7 +354,7 @@ def compile_steps(setup: Setup, layout: StateLayout, start_step: int) -> Compile
         noise_scale = {
             images: _compile(
                 noise_scale_step,
-                _batch_shapes(images, image_shape, mesh),
+                batch_shapes(images),
                 layout=layout,
                 out_shardings=replicated(mesh),
                 donate_state=False,

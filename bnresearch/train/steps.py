@@ -12,13 +12,36 @@ from bnresearch.optim.accumulation import completed_update, micro_step
 from bnresearch.train.state import TrainState
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
-    """Per-example cross-entropy against one-hot targets smoothed to (1 - eps) onehot + eps/K
-    (Szegedy et al. 2016, arXiv:1512.00567); eps = 0 is the plain loss."""
-    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+def label_targets(batch: dict, logits: jax.Array) -> jax.Array:
+    """The target distributions of a batch's examples, in the logits' classes and dtype:
+    onehot(label), or for a batch that mixup or CutMix mixed (it holds 'mix_weight') the same
+    mix as its images, w onehot(label) + (1 - w) onehot(mix_label) (Zhang et al. 2017)."""
+    one_hot = functools.partial(jax.nn.one_hot, num_classes=logits.shape[-1], dtype=logits.dtype)
+    if "mix_weight" not in batch:
+        return one_hot(batch["label"])
+    weight = batch["mix_weight"][:, None].astype(logits.dtype)
+    return weight * one_hot(batch["label"]) + (1 - weight) * one_hot(batch["mix_label"])
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float) -> jax.Array:
+    """Per-example cross-entropy against target distributions smoothed to (1 - eps) targets +
+    eps/K (Szegedy et al. 2016, arXiv:1512.00567); eps = 0 is the plain loss."""
     if label_smoothing:
         targets = optax.smooth_labels(targets, label_smoothing)
     return optax.softmax_cross_entropy(logits, targets)
+
+
+def accuracy(logits: jax.Array, batch: dict) -> jax.Array:
+    """The fraction of examples whose top class is their label; for a mixed batch the weighted
+    hit rate w [top = label] + (1 - w) [top = mix_label], the expected accuracy against a label
+    drawn from each example's targets. Agreement with 'label' alone would count the partner's
+    class, which the targets also reward, as a miss."""
+    predicted = jnp.argmax(logits, -1)
+    hits = predicted == batch["label"]
+    if "mix_weight" in batch:
+        weight = batch["mix_weight"]
+        hits = weight * hits + (1 - weight) * (predicted == batch["mix_label"])
+    return jnp.mean(hits)
 
 
 def _sown_scalars(collection) -> dict[str, list[jax.Array]]:
@@ -40,7 +63,7 @@ def objective(params, batch_stats, batch: dict, rng, *, model, label_smoothing: 
         mutable=TRAIN_MUTABLE,
         rngs={RNG_STREAM: rng},
     )
-    data_loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
+    data_loss = cross_entropy(logits, label_targets(batch, logits), label_smoothing).mean()
     aux_loss = sum(jax.tree.leaves(sown.get(AUX_LOSS, {})), jnp.zeros((), jnp.float32))
     return data_loss + aux_loss, (data_loss, aux_loss, logits, sown)
 
@@ -86,7 +109,7 @@ def train_step(
     )
     metrics = {
         "loss": data_loss,
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+        "accuracy": accuracy(logits, batch),
         # The optimizer's step count equals state.step (both count updates), so this is the lr
         # it applies with this batch's gradient.
         "lr": learning_rate_fn(state.step),
@@ -145,7 +168,7 @@ def eval_step(state: TrainState, batch: dict, *, model):
     logits = model.apply(
         {"params": state.params, STATE: state.batch_stats}, batch["image"], train=False
     )
-    losses = cross_entropy(logits, batch["label"], label_smoothing=0.0)
+    losses = cross_entropy(logits, label_targets(batch, logits), label_smoothing=0.0)
     correct = jnp.argmax(logits, -1) == batch["label"]
     mask = batch["mask"]
     return {

@@ -13,6 +13,7 @@ from PIL import Image, ImageEnhance
 from bnresearch.data.augment import (
     AUGMENTATION_NAMES,
     AUGMENTATIONS,
+    MIXINGS,
     OPTION_RANGES,
     check_options,
     color_jitter,
@@ -221,7 +222,8 @@ def test_the_recipes_give_the_images_they_always_gave(name):
     assert digest.hexdigest()[:16] == RECIPE_DIGESTS[name]
 
 
-@pytest.mark.parametrize("name", AUGMENTATION_NAMES)
+# The per-example ones; the mixings (mixup, cutmix) are in test_mixing.py.
+@pytest.mark.parametrize("name", [name for name in AUGMENTATION_NAMES if name not in MIXINGS])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_augmentation_is_a_deterministic_uint8_function_of_its_generator(name, channels):
     image = random_image(20, 24, channels)
@@ -512,9 +514,11 @@ def test_color_jitter_draws_factors_in_its_ranges():
 
 def test_option_blocks_are_the_keyword_defaults_and_each_option_has_a_range():
     defaults = option_defaults()
-    assert set(defaults) == set(AUGMENTATIONS) - {"crop"}  # crop's padding is a dataset field
+    # crop's padding is a dataset field
+    assert set(defaults) == set(AUGMENTATIONS) - {"crop"} | set(MIXINGS)
+    functions = {name: entry.train for name, entry in AUGMENTATIONS.items()}
     for name, block in defaults.items():
-        parameters = inspect.signature(AUGMENTATIONS[name].train).parameters
+        parameters = inspect.signature({**functions, **MIXINGS}[name]).parameters
         for option, default in block.items():
             assert OPTION_RANGES[option].admits(default), (name, option)
             # A float option defaults to a float, so that a config override of it parses.
@@ -531,11 +535,11 @@ def test_option_blocks_are_the_keyword_defaults_and_each_option_has_a_range():
             {},
             "unknown augmentation 'cutuot' in augment 'crop_flip,cutuot'; valid: none, crop,"
             " crop_flip, resized_crop_flip, flip, translate, rotate, resized_crop,"
-            " gaussian_noise, cutout, random_erasing, color_jitter (several: comma-separated,"
-            " applied in order)",
+            " gaussian_noise, cutout, random_erasing, color_jitter, mixup, cutmix (several:"
+            " comma-separated, applied in order)",
         ),
         ("crop_flip,", {}, "unknown augmentation '' in augment 'crop_flip,'"),
-        ("mixup", {}, "unknown augmentation 'mixup'"),
+        ("cutmx", {}, "unknown augmentation 'cutmx'"),
         (
             "cutout",
             {"cutout": {"size": 8}},
@@ -545,7 +549,8 @@ def test_option_blocks_are_the_keyword_defaults_and_each_option_has_a_range():
             "cutout",
             {"cutuot": {"length": 8}},
             "augment_kwargs has no block 'cutuot'; augmentations with options: flip, translate,"
-            " rotate, resized_crop, gaussian_noise, cutout, random_erasing, color_jitter",
+            " rotate, resized_crop, gaussian_noise, cutout, random_erasing, color_jitter, mixup,"
+            " cutmix",
         ),
         ("cutout", {"cutout": {"length": 0}}, "augment_kwargs.cutout.length=0 must be a positive"),
         ("flip", {"flip": {"probability": 1.5}}, "flip.probability=1.5 must lie in [0, 1]"),

@@ -15,7 +15,7 @@ from bnresearch.layers.variables import ANALYSIS, AUX_LOSS
 from bnresearch.models import build_model
 from bnresearch.optim.optimizers import make_optimizer
 from bnresearch.train.state import create_train_state
-from bnresearch.train.steps import cross_entropy, train_step
+from bnresearch.train.steps import cross_entropy, label_targets, train_step
 
 LR = 0.5
 
@@ -45,7 +45,9 @@ def test_cross_entropy_with_label_smoothing(eps):
     logits = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     labels = np.array([0, 3, 1, 1, 2])
     np.testing.assert_allclose(
-        cross_entropy(jnp.asarray(logits), jnp.asarray(labels), eps),
+        cross_entropy(
+            jnp.asarray(logits), label_targets({"label": labels}, jnp.asarray(logits)), eps
+        ),
         numpy_cross_entropy(logits, labels, eps),
         rtol=1e-5,
     )
@@ -77,6 +79,49 @@ def test_aux_losses_join_the_objective_and_analysis_scalars_are_logged():
     )
     np.testing.assert_allclose(metrics["aux_loss"], 2 * np.sum(w**2), rtol=1e-5)
     np.testing.assert_allclose(metrics["mean_input"], x.mean(), rtol=1e-5)
+
+
+def test_a_mixed_batch_trains_on_its_mixed_targets_and_scores_the_weighted_hit_rate():
+    # Targets w onehot(label) + (1 - w) onehot(mix_label), then smoothed; accuracy
+    # w [top = label] + (1 - w) [top = mix_label]: by hand, in float64.
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(6, 2)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1, 2], np.int32)
+    mix_labels = np.array([1, 1, 0, 2, 0, 2], np.int32)
+    weights = np.array([0.3, 0.9, 0.5, 1.0, 0.0, 0.7], np.float32)
+    model = SowingLinear()
+    state = create_train_state(model, optax.sgd(LR), jax.random.key(0), jnp.asarray(x))
+    w = np.asarray(state.params["w"], np.float64)
+    batch = {"image": x, "label": labels, "mix_label": mix_labels, "mix_weight": weights}
+    new_state, metrics = train_step(
+        state,
+        batch,
+        model=model,
+        optimizer=optax.sgd(LR),
+        learning_rate_fn=lambda s: LR,
+        label_smoothing=0.1,
+    )
+    logits = x @ w
+    mixed = weights[:, None] * np.eye(3)[labels] + (1 - weights[:, None]) * np.eye(3)[mix_labels]
+    smoothed = 0.9 * mixed + 0.1 / 3
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    grad = x.T @ (probs - smoothed) / len(x) + 4 * w
+    np.testing.assert_allclose(new_state.params["w"], w - LR * grad, rtol=1e-5, atol=1e-6)
+    loss = -(smoothed * np.log(probs)).sum(-1).mean()
+    np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+    top = logits.argmax(-1)
+    hits = weights * (top == labels) + (1 - weights) * (top == mix_labels)
+    assert 0 < hits.mean() < 1
+    np.testing.assert_allclose(metrics["accuracy"], hits.mean(), rtol=1e-6)
+
+
+def test_a_batch_mixed_with_itself_at_weight_one_is_the_plain_batch():
+    batch = random_batches(1, 6)[0]
+    model = tiny_cnn("batch")
+    mixed = {**batch, "mix_label": (batch["label"] + 1) % 3, "mix_weight": np.ones(6, np.float32)}
+    plain, _ = run_updates(model, [batch], accumulation_steps=1)
+    weighted, _ = run_updates(model, [mixed], accumulation_steps=1)
+    jax.tree.map(np.testing.assert_array_equal, plain.params, weighted.params)
 
 
 def tiny_cnn(norm):
