@@ -38,3 +38,14 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
             raise UsageError(f"unknown config arg {key!r}; valid: {valid}")
         values[key] = _parse_value(key, text.strip(), defaults[key])
     return ml_collections.ConfigDict(values)
+
+
+def check_choice(key: str, value, valid) -> None:
+    """Refuses an arg value outside `valid` in one line naming the valid ones. An entry
+    `PREFIX:PATH` (`imagefolder:PATH`) admits any value that starts with `PREFIX:`."""
+    prefixes = tuple(entry[: -len("PATH")] for entry in map(str, valid) if entry.endswith(":PATH"))
+    if value in valid or (isinstance(value, str) and prefixes and value.startswith(prefixes)):
+        return
+    raise UsageError(
+        f"unknown config arg {key}={value!r}; valid: {', '.join(str(v) for v in valid)}"
+    )

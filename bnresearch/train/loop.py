@@ -164,10 +164,21 @@ def evaluate(eval_step, state: TrainState, dataset, batch_size: int, mesh) -> di
         sums = eval_step(state, global_batch(local_batch, mesh))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
-    return {
+    scalars = {
         "eval/loss": float(totals["loss_sum"] / totals["count"]),
         "eval/accuracy": float(totals["correct_sum"] / totals["count"]),
     }
+    if "top5_sum" in totals:  # eval_step sums it for more than 10 classes only
+        scalars["eval/top5_accuracy"] = float(totals["top5_sum"] / totals["count"])
+    return scalars
+
+
+def _eval_line(scalars: dict) -> str:
+    """The console's eval record: loss, accuracy and, where measured, top-5 accuracy."""
+    line = f"eval loss {scalars['eval/loss']:.4f} | eval accuracy {scalars['eval/accuracy']:.4f}"
+    if "eval/top5_accuracy" in scalars:
+        line += f" | eval top-5 accuracy {scalars['eval/top5_accuracy']:.4f}"
+    return line
 
 
 def _batch_shapes(
@@ -466,12 +477,7 @@ def run_loop(
                     compiled.eval, state, setup.dataset, config.eval_batch_size, mesh
                 )
                 metrics_log.write(step, eval_scalars)
-                log.info(
-                    "step %d | eval loss %.4f | eval accuracy %.4f",
-                    step,
-                    eval_scalars["eval/loss"],
-                    eval_scalars["eval/accuracy"],
-                )
+                log.info("step %d | %s", step, _eval_line(eval_scalars))
             if must_save:
                 save(step)
             elif preempted:
