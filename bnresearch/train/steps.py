@@ -163,6 +163,11 @@ def noise_scale_step(
     return measured, noise_scale.summary(measured, ema_decay)
 
 
+# Top-5 is the papers' second number on CIFAR-100 and ImageNet; with 10 classes or fewer it says
+# little (half the classes), so it is not computed.
+TOP5_MIN_CLASSES = 11
+
+
 def eval_step(state: TrainState, batch: dict, *, model):
     """Sums of loss, correct predictions and, with TOP5_MIN_CLASSES classes or more, top-5 hits
     over the real (mask 1) examples of a padded batch."""
@@ -181,11 +186,6 @@ def eval_step(state: TrainState, batch: dict, *, model):
     if logits.shape[-1] >= TOP5_MIN_CLASSES:
         sums["top5_sum"] = jnp.sum(top_k_correct(logits, batch["label"], 5) * mask)
     return sums
-
-
-# Top-5 is the papers' second number on CIFAR-100 and ImageNet; with 10 classes or fewer it says
-# little (half the classes), so it is not computed.
-TOP5_MIN_CLASSES = 11
 
 
 def top_k_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
