@@ -13,7 +13,8 @@ The arg `data` is the image folder (train/ and test/ with one subfolder per clas
 is the 22,000-image CIFAR-10 subset this project's studies use (2,000 train and 200 test images
 per class), which stays outside the repository. Measured cost: 90 min on the 2-core VM
 while other jobs shared its cores (experiments/cifar_norms/README.md). Expected: batch norm
-about 39% at batch 128 and 48% at batch 8 after the epoch. One point alone, e.g. group norm at batch 8:
+about 39% at batch 128 and 48% at batch 8 after the epoch. One point alone, e.g. group norm at
+batch 8:
 
     python launch.py --config configs/cifar_norms.py:norm=group,batch=8 --workdir runs/c/group8
 """
