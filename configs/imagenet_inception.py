@@ -18,11 +18,15 @@ v3 recipe elements on the zoo's net, a baseline for comparisons within the kit.
 Budget: 100 epochs of ImageNet's 1,281,167 training images, 128.1M images: 4,003,600 steps of
 32 (40,036 full batches an epoch).
 
-Cost: not measured at 299, on CPU or GPU. On this machine's 2 CPU cores, shared with other
-jobs, ResNet-50 at 224 trained 0.42 images/s (configs/imagenet_resnet50.py), and this net at 299
-runs its first modules (256 channels out) on 28 times as many positions as ResNet-50's first
-stage (256 channels, 56 x 56 at 224; 299^2 / 56^2 = 28.5): out of reach of a CPU. The tests
-train it on 16 x 16 images.
+Cost: no throughput could be measured at 299, and no GPU was measured. On this machine (2 CPU
+cores, 24 GB), batch 8 at 299 compiled in 7 s and was then killed for lack of memory (24 GB
+resident) before its first step finished: this command, idle machine, at commit 3d097c7,
+    python launch.py --config configs/imagenet_inception.py:dataset=imagefolder:PATH \
+        --config.batch_size=8 --config.train_duration="4 steps" --config.eval_every="0 steps"
+The net runs its first modules (256 channels out) on 28 times as many positions as ResNet-50's
+first stage (256 channels, 56 x 56 at 224; 299^2 / 56^2 = 28.5), and ResNet-50 at 224 trained
+0.42 images/s here (configs/imagenet_resnet50.py): out of reach of a CPU. The tests train it on
+16 x 16 images.
 
 The arg: dataset: imagenet2012 | imagefolder:PATH.
 
