@@ -3,20 +3,12 @@ variant x seed and apply to the locked config, and the arg names the valid varia
 
 import pytest
 
+from bnresearch.config.fields import set_fields
 from bnresearch.errors import UsageError
 from bnresearch.layers import NORMALIZATIONS
 from bnresearch.sweep import grid
 from bnresearch.train.preflight import check_config
 from configs import norm_comparison
-
-
-def apply(config, overrides):
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        target = config
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
 
 
 def test_every_normalization_is_compared():
@@ -44,7 +36,7 @@ def test_sweep_points_are_every_variant_and_seed_and_reach_the_config():
     for point in points:
         config = norm_comparison.get_config()
         config.lock()  # overrides of fields that do not exist would fail here
-        apply(config, {k: v for k, v in point.items() if k != grid.LABEL})
+        set_fields(config, {k: v for k, v in point.items() if k != grid.LABEL})
         check_config(config)
     small_init = [p for p in points if p.get("model.norm_kwargs.scale_init") == 0.1]
     assert len(small_init) == 3 and all(p["model.norm"] == "batch" for p in small_init)

@@ -10,6 +10,7 @@ import warnings
 import jax
 import orbax.checkpoint as ocp
 
+from bnresearch.config.fields import set_fields
 from bnresearch.train.loop import train_and_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -31,12 +32,7 @@ def tiny_config(data_dir, **overrides):
 
     config = quickstart.get_config()
     config.dataset.data_dir = data_dir
-    for key, value in {**TINY_OVERRIDES, **overrides}.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
+    set_fields(config, {**TINY_OVERRIDES, **overrides})
     config.lock()
     return config
 
