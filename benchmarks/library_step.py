@@ -5,12 +5,11 @@ Only the data differ from a real run: random images of the model's input shape s
 dataset (a step's cost does not depend on pixel values). Everything else goes through the
 library: the config schema (`base_config`) and its checks (`preflight.check_config`), the plan
 (`make_plan`), the model (`model_from_config` with the facts preflight passes), the lr schedule
-and the optimizer, the train state's layout (`loop.state_layout`) and `loop.compile_steps`,
+and the optimizer, the train state's layout (`preflight.resolve`) and `loop.compile_steps`,
 which jits `steps.train_step` with the state donated, ahead of time.
 """
 
 import dataclasses
-import functools
 import time
 
 import jax
@@ -19,10 +18,10 @@ import numpy as np
 
 from bnresearch import data
 from bnresearch.config.defaults import base_config
+from bnresearch.data.augment import Augmentation, make_augmentation
 from bnresearch.parallel.mesh import global_batch, make_mesh
 from bnresearch.train import loop
 from bnresearch.train.preflight import Setup, check_config, resolve
-from bnresearch.train.state import create_train_state
 
 # The plan counts epochs over this many training images; with a constant lr nothing measured
 # depends on it (CIFAR-10's training split).
@@ -75,24 +74,30 @@ def benchmark_config(case: ModelCase, batch_size: int, compute_dtype: str):
 
 
 @dataclasses.dataclass(frozen=True)
-class _RandomData:
-    """In place of `data.Dataset` for `loop.state_layout` and `loop.compile_steps`, which read
-    only its facts (`info`)."""
+class RandomData:
+    """In place of `data.Dataset` for `resolve` (the state's layout) and `loop.compile_steps`,
+    which read only its facts (`info`) and whether its batches are mixed (`augmentation`)."""
 
     info: data.DatasetInfo
+    augmentation: Augmentation
+
+    @classmethod
+    def like(cls, case: ModelCase, num_test: int) -> "RandomData":
+        """Random images of `case`'s shape: not augmented, not mixed."""
+        info = data.DatasetInfo(
+            name="random",
+            num_classes=case.num_classes,
+            image_shape=case.image_shape,
+            num_train=NUM_TRAIN,
+            num_test=num_test,
+        )
+        return cls(info, make_augmentation("none", crop_padding=0, image_size=case.image_shape[0]))
 
 
 def build_setup(case: ModelCase, batch_size: int, compute_dtype: str) -> Setup:
     """What `preflight` resolves for a run of `case`, the dataset's facts taken from `case`."""
     config = benchmark_config(case, batch_size, compute_dtype)
-    info = data.DatasetInfo(
-        name="random",
-        num_classes=case.num_classes,
-        image_shape=case.image_shape,
-        num_train=NUM_TRAIN,
-        num_test=batch_size,
-    )
-    return resolve(config, _RandomData(info), make_mesh())
+    return resolve(config, RandomData.like(case, batch_size), make_mesh())
 
 
 def random_batch(case: ModelCase, batch_size: int, mesh, *, with_mask: bool = False) -> dict:
@@ -139,13 +144,12 @@ class LibraryStep:
     def __init__(self, case: ModelCase, batch_size: int, compute_dtype: str):
         self.batch_size = batch_size
         setup = build_setup(case, batch_size, compute_dtype)
-        layout = loop.state_layout(setup)
         start = time.perf_counter()
-        compiled = loop.compile_steps(setup, layout, start_step=0)
+        compiled = loop.compile_steps(setup, start_step=0)
         self.compile_s = time.perf_counter() - start
         self._train = compiled.train[batch_size]
         self._batch = random_batch(case, batch_size, setup.mesh)
-        self._state = self._init_state(setup, layout)
+        self._state = self._init_state(setup)
         eval_batch = random_batch(case, batch_size, setup.mesh, with_mask=True)
         start = time.perf_counter()
         self._eval = compiled.eval.lower(self._state, eval_batch).compile()
@@ -154,14 +158,13 @@ class LibraryStep:
         self.flops_per_step = _flops(self._train)
         self.memory = _memory(self._train)
 
-    def _init_state(self, setup: Setup, layout: loop.StateLayout):
+    def _init_state(self, setup: Setup):
         # As loop.restore_or_init: compiled without backend optimization, since it runs once.
-        init = functools.partial(create_train_state, setup.model, setup.optimizer)
         key = jax.random.PRNGKey(SEED)
         init_once = (
-            jax.jit(init, out_shardings=layout.sharding)
+            jax.jit(setup.init, out_shardings=setup.layout.sharding)
             .lower(key, self._batch["image"])
-            .compile({"xla_backend_optimization_level": 0})
+            .compile({**setup.compiler_options, "xla_backend_optimization_level": 0})
         )
         return init_once(key, self._batch["image"])
 

@@ -29,6 +29,11 @@ CPU_OPTIONS = {
     ),
 }
 OPT_OUT = "BNRESEARCH_XLA_FLAGS"
+# YNN's fusions fail at run time in programs whose train state is split over devices (ResNet-50
+# under fsdp on 8 simulated devices: "Instruction with unsupported layout in YNN fusion", a
+# parameter shard's layout), so such CPU programs compile without them, with XLA's own kernels
+# for those operations (`compile_options`); replicated runs keep the faster setting.
+SPLIT_STATE_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def with_kit_options(xla_flags: str) -> str:
@@ -36,6 +41,13 @@ def with_kit_options(xla_flags: str) -> str:
     present = {flag.split("=", 1)[0].lstrip("-") for flag in xla_flags.split()}
     added = [f"--{name}={value}" for name, value in CPU_OPTIONS.items() if name not in present]
     return " ".join([xla_flags.strip(), *added]).strip()
+
+
+def compile_options(platform: str, state_is_split: bool) -> dict:
+    """Per-program XLA options for a run's compiled steps (jit's `compiler_options`): none, except
+    SPLIT_STATE_CPU_OPTIONS for a CPU program whose state is split over devices. Set per program,
+    not in XLA_FLAGS, so a process's other programs keep the kit's options."""
+    return dict(SPLIT_STATE_CPU_OPTIONS) if platform == "cpu" and state_is_split else {}
 
 
 def apply() -> None:

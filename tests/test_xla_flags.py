@@ -57,3 +57,21 @@ def test_a_backend_started_before_the_import_is_left_alone_with_a_warning():
     result = _xla_flags_after_import({}, before=before)
     assert result.stdout.strip() == ""
     assert "imported after JAX started its backend" in result.stderr
+
+
+def test_only_cpu_programs_of_a_split_state_compile_without_the_ynn_fusions():
+    assert xla_flags.compile_options("cpu", state_is_split=True) == {
+        "xla_cpu_experimental_ynn_fusion_type": ""
+    }
+    assert xla_flags.compile_options("cpu", state_is_split=False) == {}
+    assert xla_flags.compile_options("gpu", state_is_split=True) == {}
+
+
+def test_the_split_state_options_are_valid_for_this_xla():
+    # XLA refuses an option it does not know, or a value it cannot parse, at compile time.
+    import jax
+    import jax.numpy as jnp
+
+    options = xla_flags.compile_options("cpu", state_is_split=True)
+    compiled = jax.jit(jnp.tanh).lower(jnp.ones(3)).compile(options)
+    assert compiled(jnp.zeros(3)).tolist() == [0.0, 0.0, 0.0]

@@ -25,6 +25,11 @@ def _option_block(option_types: dict) -> ml_collections.ConfigDict:
     )
 
 
+# The blocks that lay a run out over the devices (its mesh, its state's sharding), not what it
+# computes: a run resumed under other values is the same experiment.
+LAYOUT_FIELDS = ("mesh", "sharding")
+
+
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -153,6 +158,19 @@ def base_config() -> ml_collections.ConfigDict:
     config.steps_per_call = 1
     config.log_every = "50 steps"
     config.eval_every = "10 epochs"  # "0 steps": only at the end
+    # How the run is laid out over the devices (docs/runs.md#several-devices-and-hosts; the
+    # LAYOUT_FIELDS): neither block changes the numbers beyond float reassociation, so a run may
+    # resume under another mesh, strategy or device count.
+    config.mesh = ml_collections.ConfigDict()
+    # Devices per mesh axis (bnresearch/parallel/mesh.py); -1: the devices the other axis leaves.
+    # A batch is split over both axes; the state over `fsdp` when the strategy says so.
+    config.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    config.sharding = ml_collections.ConfigDict()
+    config.sharding.strategy = "replicated"  # replicated | fsdp (bnresearch/parallel/sharding.py)
+    config.sharding.min_size = 2**14  # fsdp: tensors of fewer elements stay replicated
+    # (regex, spec) pairs tried first on each state tensor's path, e.g.
+    # (("params/.*/kernel$", (None, None, None, "fsdp")),): the first match gives its spec.
+    config.sharding.rules = ()
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every = "5 epochs"  # "0 steps": only at the end
     config.checkpoint.keep = 3

@@ -9,7 +9,8 @@ enters.
 
 Not here: the options of a normalization, activation or model (their modules check their own
 fields, see ``bnresearch/layers``), the model's dropout rates and bits (checked when the model is
-built), and the dataset block (``data.DatasetSettings``).
+built), the dataset block (``data.DatasetSettings``), and ``mesh.shape``, whose sizes are judged
+against the devices present (``bnresearch/parallel/mesh.py``).
 """
 
 import dataclasses
@@ -77,6 +78,7 @@ RANGES: dict[str, Range] = {
         whole=True, low=2, says="be a whole number >= 2 (two batch sizes are needed)"
     ),
     "noise_scale.ema_decay": FRACTION,
+    "sharding.min_size": WHOLE_FROM_ZERO,  # elements; 0: fsdp splits every tensor it can
 }
 
 

@@ -1,12 +1,18 @@
-"""The device mesh and the shardings of data parallelism.
+"""The device mesh, its shape from the config, and the shardings of batches.
 
-One mesh axis, `data`: batches are split along it, parameters and optimizer state are
-replicated. Under `jax.jit` with these shardings XLA inserts the cross-device reductions, so
-batch-norm statistics and gradients are those of the global batch on 1 device, 8 devices or a
-pod alike.
+Two mesh axes, in this order: `data` and `fsdp`. A batch is split over both (every device sees
+its own slice of the global batch); how the train state is laid out over them is
+`sharding.py`'s business (replicated: pure data parallelism; fsdp: parameters and optimizer
+state split over the `fsdp` axis). Under `jax.jit` with these shardings XLA inserts the
+cross-device reductions and gathers, so batch-norm statistics and gradients are those of the
+global batch on 1 device, 8 devices or a pod alike.
+
+`mesh.shape` in the config gives each axis's size; -1 (for one axis) takes the devices the
+others leave. The default `{data: -1, fsdp: 1}` is data parallelism over every device.
 """
 
-from typing import Sequence
+import math
+from typing import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -15,20 +21,64 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from bnresearch.errors import UsageError
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+AXES = (DATA_AXIS, FSDP_AXIS)
+# The axes a batch is split over: all of them (FSDP is data parallelism whose replicas each keep
+# a slice of the state).
+BATCH_AXES = AXES
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+def resolve_shape(shape: Mapping[str, int], device_count: int) -> tuple[int, ...]:
+    """Each axis's size, in AXES order, with -1 resolved; UsageError in one line if the sizes
+    cannot tile `device_count` devices."""
+    unknown = sorted(set(shape) - set(AXES))
+    if unknown:
+        raise UsageError(
+            f"unknown mesh axis {unknown[0]!r} in mesh.shape; valid: {', '.join(AXES)}"
+        )
+    sizes = [shape.get(axis, 1) for axis in AXES]
+    described = ", ".join(f"{axis}: {size}" for axis, size in zip(AXES, sizes))
+    if any(size == 0 or size < -1 for size in sizes) or sizes.count(-1) > 1:
+        raise UsageError(
+            f"mesh.shape {{{described}}} is not a mesh: use positive sizes, and -1 for at most "
+            f"one axis (it takes the devices the others leave)"
+        )
+    fixed = math.prod(size for size in sizes if size != -1)
+    if -1 in sizes and device_count % fixed == 0:
+        sizes[sizes.index(-1)] = device_count // fixed
+    if math.prod(sizes) != device_count:
+        raise UsageError(
+            f"mesh.shape {{{described}}} does not tile the {device_count} devices present: use "
+            f"sizes whose product is {device_count}, or -1 for the axis that takes the rest"
+        )
+    return tuple(sizes)
+
+
+def make_mesh(
+    shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
+    """The mesh of `shape` (default: every device on `data`) over `devices` (default: all).
+
+    The devices keep JAX's order (grouped by process) and fill the mesh row-major, so each
+    process's devices hold one contiguous run of every batch, the share its input pipeline reads.
+    """
     devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+    sizes = resolve_shape(shape or {DATA_AXIS: -1}, len(devices))
+    return Mesh(np.asarray(devices).reshape(sizes), AXES)
+
+
+def batch_devices(mesh: Mesh) -> int:
+    """How many slices a batch is split into."""
+    return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
 def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
     """Batches stacked along a new leading axis, each split over the devices as one batch is."""
-    return NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
+    return NamedSharding(mesh, PartitionSpec(None, BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -37,7 +87,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def check_batch_size(name: str, batch_size: int, mesh: Mesh) -> None:
     """A global batch must split evenly over the devices (and so over the processes)."""
-    devices = mesh.devices.size
+    devices = batch_devices(mesh)
     if batch_size <= 0 or batch_size % devices:
         raise UsageError(
             f"{name}={batch_size} does not split over {devices} devices: use a positive "

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,19 +21,14 @@ import numpy as np
 
 from bnresearch import data
 from bnresearch.checkpoint.manager import Checkpointer, PreemptionWatch
-from bnresearch.parallel.mesh import (
-    batch_sharding,
-    global_batch,
-    global_batches,
-    replicated,
-    stacked_batch_sharding,
-)
+from bnresearch.parallel.mesh import global_batch, global_batches, replicated
 from bnresearch.run_status import DIVERGED, DONE, FAILED, PREEMPTED, RUNNING
 from bnresearch.train import steps
 from bnresearch.train.canonical_convolutions import canonical_convolutions
+from bnresearch.train.layout import StateLayout, batch_shapes
 from bnresearch.train.preflight import Setup, preflight
 from bnresearch.train.rundir import MetricsLog, RunDirectory
-from bnresearch.train.state import TrainState, create_train_state
+from bnresearch.train.state import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -181,32 +176,6 @@ def _eval_line(scalars: dict) -> str:
     return line
 
 
-def _batch_shapes(
-    images: int, image_shape, mesh, stacked: int | None = None, mixed: bool = False
-) -> dict:
-    """The shapes of a train step's batch; with `stacked`, of that many batches stacked; `mixed`
-    (mixup, CutMix) adds each example's partner label and label weight."""
-    if stacked is None:
-        lead, sharding = (), batch_sharding(mesh)
-    else:
-        lead, sharding = (stacked,), stacked_batch_sharding(mesh)
-    image = jax.ShapeDtypeStruct((*lead, images, *image_shape), jnp.float32, sharding=sharding)
-    label = jax.ShapeDtypeStruct((*lead, images), jnp.int32, sharding=sharding)
-    if not mixed:
-        return {"image": image, "label": label}
-    weight = jax.ShapeDtypeStruct((*lead, images), jnp.float32, sharding=sharding)
-    return {"image": image, "label": label, "mix_label": label, "mix_weight": weight}
-
-
-@dataclasses.dataclass(frozen=True)
-class StateLayout:
-    """The train state's shapes and shardings, known without computing it (a restore needs only
-    these): `abstract` holds ShapeDtypeStructs that carry the shardings."""
-
-    abstract: Any
-    sharding: Any
-
-
 @dataclasses.dataclass(frozen=True)
 class Start:
     """Where training starts: the state after `step` updates, the wall time already spent and,
@@ -229,29 +198,6 @@ class CompiledSteps:
     eval: Callable
 
 
-def _init_fn(setup: Setup):
-    return functools.partial(
-        create_train_state,
-        setup.model,
-        setup.optimizer,
-        measure_noise_scale=setup.plan.noise_scale is not None,
-    )
-
-
-def state_layout(setup: Setup) -> StateLayout:
-    """The state's shapes from an abstract init; parameters and optimizer state replicated."""
-    plan, mesh = setup.plan, setup.mesh
-    first_images = _batch_shapes(plan.train_batch_sizes[0], setup.dataset.info.image_shape, mesh)[
-        "image"
-    ]
-    shapes = jax.eval_shape(_init_fn(setup), jax.random.PRNGKey(0), first_images)
-    sharding = jax.tree.map(lambda _: replicated(mesh), shapes)
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, sharding
-    )
-    return StateLayout(abstract=abstract, sharding=sharding)
-
-
 def make_train_iterator(setup: Setup):
     """The training stream: a pure function of (seed, position), so a restore can seek it."""
     plan = setup.plan
@@ -266,12 +212,10 @@ def make_train_iterator(setup: Setup):
     )
 
 
-def restore_or_init(
-    setup: Setup, layout: StateLayout, checkpointer: Checkpointer, train_iterator
-) -> Start:
+def restore_or_init(setup: Setup, checkpointer: Checkpointer, train_iterator) -> Start:
     """The newest checkpoint that restores (moving `train_iterator` to its position; damaged newer
     ones are set aside), or a fresh state."""
-    restored = checkpointer.restore_latest(layout.abstract, train_iterator)
+    restored = checkpointer.restore_latest(setup.layout.abstract, train_iterator)
     if restored is not None:
         step, state, progress = restored
         log.info("resumed from the checkpoint at step %d", step)
@@ -284,14 +228,16 @@ def restore_or_init(
     # initializers costs seconds per layer (9 s of a small CNN's 20 s run on a CPU core), and the
     # values it gives agree with the optimized program's to rounding.
     init_once = (
-        jax.jit(_init_fn(setup), out_shardings=layout.sharding)
+        jax.jit(setup.init, out_shardings=setup.layout.sharding)
         .lower(key, first_batch["image"])
-        .compile({"xla_backend_optimization_level": 0})
+        .compile({**setup.compiler_options, "xla_backend_optimization_level": 0})
     )
     return Start(init_once(key, first_batch["image"]), 0, 0.0, None)
 
 
-def _compile(step_fn, batch: dict, *, layout: StateLayout, out_shardings, donate_state: bool):
+def _compile(
+    step_fn, batch: dict, *, layout: StateLayout, out_shardings, donate_state: bool, options: dict
+):
     """`step_fn(state, batch)` compiled ahead of time for `batch`'s shapes and shardings.
 
     A compiled executable never recompiles (a call with another shape is an error), so each kind
@@ -306,16 +252,16 @@ def _compile(step_fn, batch: dict, *, layout: StateLayout, out_shardings, donate
             donate_argnums=0 if donate_state else (),
         )
         .lower(layout.abstract, batch)
-        .compile()
+        .compile(options)
     )
 
 
-def compile_steps(setup: Setup, layout: StateLayout, start_step: int) -> CompiledSteps:
+def compile_steps(setup: Setup, start_step: int) -> CompiledSteps:
     """The train step for every kind of call still to come (its batch; K updates or one), and the
     noise-scale step for every batch."""
-    config, plan, mesh = setup.config, setup.plan, setup.mesh
-    batch_shapes = functools.partial(
-        _batch_shapes,
+    config, plan, mesh, layout = setup.config, setup.plan, setup.mesh, setup.layout
+    batch_at = functools.partial(
+        batch_shapes,
         image_shape=setup.dataset.info.image_shape,
         mesh=mesh,
         mixed=setup.dataset.augmentation.mix is not None,
@@ -340,16 +286,17 @@ def compile_steps(setup: Setup, layout: StateLayout, start_step: int) -> Compile
         layout=layout,
         out_shardings=(layout.sharding, replicated(mesh)),
         donate_state=True,
+        options=setup.compiler_options,
     )
     kinds = plan.call_kinds_from(start_step)
     batch_sizes = sorted({images for images, _ in kinds})
     train = {
-        images: compile_train(train_step, batch_shapes(images))
+        images: compile_train(train_step, batch_at(images))
         for images, updates in sorted(kinds)
         if updates == 1
     }
     k_steps = {
-        images: compile_train(train_k_steps, batch_shapes(images, stacked=micro_batches))
+        images: compile_train(train_k_steps, batch_at(images, stacked=micro_batches))
         for images, updates in sorted(kinds)
         if updates > 1
     }
@@ -365,10 +312,11 @@ def compile_steps(setup: Setup, layout: StateLayout, start_step: int) -> Compile
         noise_scale = {
             images: _compile(
                 noise_scale_step,
-                batch_shapes(images),
+                batch_at(images),
                 layout=layout,
                 out_shardings=replicated(mesh),
                 donate_state=False,
+                options=setup.compiler_options,
             )
             for images in batch_sizes
         }
@@ -379,7 +327,9 @@ def compile_steps(setup: Setup, layout: StateLayout, start_step: int) -> Compile
         time.perf_counter() - compile_start,
     )
     eval_step = jax.jit(
-        functools.partial(steps.eval_step, model=setup.model), out_shardings=replicated(mesh)
+        functools.partial(steps.eval_step, model=setup.model),
+        out_shardings=replicated(mesh),
+        compiler_options=setup.compiler_options,
     )
     return CompiledSteps(train=train, k_steps=k_steps, noise_scale=noise_scale, eval=eval_step)
 
@@ -523,13 +473,12 @@ def train_and_evaluate(config, workdir: str, launched: float | None = None) -> s
 
 def _train(setup: Setup, preemption: PreemptionWatch, startup: _StartUp) -> str:
     """Restores (or initializes) the state, compiles the steps and runs the loop; the status."""
-    layout = state_layout(setup)
     train_iterator = make_train_iterator(setup)
     checkpointer = Checkpointer(
         setup.rundir.checkpoints.absolute(), keep=setup.config.checkpoint.keep
     )
     try:
-        start = restore_or_init(setup, layout, checkpointer, train_iterator)
+        start = restore_or_init(setup, checkpointer, train_iterator)
         # A notice during the start-up ends the run here, before compiling: the state is the
         # checkpoint's (or a fresh one), so there is nothing to save. With several processes the
         # first sync point asked for is the start step, which every process shares.
@@ -537,9 +486,12 @@ def _train(setup: Setup, preemption: PreemptionWatch, startup: _StartUp) -> str:
             log.warning("preempted before training; stopping at step %d", start.step)
             outcome = Outcome(PREEMPTED, start.step, start.elapsed_s)
         else:
-            setup.rundir.record_environment(start.step)
+            setup.rundir.record_environment(
+                start.step,
+                {"mesh": dict(setup.mesh.shape), "sharding": setup.config.sharding.to_dict()},
+            )
             setup.rundir.set_status(RUNNING, start.step, total_steps=setup.plan.total_steps)
-            compiled = compile_steps(setup, layout, start.step)
+            compiled = compile_steps(setup, start.step)
             outcome = run_loop(
                 setup, compiled, start, checkpointer, train_iterator, preemption, startup
             )

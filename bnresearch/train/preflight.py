@@ -5,19 +5,21 @@ second with one line naming what is valid and a bad launch never touches an exis
 
 1. `check_config`: every field, with no data and no compute (names, option values, ranges,
    durations, and what the configured batch sizes alone decide);
-2. the devices: every batch the config names splits over the mesh;
+2. the devices: the mesh of `mesh.shape`, and every batch the config names splits over it;
 3. the workdir: empty, or this same experiment (to resume); a finished run stops here;
 4. the dataset: prepared once, opened; its facts (classes, image shape, training examples);
 5. the `Plan` (`plan.py`): steps, phases, batches, lr schedule, cadences;
 6. the model, built once with the run's facts and traced at every batch the plan feeds (the noise
-   scale's sub-batches too); then the optimizer on the plan's lr schedule.
+   scale's sub-batches too); then the optimizer on the plan's lr schedule;
+7. the train state's layout over the mesh (`layout.py`): its shapes and the shardings the
+   `sharding` block gives them.
 
 What it returns (`Setup`) is all the training loop reads.
 """
 
 import dataclasses
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -35,9 +37,12 @@ from bnresearch.optim.learning_rate import BATCH_SIZE_SCHEDULE_LR, LR_SCALING_RU
 from bnresearch.optim.optimizers import check_optimizer_config, make_optimizer
 from bnresearch.optim.schedules import DECAYS, make_schedule
 from bnresearch.parallel.mesh import check_batch_size, make_mesh
+from bnresearch.parallel.sharding import check_sharding_config
 from bnresearch.run_status import DONE
+from bnresearch.train.layout import StateLayout, init_fn, state_layout
 from bnresearch.train.plan import Plan, configured_batch_sizes, make_plan
 from bnresearch.train.rundir import RunDirectory
+from bnresearch.xla_flags import compile_options
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,9 @@ class Setup:
     model: nn.Module
     learning_rate_fn: Callable
     optimizer: optax.GradientTransformation
+    init: Callable[[Any, Any], Any]  # (key, images) -> the initial TrainState
+    layout: StateLayout
+    compiler_options: dict  # XLA options of every program the run compiles (xla_flags.py)
 
 
 def _check_choice(field: str, value: str, valid) -> None:
@@ -68,6 +76,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     check_ranges(config)
     data.DatasetSettings.from_config(config.dataset)  # the name, the augmentations, no data
     check_optimizer_config(config.optimizer)
+    check_sharding_config(config.sharding)
     _check_choice("lr_scaling", config.lr_scaling, LR_SCALING_RULES)
     _check_choice("schedule.decay", config.schedule.decay, tuple(DECAYS))
     _check_choice("compute_dtype", config.compute_dtype, tuple(COMPUTE_DTYPES))
@@ -141,7 +150,7 @@ def preflight(config: ml_collections.ConfigDict, rundir: RunDirectory) -> Setup 
     """The run of `config` in `rundir`, resolved and checked; None if that run already finished.
     Raises a one-line UsageError for anything that cannot work; writes nothing."""
     check_config(config)
-    mesh = make_mesh()
+    mesh = make_mesh(config.mesh.shape.to_dict())
     _check_batches_split(config, mesh)
     rundir.check(config)
     previous = rundir.status()
@@ -154,12 +163,18 @@ def preflight(config: ml_collections.ConfigDict, rundir: RunDirectory) -> Setup 
 def resolve(
     config: ml_collections.ConfigDict, dataset, mesh: Mesh, rundir: RunDirectory | None = None
 ) -> Setup:
-    """The plan, the model (built once, traced at every batch it will see) and the optimizer of
-    a checked `config` on an opened `dataset`: the part of preflight after the data. The
+    """The plan, the model (built once, traced at every batch it will see), the optimizer and
+    the state's layout of a checked `config` on an opened `dataset`: the part of preflight after
+    the data. The
     benchmark calls it too, with random data of a dataset's shape."""
     plan = make_plan(config, dataset.info.num_train)
     model = _build_model(config, dataset.info, plan)
     learning_rate_fn = make_schedule(plan.schedule)
+    optimizer = make_optimizer(config.optimizer, learning_rate_fn)
+    init = init_fn(model, optimizer, measure_noise_scale=plan.noise_scale is not None)
+    layout = state_layout(
+        init, plan.train_batch_sizes[0], dataset.info.image_shape, mesh, config.sharding
+    )
     return Setup(
         config=config,
         rundir=rundir,
@@ -168,5 +183,8 @@ def resolve(
         mesh=mesh,
         model=model,
         learning_rate_fn=learning_rate_fn,
-        optimizer=make_optimizer(config.optimizer, learning_rate_fn),
+        optimizer=optimizer,
+        init=init,
+        layout=layout,
+        compiler_options=compile_options(mesh.devices.flat[0].platform, layout.is_split),
     )

@@ -34,7 +34,7 @@ import jax
 import ml_collections
 
 from bnresearch.config.compare import differences, summarize
-from bnresearch.config.defaults import base_config
+from bnresearch.config.defaults import LAYOUT_FIELDS, base_config
 from bnresearch.errors import UsageError
 from bnresearch.run_status import (
     RUNNING,
@@ -100,7 +100,9 @@ def _package_version(name: str) -> str:
         return "not installed"
 
 
-def environment_record(start_step: int) -> dict:
+def environment_record(start_step: int, layout: dict) -> dict:
+    """This launch's machine, code and packages; `layout`: its mesh shape and state sharding,
+    which a resumed run may change (LAYOUT_FIELDS)."""
     devices = jax.devices()
     return {
         "launched": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -114,6 +116,7 @@ def environment_record(start_step: int) -> dict:
         "device_count": len(devices),
         "process_count": jax.process_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        **layout,
     }
 
 
@@ -140,10 +143,15 @@ class RunDirectory:
         stored_file = self.path / "config.json"
         if stored_file.exists():
             stored = _read_config(stored_file)
-            # A field added to the kit since the run began, at its default, is the same run.
-            changes = list(
-                differences(stored, _jsonable(config), defaults=_jsonable(base_config()))
-            )
+            # A field added to the kit since the run began, at its default, is the same run; so
+            # is one that only lays the run out over the devices.
+            changes = [
+                change
+                for change in differences(
+                    stored, _jsonable(config), defaults=_jsonable(base_config())
+                )
+                if not change.startswith(tuple(f"{field}." for field in LAYOUT_FIELDS))
+            ]
             if changes:
                 shown = summarize(changes)
                 raise WorkdirError(
@@ -216,12 +224,12 @@ class RunDirectory:
             record = {"status": status, "step": step, **running, **details}
             write_json(self.path / "status.json", record)
 
-    def record_environment(self, start_step: int) -> None:
+    def record_environment(self, start_step: int, layout: dict) -> None:
         if not self.writer:
             return
         records_file = self.path / "environment.json"
         records = json.loads(records_file.read_text()) if records_file.exists() else []
-        write_json(records_file, records + [environment_record(start_step)])
+        write_json(records_file, records + [environment_record(start_step, layout)])
 
     def record_startup(self, first_step_s: float, compiling_s: float) -> None:
         """Adds this launch's start-up to its environment record: the seconds from its start to

@@ -60,6 +60,7 @@ REFUSED = [
     ("noise_scale.ema_decay", 1.0),
     ("optimizer.lr_multipliers.kernel", -1.0),
     ("optimizer.lr_multipliers.bias", math.nan),
+    ("sharding.min_size", -1),
 ]
 
 

@@ -1,5 +1,6 @@
 """One experiment over 2 processes through jax.distributed (CPU collectives over gloo on
-localhost, one CPU device each) against 1 process with 2 devices.
+localhost, one CPU device each) against 1 process with 2 devices, with the state replicated and
+with it sharded (fsdp) over the two processes' devices.
 
 Each process reads its own contiguous half of every global batch (bnresearch/data/pipeline.py)
 and runs the same SPMD program on its device; only the cross-device reductions (gradients,
@@ -9,8 +10,10 @@ commutative, so whichever order either transport combines the two halves in, the
 same bits: the metrics must be identical, not merely close.
 """
 
+import base64
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -54,23 +57,36 @@ def read_records(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one_process_with_two_devices(tmp_path, prepared_data_dir):
+def launch_two_processes(workdir, data_dir, *flags):
     address = f"127.0.0.1:{free_port()}"
-    processes = [
+    return [
         launch(
-            tmp_path / "two",
-            prepared_data_dir,
+            workdir,
+            data_dir,
             1,
             f"--coordinator_address={address}",
             "--num_processes=2",
             f"--process_id={index}",
+            *flags,
         )
         for index in range(2)
     ]
-    single = launch(tmp_path / "one", prepared_data_dir, 2)
-    for process in [*processes, single]:
+
+
+def finish(processes) -> list[str]:
+    """Waits for every process to succeed; their outputs."""
+    outputs = []
+    for process in processes:
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output
+        outputs.append(output)
+    return outputs
+
+
+def test_two_processes_match_one_process_with_two_devices(tmp_path, prepared_data_dir):
+    processes = launch_two_processes(tmp_path / "two", prepared_data_dir)
+    single = launch(tmp_path / "one", prepared_data_dir, 2)
+    finish([*processes, single])
 
     environment = json.loads((tmp_path / "two" / "environment.json").read_text())[0]
     assert (environment["process_count"], environment["device_count"]) == (2, 2)
@@ -82,3 +98,49 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path, prepared_dat
         p.name for p in (tmp_path / "two" / "checkpoints" / "8" / "data_iterator").iterdir()
     }
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= iterator_files
+
+
+# Every tensor of the MLP split over both processes' devices: (64, 16) kernels by rows, the head
+# (16, 10) by rows, biases of 10 by halves.
+FSDP = [
+    "--config.mesh.shape.fsdp=2",
+    "--config.sharding.strategy=fsdp",
+    "--config.sharding.min_size=0",
+]
+
+
+def test_an_fsdp_run_over_two_processes_and_its_resume_match_one_process(
+    tmp_path, prepared_data_dir
+):
+    processes = launch_two_processes(tmp_path / "two", prepared_data_dir, *FSDP)
+    single = launch(tmp_path / "one", prepared_data_dir, 2, *FSDP)
+    finish([*processes, single])
+    reference = read_records(tmp_path / "one")
+    # As in data parallelism, every cross-device sum has two terms: the same bits.
+    assert read_records(tmp_path / "two") == reference
+    # The state was saved sharded, and each process wrote the half it holds (orbax records the
+    # shardings, and every process's write shapes).
+    state = tmp_path / "two" / "checkpoints" / "8" / "state"
+    shardings = {
+        base64.b64decode(name).decode(): json.loads(sharding)["partition_spec"]
+        for name, sharding in json.loads((state / "_sharding").read_text()).items()
+    }
+    assert shardings["params.dense1.kernel"] == ["fsdp"]
+    assert shardings["opt_state.1.trace.head.kernel"] == ["fsdp"]
+    for process in ("process_0", "process_1"):
+        written = json.loads((state / "array_metadatas" / process).read_text())
+        shapes = {
+            m["array_metadata"]["param_name"]: m["array_metadata"]["write_shape"]
+            for m in written["array_metadatas"]
+        }
+        assert shapes["params.dense1.kernel"] == [32, 16]  # of (64, 16)
+        assert shapes["opt_state.1.trace.head.kernel"] == [8, 10]  # of (16, 10)
+
+    # The two-process run as if killed after its checkpoint at step 4, relaunched.
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "two", crashed)
+    shutil.rmtree(crashed / "checkpoints" / "8")
+    (crashed / "status.json").write_text(json.dumps({"status": "running", "step": 6}))
+    outputs = finish(launch_two_processes(crashed, prepared_data_dir, *FSDP))
+    assert all("resumed from the checkpoint at step 4" in output for output in outputs)
+    assert read_records(crashed) == reference

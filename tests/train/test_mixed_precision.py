@@ -89,7 +89,6 @@ def test_bfloat16_compute_keeps_the_state_float32(runs):
 def test_bfloat16_compute_keeps_the_loss_and_the_updated_state_float32(data_dir):
     config = tiny_config(data_dir, compute_dtype="bfloat16")
     setup = preflight.resolve(config, data.load_dataset(config.dataset), make_mesh())
-    layout = loop.state_layout(setup)
     batch = {
         "image": jax.ShapeDtypeStruct((32, *setup.dataset.info.image_shape), jnp.float32),
         "label": jax.ShapeDtypeStruct((32,), jnp.int32),
@@ -100,6 +99,6 @@ def test_bfloat16_compute_keeps_the_loss_and_the_updated_state_float32(data_dir)
         optimizer=setup.optimizer,
         learning_rate_fn=setup.learning_rate_fn,
     )
-    state, metrics = jax.eval_shape(train_step, layout.abstract, batch)
+    state, metrics = jax.eval_shape(train_step, setup.layout.abstract, batch)
     assert floating_dtypes(state) == {jnp.dtype("float32")}
     assert metrics["loss"].dtype == jnp.float32 and metrics["accuracy"].dtype == jnp.float32
