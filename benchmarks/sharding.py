@@ -21,10 +21,10 @@ import time
 
 import jax
 import library_step
-import numpy as np
 
 from bnresearch.errors import UsageError
 from bnresearch.parallel.mesh import make_mesh
+from bnresearch.parallel.sharding import bytes_per_device
 from bnresearch.train import loop
 from bnresearch.train.preflight import check_config, resolve
 
@@ -60,14 +60,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.optimizers = args.optimizers.split(",")
     args.strategies = args.strategies.split(",")
     return args
-
-
-def shard_mib(tree) -> float:
-    """MiB one device holds of a pytree of sharded ShapeDtypeStructs (its largest share)."""
-    total = 0
-    for leaf in jax.tree.leaves(tree):
-        total += int(np.prod(leaf.sharding.shard_shape(leaf.shape))) * leaf.dtype.itemsize
-    return total / MIB
 
 
 def row_config(optimizer: str, strategy: str, batch_size: int):
@@ -108,8 +100,8 @@ def measure(optimizer: str, strategy: str, args) -> Row:
         optimizer=optimizer,
         strategy=strategy,
         mesh=dict(mesh.shape),
-        parameters_mib=shard_mib(setup.layout.abstract.params),
-        optimizer_state_mib=shard_mib(setup.layout.abstract.opt_state),
+        parameters_mib=bytes_per_device(setup.layout.abstract.params) / MIB,
+        optimizer_state_mib=bytes_per_device(setup.layout.abstract.opt_state) / MIB,
         arguments_mib=memory.argument_size_in_bytes / MIB,
         temporaries_mib=memory.temp_size_in_bytes / MIB,
         compile_s=compile_s,

@@ -19,7 +19,7 @@ from bnresearch.checkpoint.manager import Checkpointer
 from bnresearch.config.defaults import base_config
 from bnresearch.errors import UsageError
 from bnresearch.parallel.mesh import global_batch, make_mesh, resolve_shape
-from bnresearch.parallel.sharding import check_sharding_config, state_shardings
+from bnresearch.parallel.sharding import bytes_per_device, check_sharding_config, state_shardings
 from bnresearch.train import loop, preflight
 from bnresearch.train.loop import train_and_evaluate
 from tests.train.runs import StopAt, final_state, read_metrics, tiny_config
@@ -107,6 +107,17 @@ def test_fsdp_splits_the_largest_divisible_dimension_of_large_tensors_only():
     # Replicated, or an fsdp axis of one device, splits nothing.
     for got in (specs(SHAPES, mesh), specs(SHAPES, make_mesh(), strategy="fsdp", min_size=0)):
         assert set(got.values()) == {PartitionSpec()}
+
+
+def test_bytes_per_device_count_each_device_share():
+    mesh = make_mesh({"data": 2, "fsdp": 4})
+    shardings = state_shardings(SHAPES, mesh, settings(strategy="fsdp", min_size=4096))
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), SHAPES, shardings
+    )
+    # A quarter of the conv kernel; the rest whole, 4 bytes an element.
+    by_hand = 4 * (3 * 3 * 64 * 32 + 90 * 10 + 512 * 12 // 4 + 128 + 1)
+    assert bytes_per_device(abstract) == by_hand
 
 
 def test_rules_come_first_in_order_and_the_strategy_takes_the_rest():
