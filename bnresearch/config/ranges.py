@@ -77,6 +77,9 @@ RANGES: dict[str, Range] = {
         whole=True, low=2, says="be a whole number >= 2 (two batch sizes are needed)"
     ),
     "noise_scale.ema_decay": FRACTION,
+    "fine_tune.train_last_stages": WHOLE_FROM_ZERO,  # 0: nothing frozen by stage
+    "fine_tune.body_lr": NOT_NEGATIVE,
+    "fine_tune.head_lr": NOT_NEGATIVE,
 }
 
 

@@ -58,6 +58,9 @@ REFUSED = [
     ("optimizer.lr_multipliers.scale", -0.01),
     ("noise_scale.sub_batches", 1),
     ("noise_scale.ema_decay", 1.0),
+    ("fine_tune.train_last_stages", -1),
+    ("fine_tune.body_lr", -0.1),
+    ("fine_tune.head_lr", float("nan")),
     ("optimizer.lr_multipliers.kernel", -1.0),
     ("optimizer.lr_multipliers.bias", math.nan),
 ]
