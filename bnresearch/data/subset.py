@@ -1,10 +1,11 @@
 """Part of a dataset: some of its classes, and a number of training examples per class.
 
 ``dataset.classes`` keeps the classes it lists, in its order, relabelled 0, 1, ... (so
-``classes=(5, 6, 7, 8, 9)`` of CIFAR-10 is a 5-class dataset whose class 0 is the original 5),
-in both splits; ``dataset.train_per_class`` = N keeps the first N training examples of each kept
-class, in the split's order (for an image folder, its files sorted by name): a fixed subset, the
-same for every seed and run. The test split keeps every example of the kept classes. Transfer
+``classes=(5, 6, 7, 8, 9)`` of CIFAR-10 is a 5-class dataset whose class 0 is the original 5), in
+both splits;
+``dataset.train_per_class`` = N keeps the first N training examples of each kept class in the
+prepared split's order (which preparation fixes, by a hash of each example's key): a fixed subset,
+the same for every seed and run. The test split keeps every example of the kept classes. Transfer
 studies use it to pretrain on some classes and fine-tune on few examples of the others.
 """
 
