@@ -1,8 +1,10 @@
 """Fine-tuning from another run's checkpoint, end to end on digits: what is loaded, re-initialised
-and frozen, what is refused before the workdir exists, the source left untouched, exact resume."""
+and frozen, what is refused before the workdir exists, the source left untouched, exact resume;
+and re-estimating a finished run's statistics on their own."""
 
 import json
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 from bnresearch.errors import UsageError
 from bnresearch.train.loop import train_and_evaluate
+from bnresearch.train.reestimate_run import reestimate_run
 from tests.train.runs import StopAt, final_state, read_metrics, tiny_config
 
 SOURCE = {"train_duration": "12 steps", "checkpoint.every": "6 steps", "eval_every": "12 steps"}
@@ -184,3 +187,17 @@ def test_a_resumed_fine_tuning_run_is_bitwise_the_uninterrupted_one(
     once, twice = final_state(tmp_path / "once"), final_state(tmp_path / "twice")
     for name, value in leaves_under(once).items():
         assert leaves_under(twice)[name].tobytes() == value.tobytes(), name
+
+
+def test_reestimating_a_finished_run_on_its_own(source, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    checkpoints = files_of(run / "checkpoints")
+    record = reestimate_run(run)
+    # Evaluated as saved, it is the run's own final evaluation, to the last bit.
+    final = [m for m in read_metrics(run) if "eval/accuracy" in m][-1]
+    assert record["as_saved"] == {key: final[key] for key in ("eval/loss", "eval/accuracy")}
+    assert record["step"] == 12 and record["batch_size"] == 32
+    assert 0 <= record["reestimated"]["eval/accuracy"] <= 1
+    assert json.loads((run / "reestimated.json").read_text()) == record
+    assert files_of(run / "checkpoints") == checkpoints
