@@ -69,6 +69,7 @@ def figure(rows: dict, path: pathlib.Path) -> None:
         )
     axis.set_xscale("log")
     axis.set_xticks(SIZES, [str(n) for n in SIZES])
+    axis.minorticks_off()
     axis.set_xlabel("training images per class (classes 5-9)")
     axis.set_ylabel("final test accuracy (%), 1,000 test images")
     axis.set_title("ResNet-20 pretrained on CIFAR-10 classes 0-4, fine-tuned on 5-9")
