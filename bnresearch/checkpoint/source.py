@@ -48,4 +48,4 @@ def read_source(workdir: pathlib.Path, step: int) -> tuple[dict, dict, dict]:
     state = restored["state"]
     to_host = lambda tree: jax.tree.map(np.asarray, tree or {})
     config = json.loads((workdir / "config.json").read_text())
-    return to_host(state["params"]), to_host(state["batch_stats"]), config
+    return to_host(state["params"]), to_host(state.get("batch_stats")), config
