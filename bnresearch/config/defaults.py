@@ -174,4 +174,29 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every = "5 epochs"  # "0 steps": only at the end
     config.checkpoint.keep = 3
+
+    # Transfer learning (bnresearch/train/transfer.py, docs/runs.md#transfer-learning): start
+    # from another run's checkpoint, loading the parameters and normalization state that match
+    # by path and shape; a layer whose shape differs is re-initialised, a layer the checkpoint
+    # lacks is refused unless `reinit` names it. The source run's files are only read.
+    config.init_from = ml_collections.ConfigDict()
+    config.init_from.workdir = ""  # the earlier run's workdir; "": start from scratch
+    config.init_from.step = placeholder(int)  # its checkpoint to load; None: the latest
+    # Path patterns (fnmatch of a path prefix, e.g. "head", "stage3_*") of layers re-initialised
+    # even where the checkpoint fits: a classifier for other classes of the same count.
+    config.init_from.reinit = ()
+    # What trains, and how (bnresearch/optim/freezing.py): frozen parameters get exactly zero
+    # updates and no optimizer state.
+    config.fine_tune = ml_collections.ConfigDict()
+    config.fine_tune.freeze = ()  # path patterns of frozen parameters, e.g. ("stem_*", "stage1_*")
+    # N > 0: freeze all but the model's last N stages (models.stages; the last is the classifier,
+    # so 1 is a linear probe); 0: none frozen by stage.
+    config.fine_tune.train_last_stages = 0
+    # lr multipliers of the loaded (body) and the re-initialised (head) parameters.
+    config.fine_tune.body_lr = 1.0
+    config.fine_tune.head_lr = 1.0
+    # Batch statistics in training: adapt (batch statistics, running ones updated, as in any
+    # training) | frozen (the running statistics, unchanged, as in evaluation) | reestimate
+    # (recomputed by one pass over the training data before the first step, then frozen).
+    config.fine_tune.norm = "adapt"
     return config

@@ -147,4 +147,6 @@ DATASET_DEFAULTS = {
     "num_workers": 0,
     "num_threads": 1,
     "prefetch": 2,
+    "classes": (),
+    "train_per_class": 0,
 }

@@ -79,6 +79,9 @@ RANGES: dict[str, Range] = {
     ),
     "noise_scale.ema_decay": FRACTION,
     "sharding.min_size": WHOLE_FROM_ZERO,  # elements; 0: fsdp splits every tensor it can
+    "fine_tune.train_last_stages": WHOLE_FROM_ZERO,  # 0: nothing frozen by stage
+    "fine_tune.body_lr": NOT_NEGATIVE,
+    "fine_tune.head_lr": NOT_NEGATIVE,
 }
 
 

@@ -120,6 +120,8 @@ class DatasetSettings:
     image_size: output side of resized_crop. num_workers: grain worker processes.
     num_threads: threads reading and augmenting batches in each process (0: in the caller).
     prefetch: batches each process prepares ahead, at least num_threads.
+    classes: the class indices kept, relabelled 0, 1, ... in this order (): all); train_per_class:
+    the first N training examples of each kept class (0: all); see ``subset``.
     """
 
     name: str = "digits"
@@ -133,6 +135,8 @@ class DatasetSettings:
     num_workers: int = 0
     num_threads: int = 1
     prefetch: int = 2
+    classes: tuple[int, ...] = ()
+    train_per_class: int = 0
 
     @classmethod
     def config_fields(cls) -> tuple[str, ...]:
@@ -170,6 +174,16 @@ class DatasetSettings:
         _check_int("num_workers", self.num_workers, minimum=0)
         _check_int("num_threads", self.num_threads, minimum=0)
         _check_int("prefetch", self.prefetch, minimum=0)
+        classes = self.classes
+        if not (
+            isinstance(classes, (tuple, list))
+            and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)
+            and len(set(classes)) == len(classes)
+        ):
+            raise DatasetError(
+                f"dataset classes must be distinct class indices >= 0 ((): all), got {classes!r}"
+            )
+        _check_int("train_per_class", self.train_per_class, minimum=0)
         if self.prefetch < self.num_threads:
             # Grain runs at most prefetch reads at once; more threads would idle.
             raise DatasetError(

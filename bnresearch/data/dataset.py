@@ -35,6 +35,7 @@ from bnresearch.data.imagefolder import (
 )
 from bnresearch.data.images import decode_image, describe_decode_error
 from bnresearch.data.prepare import prepare_once
+from bnresearch.data.subset import select
 
 _log = logging.getLogger(__name__)
 
@@ -120,11 +121,24 @@ def load_dataset(dataset_config: Any) -> Dataset:
     )
     image_shape = _batch_image_shape(settings.name, augmentation, prepared)
     builder = prepared.builder
-    train_source = _open_split(prepared, "train")
-    test_source = _open_split(prepared, prepared.test_split)
+    all_classes = builder.info.features["label"].num_classes
+    train_source, test_source = (
+        select(
+            source,
+            _labels(source),
+            tuple(settings.classes),
+            settings.train_per_class if split == "train" else 0,
+            all_classes,
+            split,
+        )
+        for split, source in (
+            ("train", _open_split(prepared, "train")),
+            ("test", _open_split(prepared, prepared.test_split)),
+        )
+    )
     info = DatasetInfo(
         name=settings.name,
-        num_classes=builder.info.features["label"].num_classes,
+        num_classes=len(settings.classes) or all_classes,
         image_shape=image_shape,
         num_train=len(train_source),
         num_test=len(test_source),
@@ -184,6 +198,10 @@ class _DecodingSource:
             " remove it to prepare it again"
         )
 
+    def labels(self) -> list[int]:
+        """Every record's label, read without decoding the images."""
+        return [int(self._records[index]["label"]) for index in range(len(self))]
+
     def __iter__(self):  # array_record signals the end with ValueError, not IndexError
         return (self[index] for index in range(len(self)))
 
@@ -202,6 +220,13 @@ def _open_split(prepared: _PreparedData, split: str) -> Sequence[dict[str, Any]]
     if pixels > IN_MEMORY_MAX_BYTES:
         return records
     return list(records)
+
+
+def _labels(source: Sequence[dict[str, Any]]) -> list[int]:
+    """The labels of a split's records (decoded in memory, or read undecoded)."""
+    if isinstance(source, _DecodingSource):
+        return source.labels()
+    return [int(record["label"]) for record in source]
 
 
 def _batch_image_shape(

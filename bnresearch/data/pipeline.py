@@ -259,3 +259,24 @@ def make_eval_iterator(
     )
     batches = examples.batch(batch, drop_remainder=True, batch_fn=_NormalizedBatch(dataset))
     return _parallel(batches[process_index::process_count], dataset.loader)
+
+
+def make_statistics_iterator(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.IterDataset:
+    """One pass over the training split as evaluation sees images (no augmentation), in order,
+    in full batches of batch_size // process_count: the pass that re-estimates a normalization's
+    population statistics. The last num_train mod batch_size examples are left out, so every
+    batch's statistics are those of batch_size real images, as in training."""
+    batch = local_batch_size(batch_size, process_index, process_count)
+    examples = grain.MapDataset.source(dataset.train_source).map(_EvalExample(dataset))
+    batches = examples.batch(batch, drop_remainder=True, batch_fn=_NormalizedBatch(dataset))
+    # Whole global batches only: a process's share of a batch that the others lack is dropped.
+    global_batches = len(dataset.train_source) // batch_size
+    return _parallel(
+        batches[: global_batches * process_count][process_index::process_count], dataset.loader
+    )

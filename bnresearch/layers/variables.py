@@ -11,7 +11,11 @@ the parameter names that code outside the layers looks up.
   ``self.sow(ANALYSIS, name, value)``; the train step logs the mean of each name over the layers
   as ``train/<name>``.
 
-Both sown collections are rebuilt from scratch at every step and exist only in training mode.
+- ``moments``: the batch statistics a normalization's running statistics are updated with,
+  sown only by a forward that asks for them (``mutable`` includes it): re-estimating the
+  population statistics (``bnresearch/train/reestimate.py``) averages them over a pass.
+
+The sown collections are rebuilt from scratch at every step and exist only in training mode.
 Randomness at train time (dropout, stochastic depth, stochastic quantizers) comes from one
 stream, ``self.make_rng(RNG_STREAM)``, which flax splits per call site; the train step seeds it
 from (seed, step), so a resumed run draws exactly what an uninterrupted one draws.
@@ -24,6 +28,7 @@ clips to [-1, 1] after each update (``bnresearch/layers/quantization.py`` gives 
 STATE = "batch_stats"
 AUX_LOSS = "aux_loss"
 ANALYSIS = "analysis"
+MOMENTS = "moments"
 RNG_STREAM = "dropout"
 
 TRAIN_MUTABLE = (STATE, AUX_LOSS, ANALYSIS)

@@ -13,6 +13,7 @@ from the config: the weight init, quantized weight layers, dropout rates at the 
 placements, stochastic depth, and the self-normalizing (SELU) switch.
 """
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -26,13 +27,14 @@ from bnresearch.errors import UsageError
 from bnresearch.layers.activations import get_activation
 from bnresearch.layers.kit import LayerKit, check_weight_init, plain_conv, plain_dense
 from bnresearch.layers.normalization import (
+    NORMALIZATIONS,
     bind_facts,
     check_normalization_batch_sizes,
     check_normalization_features,
     get_normalization,
 )
 from bnresearch.layers.quantization import quantization_spec, quantized_weight_layers
-from bnresearch.layers.registry import ModuleFactory, lookup
+from bnresearch.layers.registry import ModuleFactory, has_field, lookup
 from bnresearch.layers.regularization import DROPOUT_PLACEMENTS, check_drop_rate
 from bnresearch.layers.variables import RNG_STREAM, STATE
 from bnresearch.models.bnn import BinarizedMLP, BinarizedVGG
@@ -95,6 +97,7 @@ def build_model(
     eval_batch_size: int | None = None,
     images_per_epoch: int | None = None,
     accumulation_steps: int = 1,
+    frozen_statistics: bool = False,
     image_shape: tuple[int, ...] | None = None,
     **model_options,
 ) -> nn.Module:
@@ -119,7 +122,10 @@ def build_model(
     batch norm's virtual batches); `images_per_epoch`, the training images of an epoch
     (examples times batch augmentation's copies), for normalizations that count epochs
     (batch_layer); `accumulation_steps`, the forward passes of one optimizer update, for those
-    that count updates (batch_renorm); and with `image_shape` (H, W, C) the model
+    that count updates (batch_renorm); `frozen_statistics`, whether training normalizes with the
+    running statistics (fine-tuning's ``fine_tune.norm``: frozen, reestimate; normalizations
+    without the field refuse it in ``check_frozen_statistics``); and with `image_shape` (H, W, C)
+    the model
     is traced abstractly (shapes only) in training mode at each of `batch_sizes` and in
     evaluation mode at `eval_batch_size`, which raises the shape-dependent errors, e.g. batch
     statistics over one value per channel at batch size 1.
@@ -159,6 +165,7 @@ def build_model(
         get_normalization(norm, **(norm_kwargs or {})),
         images_per_epoch=images_per_epoch,
         accumulation_steps=accumulation_steps,
+        frozen_statistics=frozen_statistics,
     )
     layers = LayerKit(
         norm_factory=norm_factory,
@@ -186,6 +193,35 @@ def build_model(
     for batch_size in sorted(set(batch_sizes)):
         check_model_at_batch_size(model, batch_size, image_shape, eval_batch_size)
     return model
+
+
+def stages(model: nn.Module) -> tuple[tuple[str, ...], ...]:
+    """The model's stages, in order from the input to the logits: each a tuple of path patterns
+    (``optim.groups.matches``) of its top-level layers. Every model has them and every parameter
+    falls in exactly one; fine-tuning freezes "all but the last N" by them
+    (``fine_tune.train_last_stages``), the last being the classifier alone."""
+    return model.stages()
+
+
+def check_frozen_statistics(norm: str) -> None:
+    """Raises UsageError unless normalization `norm` can train with its running statistics
+    frozen (and re-estimate them): those whose running statistics are plain EMAs of batch
+    statistics."""
+    valid = [
+        name for name, entry in NORMALIZATIONS.items() if has_field(entry, "frozen_statistics")
+    ]
+    if norm not in valid:
+        raise UsageError(
+            f"model.norm {norm!r} has no running statistics to freeze or re-estimate; "
+            f"fine_tune.norm frozen and reestimate work with: {', '.join(valid)}"
+        )
+
+
+def with_batch_statistics(model: nn.Module) -> nn.Module:
+    """`model` with its normalizations using batch statistics in training (running ones frozen
+    undone): the forward that re-estimating the population statistics runs."""
+    norm_factory = bind_facts(model.layers.norm_factory, frozen_statistics=False)
+    return model.clone(layers=dataclasses.replace(model.layers, norm_factory=norm_factory))
 
 
 def trace_at_batch_sizes(

@@ -65,6 +65,15 @@ class BinarizedMLP(nn.Module):
         """The channel counts the normalization layers see (the logits included)."""
         return (*self.hidden_sizes, self.num_classes)
 
+    @nn.nowrap
+    def stages(self) -> tuple[tuple[str, ...], ...]:
+        """The model's stages in order, input to logits (see ``models.stages``)."""
+        hidden = tuple(
+            (f"dense{layer}", f"dense{layer}_norm")
+            for layer in range(1, len(self.hidden_sizes) + 1)
+        )
+        return (*hidden, ("head", "head_norm"))
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         kit = self.layers.for_forward()
@@ -88,6 +97,16 @@ class BinarizedVGG(nn.Module):
     def normalized_features(self) -> tuple[int, ...]:
         """The channel counts the normalization layers see (the logits included)."""
         return (*self.widths, *self.hidden_sizes, self.num_classes)
+
+    @nn.nowrap
+    def stages(self) -> tuple[tuple[str, ...], ...]:
+        """The model's stages in order, input to logits (see ``models.stages``)."""
+        convs = tuple((f"stage{stage}_*",) for stage in range(1, len(self.widths) + 1))
+        hidden = tuple(
+            (f"dense{layer}", f"dense{layer}_norm")
+            for layer in range(1, len(self.hidden_sizes) + 1)
+        )
+        return (*convs, *hidden, ("head", "head_norm"))
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:

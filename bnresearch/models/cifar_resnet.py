@@ -92,6 +92,11 @@ class CifarResNet(nn.Module):
         """The channel counts the normalization layers see."""
         return STAGE_WIDTHS
 
+    @nn.nowrap
+    def stages(self) -> tuple[tuple[str, ...], ...]:
+        """The model's stages in order, input to logits (see ``models.stages``)."""
+        return (("stem_*",), ("stage1_*",), ("stage2_*",), ("stage3_*",), ("head",))
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         layers = self.layers.for_forward()

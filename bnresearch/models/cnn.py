@@ -35,6 +35,11 @@ class CNN(nn.Module):
         """The channel counts the normalization layers see."""
         return tuple(self.widths)
 
+    @nn.nowrap
+    def stages(self) -> tuple[tuple[str, ...], ...]:
+        """The model's stages in order, input to logits (see ``models.stages``)."""
+        return (*((f"stage{stage}_*",) for stage in range(1, len(self.widths) + 1)), ("head",))
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         layers = self.layers.for_forward()

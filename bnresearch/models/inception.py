@@ -162,6 +162,11 @@ class InceptionNet(nn.Module):
         w = self.base_width
         return (w, 2 * w, 4 * w)
 
+    @nn.nowrap
+    def stages(self) -> tuple[tuple[str, ...], ...]:
+        """The model's stages in order, input to logits (see ``models.stages``)."""
+        return (("stem",), ("a1",), ("a2",), ("reduction",), ("b1",), ("b2",), ("head",))
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         kit, w = self.layers.for_forward(), self.base_width

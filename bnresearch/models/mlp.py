@@ -29,6 +29,14 @@ class MLP(nn.Module):
         """The channel counts the normalization layers see."""
         return tuple(self.hidden_sizes)
 
+    @nn.nowrap
+    def stages(self) -> tuple[tuple[str, ...], ...]:
+        """The model's stages in order, input to logits (see ``models.stages``)."""
+        hidden = tuple(
+            (f"dense{layer}", f"norm{layer}") for layer in range(1, len(self.hidden_sizes) + 1)
+        )
+        return (*hidden, ("head",))
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         layers = self.layers.for_forward()

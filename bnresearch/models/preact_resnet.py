@@ -153,6 +153,12 @@ class PreActResNet(nn.Module):
             return STAGE_WIDTHS
         return STAGE_WIDTHS + tuple(BOTTLENECK_EXPANSION * w for w in STAGE_WIDTHS)
 
+    @nn.nowrap
+    def stages(self) -> tuple[tuple[str, ...], ...]:
+        """The model's stages in order, input to logits (see ``models.stages``)."""
+        # The last normalization acts on the last stage's output, before the pooling.
+        return (("stem_conv",), ("stage1_*",), ("stage2_*",), ("stage3_*", "final_norm"), ("head",))
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         per_block = 2 if self.block == "basic" else 3
@@ -188,6 +194,12 @@ class WideResNet(nn.Module):
     def normalized_features(self) -> tuple[int, ...]:
         """The channel counts the normalization layers see."""
         return (STEM_WIDTH,) + tuple(self.width * w for w in STAGE_WIDTHS)
+
+    @nn.nowrap
+    def stages(self) -> tuple[tuple[str, ...], ...]:
+        """The model's stages in order, input to logits (see ``models.stages``)."""
+        # The last normalization acts on the last stage's output, before the pooling.
+        return (("stem_conv",), ("stage1_*",), ("stage2_*",), ("stage3_*", "final_norm"), ("head",))
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:

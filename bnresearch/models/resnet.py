@@ -116,6 +116,11 @@ class ResNet(nn.Module):
             return STAGE_WIDTHS + tuple(BOTTLENECK_EXPANSION * w for w in STAGE_WIDTHS)
         return STAGE_WIDTHS
 
+    @nn.nowrap
+    def stages(self) -> tuple[tuple[str, ...], ...]:
+        """The model's stages in order, input to logits (see ``models.stages``)."""
+        return (("stem_*",), *((f"stage{stage}_*",) for stage in range(1, 5)), ("head",))
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         kit = self.layers.for_forward()

@@ -71,6 +71,14 @@ class VGG(nn.Module):
             widths.add(self.classifier_width)
         return tuple(sorted(widths))
 
+    @nn.nowrap
+    def stages(self) -> tuple[tuple[str, ...], ...]:
+        """The model's stages in order, input to logits (see ``models.stages``)."""
+        convs = sum(1 for item in CONFIGURATIONS[self.depth] if item != POOL)
+        layers = tuple((f"conv{conv}", f"norm{conv}") for conv in range(1, convs + 1))
+        classifier = (("classifier", "classifier_norm"),) if self.classifier_width else ()
+        return (*layers, *classifier, ("head",))
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         kit = self.layers.for_forward()

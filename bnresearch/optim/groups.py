@@ -15,6 +15,8 @@ decay; You et al. 2017 (LARS, arXiv:1708.03888) also exempt them from the trust 
 line of config with these groups.
 """
 
+import fnmatch
+
 import jax
 import optax
 
@@ -61,3 +63,18 @@ def scale_by_group(multipliers: dict[str, float]) -> optax.GradientTransformatio
         return scaled, state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def path_name(path) -> str:
+    """A leaf's path in a parameter (or state) tree as 'module/.../leaf', e.g.
+    'stage1_block1/conv1/kernel': the form the path patterns of freezing and transfer match."""
+    return "/".join(str(getattr(key, "key", key)) for key in path)
+
+
+def matches(name: str, patterns) -> bool:
+    """Whether `name` (a ``path_name``) lies in a subtree one of `patterns` names: a pattern is
+    an fnmatch pattern of a path prefix, so 'head' covers 'head/kernel' and 'head/bias', and
+    'stage3_*' every parameter of every block of stage 3."""
+    parts = name.split("/")
+    prefixes = ["/".join(parts[:end]) for end in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatchcase(prefix, pattern) for pattern in patterns for prefix in prefixes)

@@ -3,13 +3,14 @@
 Every optimizer is the chain
 
     clip -> coupled decay -> direction -> decoupled decay -> trust ratio -> x lr -> after lr
-         -> per-group lr multipliers
+         -> per-group lr multipliers -> body / head lr multipliers
 
-wrapped in ``optax.MultiSteps`` when gradients are accumulated (``accumulation``). A row of
-OPTIMIZERS fills the direction, trust-ratio and after-lr slots; everything else is shared, so
-weight decay, its mask, clipping, per-group learning rates and accumulation mean the same for
-every optimizer. The rows reproduce optax's own aliases (optax.sgd, adagrad, rmsprop, adam, adamw,
-lars, lamb) transformation for transformation.
+on the trained parameters when fine-tuning freezes some (``freezing``: optax's partitioned
+transform, zero updates and no state for the frozen ones), wrapped in ``optax.MultiSteps`` when
+gradients are accumulated (``accumulation``). A row of OPTIMIZERS fills the direction, trust-ratio
+and after-lr slots; everything else is shared, so weight decay, its mask, clipping, per-group
+learning rates and accumulation mean the same for every optimizer. The rows reproduce optax's own
+aliases (optax.sgd, adagrad, rmsprop, adam, adamw, lars, lamb) transformation for transformation.
 
 Weight decay, ``optimizer.weight_decay_style``:
 - coupled (L2): wd * w is added to the gradient, so it passes through momentum, adaptive scaling
@@ -46,6 +47,7 @@ from bnresearch.config.ranges import check_ranges
 from bnresearch.errors import UsageError
 from bnresearch.optim.accumulation import accumulate
 from bnresearch.optim.constraints import clip_latent_weights
+from bnresearch.optim.freezing import Partition
 from bnresearch.optim.groups import GROUPS, TARGETS, scale_by_group, target_mask
 from bnresearch.optim.schedules import Schedule
 
@@ -160,9 +162,10 @@ def check_optimizer_config(config: ml_collections.ConfigDict) -> None:
 
 
 def make_optimizer(
-    config: ml_collections.ConfigDict, learning_rate: Schedule
+    config: ml_collections.ConfigDict, learning_rate: Schedule, partition: Partition | None = None
 ) -> optax.GradientTransformation:
-    """The optimizer of the `optimizer` config block, stepping with the `learning_rate` schedule.
+    """The optimizer of the `optimizer` config block, stepping with the `learning_rate` schedule;
+    with `partition`, on its trained parameters only, body and head at their lr multipliers.
     Last in the chain, the latent weights of quantized layers are clipped to [-1, 1] (a no-op for
     models without them; see ``constraints``).
 
@@ -192,5 +195,10 @@ def make_optimizer(
     multipliers = {group: config.lr_multipliers.get(group, 1.0) for group in GROUPS}
     if any(multiplier != 1.0 for multiplier in multipliers.values()):
         transforms.append(scale_by_group(multipliers))
+    if partition is not None and partition.changes_lrs:
+        transforms.append(partition.scale_lrs())
     transforms.append(clip_latent_weights())
-    return accumulate(optax.chain(*transforms), config.accumulation_steps)
+    optimizer = optax.chain(*transforms)
+    if partition is not None and partition.frozen:
+        optimizer = partition.apply(optimizer)
+    return accumulate(optimizer, config.accumulation_steps)

@@ -23,7 +23,7 @@ from bnresearch import data
 from bnresearch.checkpoint.manager import Checkpointer, PreemptionWatch
 from bnresearch.parallel.mesh import global_batch, global_batches, replicated
 from bnresearch.run_status import DIVERGED, DONE, FAILED, PREEMPTED, RUNNING
-from bnresearch.train import steps
+from bnresearch.train import reestimate, steps, transfer
 from bnresearch.train.canonical_convolutions import canonical_convolutions
 from bnresearch.train.layout import StateLayout, batch_shapes
 from bnresearch.train.preflight import Setup, preflight
@@ -214,7 +214,8 @@ def make_train_iterator(setup: Setup):
 
 def restore_or_init(setup: Setup, checkpointer: Checkpointer, train_iterator) -> Start:
     """The newest checkpoint that restores (moving `train_iterator` to its position; damaged newer
-    ones are set aside), or a fresh state."""
+    ones are set aside), or a fresh state: a fine-tuning run's from its source
+    (``transfer.start_state``)."""
     restored = checkpointer.restore_latest(setup.layout.abstract, train_iterator)
     if restored is not None:
         step, state, progress = restored
@@ -232,7 +233,19 @@ def restore_or_init(setup: Setup, checkpointer: Checkpointer, train_iterator) ->
         .lower(key, first_batch["image"])
         .compile({**setup.compiler_options, "xla_backend_optimization_level": 0})
     )
-    return Start(init_once(key, first_batch["image"]), 0, 0.0, None)
+    state = init_once(key, first_batch["image"])
+    if setup.fine_tune is not None:
+        state = transfer.start_state(
+            setup.fine_tune,
+            state,
+            model=setup.model,
+            optimizer=setup.optimizer,
+            statistics_batches=lambda: reestimate.statistics_batches(
+                setup.dataset, setup.plan.train_batch_sizes[0], setup.mesh
+            ),
+            sharding=setup.layout.sharding,
+        )
+    return Start(state, 0, 0.0, None)
 
 
 def _compile(
@@ -465,6 +478,9 @@ def train_and_evaluate(config, workdir: str, launched: float | None = None) -> s
         # launch is refused with the workdir untouched.
         with setup.rundir.hold(config):
             setup.rundir.claim(config)  # only now: a config failing preflight leaves it untouched
+            if setup.fine_tune is not None:
+                setup.fine_tune.log()
+                setup.rundir.record_fine_tune(setup.fine_tune.record())
             return _train(setup, preemption, startup)
     finally:
         startup.close()

@@ -10,8 +10,10 @@ second with one line naming what is valid and a bad launch never touches an exis
 4. the dataset: prepared once, opened; its facts (classes, image shape, training examples);
 5. the `Plan` (`plan.py`): steps, phases, batches, lr schedule, cadences;
 6. the model, built once with the run's facts and traced at every batch the plan feeds (the noise
-   scale's sub-batches too); then the optimizer on the plan's lr schedule;
-7. the train state's layout over the mesh (`layout.py`): its shapes and the shardings the
+   scale's sub-batches too);
+7. fine-tuning (``transfer.py``): the source checkpoint read and matched to the model, what is
+   frozen; then the optimizer on the plan's lr schedule, on the trained parameters;
+8. the train state's layout over the mesh (`layout.py`): its shapes and the shardings the
    `sharding` block gives them.
 
 What it returns (`Setup`) is all the training loop reads.
@@ -42,6 +44,12 @@ from bnresearch.run_status import DONE
 from bnresearch.train.layout import StateLayout, init_fn, state_layout
 from bnresearch.train.plan import Plan, configured_batch_sizes, make_plan
 from bnresearch.train.rundir import RunDirectory
+from bnresearch.train.transfer import (
+    FROZEN_STATISTICS,
+    FineTune,
+    check_fine_tune_config,
+    resolve_fine_tune,
+)
 from bnresearch.xla_flags import compile_options
 
 log = logging.getLogger(__name__)
@@ -64,6 +72,7 @@ class Setup:
     init: Callable[[Any, Any], Any]  # (key, images) -> the initial TrainState
     layout: StateLayout
     compiler_options: dict  # XLA options of every program the run compiles (xla_flags.py)
+    fine_tune: FineTune | None = None  # None: a run from scratch that trains everything
 
 
 def _check_choice(field: str, value: str, valid) -> None:
@@ -97,6 +106,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         *config.schedule.boundaries,
     ):
         parse_duration(duration)
+    check_fine_tune_config(config)
 
 
 def _check_batches_split(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
@@ -118,6 +128,7 @@ def _build_model(
         dtype=COMPUTE_DTYPES[config.compute_dtype],
         images_per_epoch=plan.images_per_epoch,
         accumulation_steps=plan.accumulation_steps,
+        frozen_statistics=config.fine_tune.norm in FROZEN_STATISTICS,
         image_shape=info.image_shape,
         batch_sizes=plan.train_batch_sizes,
         eval_batch_size=config.eval_batch_size,
@@ -169,8 +180,16 @@ def resolve(
     benchmark calls it too, with random data of a dataset's shape."""
     plan = make_plan(config, dataset.info.num_train)
     model = _build_model(config, dataset.info, plan)
+    fine_tune = resolve_fine_tune(
+        config,
+        model,
+        dataset.info.image_shape,
+        plan.train_batch_sizes[0],
+        rundir.path if rundir is not None else None,
+    )
     learning_rate_fn = make_schedule(plan.schedule)
-    optimizer = make_optimizer(config.optimizer, learning_rate_fn)
+    partition = fine_tune.partition if fine_tune is not None else None
+    optimizer = make_optimizer(config.optimizer, learning_rate_fn, partition)
     init = init_fn(model, optimizer, measure_noise_scale=plan.noise_scale is not None)
     layout = state_layout(
         init, plan.train_batch_sizes[0], dataset.info.image_shape, mesh, config.sharding
@@ -187,4 +206,5 @@ def resolve(
         init=init,
         layout=layout,
         compiler_options=compile_options(mesh.devices.flat[0].platform, layout.is_split),
+        fine_tune=fine_tune,
     )

@@ -5,6 +5,9 @@
                       the start-up (seconds to the first step, of which compiling)
     metrics.jsonl     one JSON object per event: {"step": ..., "train/loss": ..., ...}
     events.out.tfevents.*  the same scalars for TensorBoard
+    transfer.json     a fine-tuning run's start (bnresearch/train/transfer.py): the source run's
+                      workdir, step and config, the layers loaded, re-initialised (and why)
+                      and frozen, the normalization mode
     status.json       {"status": ..., "step": ...}: RUNNING (with host and pid), then DONE,
                       DIVERGED, PREEMPTED or FAILED (bnresearch/run_status.py)
     checkpoints/      orbax checkpoints (bnresearch.checkpoint)
@@ -230,6 +233,11 @@ class RunDirectory:
         records_file = self.path / "environment.json"
         records = json.loads(records_file.read_text()) if records_file.exists() else []
         write_json(records_file, records + [environment_record(start_step, layout)])
+
+    def record_fine_tune(self, record: dict) -> None:
+        """Writes transfer.json: where a fine-tuning run started from and what it trains."""
+        if self.writer:
+            write_json(self.path / "transfer.json", record)
 
     def record_startup(self, first_step_s: float, compiling_s: float) -> None:
         """Adds this launch's start-up to its environment record: the seconds from its start to

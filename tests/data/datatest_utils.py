@@ -18,6 +18,8 @@ DATASET_FIELDS = (
     "num_workers",
     "num_threads",
     "prefetch",
+    "classes",
+    "train_per_class",
 )
 
 
@@ -34,6 +36,8 @@ def make_config(name: str, data_dir: str, **overrides) -> ml_collections.ConfigD
             "num_workers": 0,
             "num_threads": 0,
             "prefetch": 0,
+            "classes": (),
+            "train_per_class": 0,
         }
     )
     config.update(overrides)

@@ -59,8 +59,16 @@ NORMALIZATIONS: dict[str, ModuleFactory] = {
 # Fields that are facts of the model or the run, filled in by the kit or build_model rather
 # than set by users: the compute dtype, the model's activation and the record of the forward
 # pass (batch_kalman), the training images a layer sees per epoch (batch_layer) and the forward
-# passes of one optimizer update (batch_renorm).
-BUILD_FACTS = ("dtype", "activation", "record", "images_per_epoch", "accumulation_steps")
+# passes of one optimizer update (batch_renorm); whether training uses the running statistics
+# (fine-tuning's frozen statistics: batch, ghost_batch).
+BUILD_FACTS = (
+    "dtype",
+    "activation",
+    "record",
+    "images_per_epoch",
+    "accumulation_steps",
+    "frozen_statistics",
+)
 
 
 def get_normalization(name: str, **options) -> ModuleFactory:

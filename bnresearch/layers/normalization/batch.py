@@ -29,7 +29,7 @@ from bnresearch.layers.normalization.base import (
     running_average,
     scale_and_bias,
 )
-from bnresearch.layers.variables import STATE
+from bnresearch.layers.variables import MOMENTS, STATE
 
 MOMENTUM_CONVENTIONS = ("flax", "pytorch")
 # The same EMA in both conventions: 0.9 on the old value is PyTorch's 0.1 on the new one.
@@ -68,6 +68,13 @@ class BatchNorm(Normalization):
     sharded over a mesh they are the statistics of the GLOBAL batch (XLA inserts the cross-device
     reduction). Under ``shard_map``/``pmap`` they would be per-device.
 
+    Fine-tuning (``fine_tune.norm``, ``bnresearch/train/transfer.py``) sets the build fact
+    ``frozen_statistics``: training then normalizes with the running statistics, as evaluation
+    does, and leaves them unchanged. In every training forward that updates the running
+    statistics the layer also sows, into the ``moments`` collection, the statistics the EMA step
+    takes (batch mean and variance), which re-estimating the population statistics averages; a
+    forward whose ``moments`` are not mutable (every train step) sows nothing.
+
     ``scale_init`` < 1 with ``optimizer.lr_multipliers.scale=0.01`` and
     ``optimizer.weight_decay_on=kernels`` is Davis & Frank's recipe (gamma 0.1, its lr / 100, no
     decay on normalization parameters and biases).
@@ -78,6 +85,7 @@ class BatchNorm(Normalization):
     scale_init: float = 1.0
     momentum_convention: str = "flax"
     eval_statistics: str = "running"
+    frozen_statistics: bool = False  # a build fact (fine_tune.norm), not an option
 
     kind: ClassVar[str] = "batch norm"
 
@@ -109,7 +117,8 @@ class BatchNorm(Normalization):
         running_mean = self.variable(STATE, "mean", jnp.zeros, (num_features,), jnp.float32)
         running_var = self.variable(STATE, "var", jnp.ones, (num_features,), jnp.float32)
         x = x.astype(jnp.float32)
-        if not train and self.eval_statistics == "running":
+        running = self.frozen_statistics if train else self.eval_statistics == "running"
+        if running:
             y = (x - running_mean.value) * (jax.lax.rsqrt(running_var.value + self.epsilon) * scale)
             return (y + bias).astype(self.dtype)
 
@@ -144,12 +153,14 @@ class BatchNorm(Normalization):
                 var * (count / (count - 1)) if self.momentum_convention == "pytorch" else var
             )
             momentum, convention = self.resolved_momentum, self.momentum_convention
+            batch_mean = jnp.mean(mean, axis=(0, *axes))
+            batch_var = jnp.mean(var_for_running, axis=(0, *axes))
+            self.sow(MOMENTS, "mean", batch_mean)
+            self.sow(MOMENTS, "var", batch_var)
             running_mean.value = update_running(
-                running_mean.value, jnp.mean(mean, axis=(0, *axes)), momentum, convention
+                running_mean.value, batch_mean, momentum, convention
             )
-            running_var.value = update_running(
-                running_var.value, jnp.mean(var_for_running, axis=(0, *axes)), momentum, convention
-            )
+            running_var.value = update_running(running_var.value, batch_var, momentum, convention)
         return (y + bias).astype(self.dtype)
 
 
