@@ -244,6 +244,7 @@ def restore_or_init(setup: Setup, checkpointer: Checkpointer, train_iterator) ->
                 setup.dataset, setup.plan.train_batch_sizes[0], setup.mesh
             ),
             sharding=setup.layout.sharding,
+            compiler_options=setup.compiler_options,
         )
     return Start(state, 0, 0.0, None)
 

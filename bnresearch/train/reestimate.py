@@ -39,11 +39,17 @@ def _batch_moments(model, params, batch_stats, images):
     return {path: values[0] for path, values in traverse_util.flatten_dict(sown[MOMENTS]).items()}
 
 
-def population_statistics(model, params, batch_stats, batches) -> dict:
+def population_statistics(
+    model, params, batch_stats, batches, compiler_options: dict | None = None
+) -> dict:
     """`batch_stats` with every running mean and variance that `model`'s normalizations keep
     replaced by its average over `batches` (global batches of equal size); the other state
-    (step counters, other normalizations') unchanged."""
-    moments = jax.jit(functools.partial(_batch_moments, models.with_batch_statistics(model)))
+    (step counters, other normalizations') unchanged. `compiler_options`: the run's XLA options
+    (`Setup.compiler_options`)."""
+    moments = jax.jit(
+        functools.partial(_batch_moments, models.with_batch_statistics(model)),
+        compiler_options=compiler_options,
+    )
     sums, count = None, 0
     for batch in batches:
         values = moments(params, batch_stats, batch["image"])

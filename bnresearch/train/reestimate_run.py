@@ -48,7 +48,9 @@ def reestimate_run(workdir, step: int | None = None, batch_size: int | None = No
     mesh = make_mesh()
     setup = resolve(config, data.load_dataset(config.dataset), mesh)
     model = setup.model
-    eval_step = jax.jit(functools.partial(steps.eval_step, model=model))
+    eval_step = jax.jit(
+        functools.partial(steps.eval_step, model=model), compiler_options=setup.compiler_options
+    )
 
     def evaluated(statistics):
         state = TrainState(
@@ -58,7 +60,11 @@ def reestimate_run(workdir, step: int | None = None, batch_size: int | None = No
 
     before = evaluated(batch_stats)
     batches = reestimate.statistics_batches(setup.dataset, batch_size, mesh)
-    after = evaluated(reestimate.population_statistics(model, params, batch_stats, batches))
+    after = evaluated(
+        reestimate.population_statistics(
+            model, params, batch_stats, batches, setup.compiler_options
+        )
+    )
     record = {"step": step, "batch_size": batch_size, "as_saved": before, "reestimated": after}
     if jax.process_index() == 0:
         write_json(workdir / "reestimated.json", record)

@@ -263,16 +263,26 @@ def resolve_fine_tune(
     return FineTune(source, partition, frozen_layers, fine_tune.norm)
 
 
-def start_state(fine_tune: FineTune, state, *, model, optimizer, statistics_batches, sharding):
+def start_state(
+    fine_tune: FineTune,
+    state,
+    *,
+    model,
+    optimizer,
+    statistics_batches,
+    sharding,
+    compiler_options: dict,
+):
     """The fresh `state` of step 0 turned into the fine-tuning run's start: the source's layers
     loaded, the statistics re-estimated on `statistics_batches` (an iterable of global batches)
-    if the mode asks, and the optimizer state made for those parameters."""
+    if the mode asks, and the optimizer state made for those parameters, laid out as `sharding`
+    says and compiled with the run's `compiler_options`."""
     variables = {"params": state.params, STATE: state.batch_stats}
     if fine_tune.source is not None:
         variables = fine_tune.source.load_into(variables)
     if fine_tune.reestimates:
         variables[STATE] = population_statistics(
-            model, variables["params"], variables[STATE], statistics_batches()
+            model, variables["params"], variables[STATE], statistics_batches(), compiler_options
         )
         log.info("re-estimated the normalization statistics on the training data")
 
@@ -281,4 +291,6 @@ def start_state(fine_tune: FineTune, state, *, model, optimizer, statistics_batc
             params=params, batch_stats=batch_stats, opt_state=optimizer.init(params)
         )
 
-    return jax.jit(rebuilt, out_shardings=sharding)(state, variables["params"], variables[STATE])
+    return jax.jit(rebuilt, out_shardings=sharding, compiler_options=compiler_options)(
+        state, variables["params"], variables[STATE]
+    )
