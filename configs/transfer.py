@@ -50,6 +50,17 @@ NORM_MODES = ("adapt", "frozen", "reestimate")
 NORM_REGIMES = ("linear", "full")
 
 
+# The args of get_config and get_sweep (the sweep reads `source` alone).
+ARG_DEFAULTS = {
+    "stage": "finetune",
+    "regime": "full",
+    "norm": "adapt",
+    "n": 100,
+    "data": DEFAULT_DATA,
+    "source": "runs/transfer/pretrain",
+}
+
+
 def _regime(regime: str, norm: str, source: str) -> dict:
     """The overrides of a fine-tuning regime with a normalization mode."""
     if regime == "scratch":
@@ -76,15 +87,7 @@ def _size(n: int) -> dict:
 
 
 def get_config(arg=None):
-    arg = parse_arg(
-        arg,
-        stage="finetune",
-        regime="full",
-        norm="adapt",
-        n=100,
-        data=DEFAULT_DATA,
-        source="runs/transfer/pretrain",
-    )
+    arg = parse_arg(arg, **ARG_DEFAULTS)
     check_choice("stage", arg.stage, ("pretrain", "finetune"))
     check_choice("regime", arg.regime, REGIMES)
     check_choice("norm", arg.norm, NORM_MODES)
@@ -121,15 +124,7 @@ def get_sweep(arg=None):
     """Every regime (with adapt) and the crossed regimes with every mode, at 20, 100 and 500
     images per class, 2 seeds. Runs and report rows are named `<regime>,norm=<mode>,n=<N>`
     (`scratch,n=<N>`)."""
-    source = parse_arg(
-        arg,
-        stage="finetune",
-        regime="full",
-        norm="adapt",
-        n=100,
-        data=DEFAULT_DATA,
-        source="runs/transfer/pretrain",
-    ).source
+    source = parse_arg(arg, **ARG_DEFAULTS).source
     variants = [("scratch", "adapt")]
     variants += [
         (regime, norm)
