@@ -32,3 +32,16 @@ def set_fields(config: ml_collections.ConfigDict, overrides: dict) -> None:
     for field, value in overrides.items():
         field_type(config, field)
         config_path.set_value(field, config, value)
+
+
+def with_defaults(stored: dict, defaults: dict) -> dict:
+    """A stored config (a run's config.json) with every field it lacks taken from `defaults`
+    (`base_config().to_dict()`): a run written before the kit gained a field reads as that field
+    at its default, the value that keeps the run's behaviour (as `RunDirectory` compares)."""
+    filled = dict(stored)
+    for key, default in defaults.items():
+        if key not in filled:
+            filled[key] = default
+        elif isinstance(default, dict) and isinstance(filled[key], dict):
+            filled[key] = with_defaults(filled[key], default)
+    return filled

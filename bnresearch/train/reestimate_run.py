@@ -21,6 +21,8 @@ import ml_collections
 
 from bnresearch import data
 from bnresearch.checkpoint.source import read_source, source_steps
+from bnresearch.config.defaults import base_config
+from bnresearch.config.fields import with_defaults
 from bnresearch.errors import UsageError
 from bnresearch.parallel.mesh import make_mesh
 from bnresearch.run_status import write_json
@@ -43,7 +45,7 @@ def reestimate_run(workdir, step: int | None = None, batch_size: int | None = No
             f"--step {step} is not a checkpoint of {workdir}; its steps: {steps_saved}"
         )
     params, batch_stats, stored = read_source(workdir, step)
-    config = ml_collections.ConfigDict(stored)
+    config = ml_collections.ConfigDict(with_defaults(stored, base_config().to_dict()))
     batch_size = config.batch_size if batch_size is None else batch_size
     mesh = make_mesh()
     setup = resolve(config, data.load_dataset(config.dataset), mesh)

@@ -3,7 +3,7 @@
 import pytest
 
 from bnresearch.config.defaults import base_config
-from bnresearch.config.fields import set_fields
+from bnresearch.config.fields import set_fields, with_defaults
 from bnresearch.errors import UsageError
 
 
@@ -30,3 +30,15 @@ def test_unknown_field_names_the_valid_ones_and_changes_nothing():
     ):
         set_fields(config, {"model.nrm": "group"})
     assert config.to_dict() == base_config().to_dict()
+
+
+def test_with_defaults_fills_only_the_missing_fields_at_every_depth():
+    stored = {"seed": 3, "model": {"name": "mlp"}, "steps_per_call": [1]}
+    defaults = {"seed": 0, "model": {"name": "cnn", "norm": "batch"}, "mesh": {"data": -1}}
+    assert with_defaults(stored, defaults) == {
+        "seed": 3,
+        "model": {"name": "mlp", "norm": "batch"},
+        "steps_per_call": [1],
+        "mesh": {"data": -1},
+    }
+    assert stored == {"seed": 3, "model": {"name": "mlp"}, "steps_per_call": [1]}  # untouched

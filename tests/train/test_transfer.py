@@ -201,3 +201,17 @@ def test_reestimating_a_finished_run_on_its_own(source, tmp_path):
     assert 0 <= record["reestimated"]["eval/accuracy"] <= 1
     assert json.loads((run / "reestimated.json").read_text()) == record
     assert files_of(run / "checkpoints") == checkpoints
+
+
+def test_reestimating_a_run_from_before_the_newer_fields(source, tmp_path):
+    # A config.json written before the kit had mesh, sharding, init_from and fine_tune: those
+    # fields read as their defaults, and the run evaluates as saved, as before.
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    stored = json.loads((run / "config.json").read_text())
+    for field in ("mesh", "sharding", "init_from", "fine_tune"):
+        del stored[field]
+    (run / "config.json").write_text(json.dumps(stored))
+    record = reestimate_run(run)
+    final = [m for m in read_metrics(run) if "eval/accuracy" in m][-1]
+    assert record["as_saved"] == {key: final[key] for key in ("eval/loss", "eval/accuracy")}
