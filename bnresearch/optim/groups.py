@@ -68,7 +68,7 @@ def scale_by_group(multipliers: dict[str, float]) -> optax.GradientTransformatio
 def path_name(path) -> str:
     """A leaf's path in a parameter (or state) tree as 'module/.../leaf', e.g.
     'stage1_block1/conv1/kernel': the form the path patterns of freezing and transfer match."""
-    return "/".join(str(getattr(key, "key", key)) for key in path)
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def matches(name: str, patterns) -> bool:

@@ -85,17 +85,6 @@ def check_sharding_config(settings: ml_collections.ConfigDict) -> None:
                 )
 
 
-def path_name(path) -> str:
-    """A state tensor's path as the rules see it: its keys joined by '/'."""
-    parts = []
-    for key in path:
-        for attribute in ("key", "name", "idx"):
-            if hasattr(key, attribute):
-                parts.append(str(getattr(key, attribute)))
-                break
-    return "/".join(parts)
-
-
 def _check_fits(name: str, shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh, rule: str):
     if len(spec) > len(shape):
         raise UsageError(f"{rule} gives {name} of shape {shape} a spec {spec} of more dimensions")
@@ -115,7 +104,7 @@ def state_shardings(shapes, mesh: Mesh, settings: ml_collections.ConfigDict):
     rules = [(re.compile(pattern), _rule_spec(spec)) for pattern, spec in settings.rules]
 
     def sharding(path, leaf) -> NamedSharding:
-        name = path_name(path)
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
         for index, (pattern, spec) in enumerate(rules):
             if pattern.search(name):
                 _check_fits(name, leaf.shape, spec, mesh, f"sharding.rules[{index}]")

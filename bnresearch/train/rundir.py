@@ -145,16 +145,18 @@ class RunDirectory:
     def _check_experiment(self, config: ml_collections.ConfigDict) -> None:
         stored_file = self.path / "config.json"
         if stored_file.exists():
-            stored = _read_config(stored_file)
             # A field added to the kit since the run began, at its default, is the same run; so
-            # is one that only lays the run out over the devices.
-            changes = [
-                change
-                for change in differences(
-                    stored, _jsonable(config), defaults=_jsonable(base_config())
+            # is one that only lays the run out over the devices (left out of the comparison).
+            experiment = lambda fields: {
+                key: value for key, value in fields.items() if key not in LAYOUT_FIELDS
+            }
+            changes = list(
+                differences(
+                    experiment(_read_config(stored_file)),
+                    experiment(_jsonable(config)),
+                    defaults=_jsonable(base_config()),
                 )
-                if not change.startswith(tuple(f"{field}." for field in LAYOUT_FIELDS))
-            ]
+            )
             if changes:
                 shown = summarize(changes)
                 raise WorkdirError(
