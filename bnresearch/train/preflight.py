@@ -174,10 +174,10 @@ def preflight(config: ml_collections.ConfigDict, rundir: RunDirectory) -> Setup 
 def resolve(
     config: ml_collections.ConfigDict, dataset, mesh: Mesh, rundir: RunDirectory | None = None
 ) -> Setup:
-    """The plan, the model (built once, traced at every batch it will see), the optimizer and
-    the state's layout of a checked `config` on an opened `dataset`: the part of preflight after
-    the data. The
-    benchmark calls it too, with random data of a dataset's shape."""
+    """The plan, the model (built once, traced at every batch it will see), the fine-tuning, the
+    optimizer and the state's layout of a checked `config` on an opened `dataset`: the part of
+    preflight after the data. The benchmark calls it too, with random data of a dataset's
+    shape."""
     plan = make_plan(config, dataset.info.num_train)
     model = _build_model(config, dataset.info, plan)
     fine_tune = resolve_fine_tune(
