@@ -2,13 +2,17 @@
 
     python launch.py --config configs/quickstart.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
     python launch.py --config FILE[:ARG] --workdir DIR --sweep [--parallel N] [--retry_failed]
+        [--vectorize seeds|hyperparameters|off]
     python launch.py --workdir DIR --status
 
 Running the same command on the same workdir resumes from the latest checkpoint. With
 --coordinator_address, --num_processes and --process_id the run spans several processes
 (hosts of a GPU cluster or TPU pod) through jax.distributed. With --sweep, the config module's
 `get_sweep(arg)` lists the points; each runs as its own process of this module in DIR/<name>/
-(bnresearch/sweep). The sweep's own process never imports JAX.
+(bnresearch/sweep), except that points differing only in their seed (by default; --vectorize)
+train together as one population, one process for the group (bnresearch/train/population.py):
+that process is this module with --member=NAME for each of the group's points of the sweep in DIR.
+The sweep's own process never imports JAX.
 
 `python launch.py` in the repository and `python -m bnresearch.launch` wherever the package is
 installed run the same code; the sweep starts its points with the latter. A run keeps the
@@ -33,6 +37,7 @@ from ml_collections import config_flags
 
 from bnresearch import persistent_cache
 from bnresearch.errors import UsageError
+from bnresearch.train.members import VECTORIZE
 
 _IMPORTED = time.perf_counter()  # where the process's start time cannot be read (`_launched`)
 
@@ -54,6 +59,20 @@ _PARALLEL = flags.DEFINE_integer(
     "parallel", 1, "Sweep points run at once; local: the GPUs or CPU cores are split among them."
 )
 _RETRY_FAILED = flags.DEFINE_bool("retry_failed", False, "Launch failed sweep points again.")
+_VECTORIZE = flags.DEFINE_enum(
+    "vectorize",
+    "seeds",
+    list(VECTORIZE),
+    "Sweep points trained together as one vectorised population, one process per group: those "
+    "differing only in the seed; in seed, base_lr, schedule and label_smoothing "
+    "(hyperparameters); or none (off). Local executor only.",
+)
+_MEMBERS = flags.DEFINE_multi_string(
+    "member",
+    None,
+    "A point of the sweep in --workdir; several --member train together as one population "
+    "(the sweep passes them).",
+)
 _STATUS = flags.DEFINE_bool("status", False, "Print the status of the sweep (or run) in --workdir.")
 _VERBOSE = flags.DEFINE_bool(
     "verbose", False, "Print the traceback behind a one-line error (a full disk, a bad path...)."
@@ -134,7 +153,38 @@ def _run_sweep() -> int:
         executor=_EXECUTOR.value,
         slurm=slurm,
         target_accuracy=_TARGET.value,
+        vectorize=_VECTORIZE.value,
     )
+
+
+def _population_configs() -> tuple[list, list]:
+    """The configs and workdirs of the --member points of the sweep in --workdir: the
+    launch's config (the sweep's config, arg and common overrides) with each point's own."""
+    import copy
+
+    from bnresearch.config.fields import set_fields
+    from bnresearch.report.sweep_file import read_sweep
+
+    sweep = read_sweep(_WORKDIR.value)
+    if sweep is None:
+        raise UsageError(f"--member: {_WORKDIR.value} holds no sweep")
+    points = {point.name: point for point in sweep.points}
+    unknown = [name for name in _MEMBERS.value if name not in points]
+    if unknown:
+        raise UsageError(
+            f"--member: no point {unknown[0]!r} in the sweep in {_WORKDIR.value}; its "
+            f"points: {', '.join(points)}"
+        )
+    configs = []
+    for name in _MEMBERS.value:
+        config = copy.deepcopy(_CONFIG.value)
+        # As --config.FIELD=VALUE would give them: JSON's lists are a config's tuples.
+        overrides = points[name].overrides
+        set_fields(
+            config, {f: tuple(v) if isinstance(v, list) else v for f, v in overrides.items()}
+        )
+        configs.append(config)
+    return configs, [pathlib.Path(_WORKDIR.value) / name for name in _MEMBERS.value]
 
 
 def _check_flags() -> None:
@@ -156,6 +206,7 @@ def _check_flags() -> None:
         "retry_failed": _RETRY_FAILED,
         "executor": _EXECUTOR,
         "target_accuracy": _TARGET,
+        "vectorize": _VECTORIZE,
         **{flag.name: flag for flag in _SLURM.values()},
     }
     if not _SWEEP.value:
@@ -166,6 +217,8 @@ def _check_flags() -> None:
         raise UsageError(
             "--coordinator_address is for one run over several processes, not for --sweep"
         )
+    if _MEMBERS.present and (_SWEEP.value or _COORDINATOR.value):
+        raise UsageError("--member trains points of a sweep in one process: drop --sweep")
 
 
 def main(argv):
@@ -184,9 +237,15 @@ def main(argv):
         if _COORDINATOR.value:
             _start_distributed()
         persistent_cache.enable()
-        from bnresearch.train.loop import train_and_evaluate  # after jax.distributed, as it asks
+        if _MEMBERS.value:
+            from bnresearch.train.population import train_population
 
-        status = train_and_evaluate(_CONFIG.value, _WORKDIR.value, launched=_launched())
+            configs, workdirs = _population_configs()
+            status = ", ".join(train_population(configs, workdirs, launched=_launched()))
+        else:
+            from bnresearch.train.loop import train_and_evaluate  # after jax.distributed
+
+            status = train_and_evaluate(_CONFIG.value, _WORKDIR.value, launched=_launched())
     except UsageError as error:
         _fail(error, str(error), exit_code=2)
     except Exception as error:

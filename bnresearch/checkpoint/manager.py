@@ -102,9 +102,13 @@ class Checkpointer:
             force=True,
         )
 
-    def restore_latest(self, abstract_state, data_iterator):
-        """The newest step that restores, as (step, state, progress), with `data_iterator` moved
-        to its position; None when there is no checkpoint.
+    def steps(self) -> list[int]:
+        """The steps saved, oldest first."""
+        return list(self._manager.all_steps())
+
+    def restore_latest(self, abstract_state, data_iterator, at_most: int | None = None):
+        """The newest step (not after `at_most`, if given) that restores, as (step, state,
+        progress), with `data_iterator` moved to its position; None when there is no checkpoint.
 
         A newer step whose files are damaged is set aside: renamed, never deleted, with a
         one-line warning. When no step restores, nothing is renamed (a cause common to all of
@@ -114,6 +118,8 @@ class Checkpointer:
         start_position = data_iterator.get_state()
         failed = []  # (step, reason), newest first
         for step in reversed(self._manager.all_steps()):
+            if at_most is not None and step > at_most:
+                continue
             try:
                 state, progress = self._restore(step, abstract_state, data_iterator)
                 reason = None
@@ -122,7 +128,15 @@ class Checkpointer:
                 if reason is None:
                     raise
             if _on_every_process(reason is None):
-                self._set_aside(failed)
+                self._set_aside(
+                    [
+                        (
+                            failed_step,
+                            f"the checkpoint at step {failed_step} does not restore ({why})",
+                        )
+                        for failed_step, why in failed
+                    ]
+                )
                 return step, state, progress
             failed.append((step, reason or "it did not restore on another process"))
             # The iterator's item may have restored before the state failed: the next attempt
@@ -149,24 +163,29 @@ class Checkpointer:
         )
         return restored["state"], restored["progress"]
 
-    def _set_aside(self, failed: list) -> None:
-        """Renames the damaged steps to names orbax does not list as steps (`damaged-STEP-TIME`:
-        it lists only digits), so it neither restores nor deletes them and can save those step
-        numbers again; only process 0 renames, the others wait for it."""
+    def set_aside_after(self, step: int, reason: str) -> None:
+        """Sets aside (renames, never deletes) the checkpoints after `step`, which the run will
+        save again: a population resumes every member at the step they all share."""
+        later = [
+            (saved, f"the checkpoint at step {saved} is after step {step}: {reason}")
+            for saved in self._manager.all_steps()
+            if saved > step
+        ]
+        self._set_aside(later, prefix="superseded")
+
+    def _set_aside(self, failed: list, prefix: str = "damaged") -> None:
+        """Renames the (step, message) steps to names orbax does not list as steps
+        (`damaged-STEP-TIME`: it lists only digits), so it neither restores nor deletes them and
+        can save those step numbers again; only process 0 renames, the others wait for it."""
         if not failed:
             return
         stamp = time.strftime("%Y%m%dT%H%M%S")
         if jax.process_index() == 0:
-            for step, reason in failed:
+            for step, message in failed:
                 # Orbax's default step name is the step number.
-                damaged = self._directory / f"damaged-{step}-{stamp}"
-                (self._directory / str(step)).rename(damaged)
-                log.warning(
-                    "the checkpoint at step %d does not restore (%s): set aside as %s",
-                    step,
-                    reason,
-                    damaged,
-                )
+                aside = self._directory / f"{prefix}-{step}-{stamp}"
+                (self._directory / str(step)).rename(aside)
+                log.warning("%s: set aside as %s", message, aside)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("bnresearch: damaged checkpoints set aside")
         self._manager.reload()  # forgets the renamed steps

@@ -162,9 +162,10 @@ def base_config() -> ml_collections.ConfigDict:
     # LAYOUT_FIELDS): neither block changes the numbers beyond float reassociation, so a run may
     # resume under another mesh, strategy or device count.
     config.mesh = ml_collections.ConfigDict()
-    # Devices per mesh axis (bnresearch/parallel/mesh.py); -1: the devices the other axis leaves.
-    # A batch is split over both axes; the state over `fsdp` when the strategy says so.
-    config.mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    # Devices per mesh axis (bnresearch/parallel/mesh.py); -1: the devices the others leave.
+    # `members` spreads a population's runs over the devices (1 for a single run); a batch is
+    # split over `data` and `fsdp`; the state over `fsdp` when the strategy says so.
+    config.mesh.shape = ml_collections.ConfigDict({"members": 1, "data": -1, "fsdp": 1})
     config.sharding = ml_collections.ConfigDict()
     config.sharding.strategy = "replicated"  # replicated | fsdp (bnresearch/parallel/sharding.py)
     config.sharding.min_size = 2**14  # fsdp: tensors of fewer elements stay replicated

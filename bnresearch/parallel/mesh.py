@@ -1,14 +1,16 @@
 """The device mesh, its shape from the config, and the shardings of batches.
 
-Two mesh axes, in this order: `data` and `fsdp`. A batch is split over both (every device sees
-its own slice of the global batch); how the train state is laid out over them is
-`sharding.py`'s business (replicated: pure data parallelism; fsdp: parameters and optimizer
-state split over the `fsdp` axis). Under `jax.jit` with these shardings XLA inserts the
-cross-device reductions and gathers, so batch-norm statistics and gradients are those of the
-global batch on 1 device, 8 devices or a pod alike.
+Three mesh axes, in this order: `members`, `data` and `fsdp`. `members` spreads a population of
+runs trained together (`bnresearch/train/population.py`) over the devices, each device holding
+whole members, with no collectives between them; a single run keeps it at 1. A batch is split
+over `data` and `fsdp` (every device sees its own slice of the global batch); how the train
+state is laid out over them is `sharding.py`'s business (replicated: pure data parallelism;
+fsdp: parameters and optimizer state split over the `fsdp` axis). Under `jax.jit` with these
+shardings XLA inserts the cross-device reductions and gathers, so batch-norm statistics and
+gradients are those of the global batch on 1 device, 8 devices or a pod alike.
 
 `mesh.shape` in the config gives each axis's size; -1 (for one axis) takes the devices the
-others leave. The default `{data: -1, fsdp: 1}` is data parallelism over every device.
+others leave. The default `{members: 1, data: -1, fsdp: 1}` is data parallelism over every device.
 """
 
 import math
@@ -20,24 +22,27 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bnresearch.errors import UsageError
 
+MEMBERS_AXIS = "members"
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
+# The axes one run's state and batches are laid out over (the sharding rules name these).
 AXES = (DATA_AXIS, FSDP_AXIS)
+MESH_AXES = (MEMBERS_AXIS, *AXES)
 # The axes a batch is split over: all of them (FSDP is data parallelism whose replicas each keep
 # a slice of the state).
 BATCH_AXES = AXES
 
 
 def resolve_shape(shape: Mapping[str, int], device_count: int) -> tuple[int, ...]:
-    """Each axis's size, in AXES order, with -1 resolved; UsageError in one line if the sizes
-    cannot tile `device_count` devices."""
-    unknown = sorted(set(shape) - set(AXES))
+    """Each axis's size, in MESH_AXES order, with -1 resolved; UsageError in one line if the
+    sizes cannot tile `device_count` devices."""
+    unknown = sorted(set(shape) - set(MESH_AXES))
     if unknown:
         raise UsageError(
-            f"unknown mesh axis {unknown[0]!r} in mesh.shape; valid: {', '.join(AXES)}"
+            f"unknown mesh axis {unknown[0]!r} in mesh.shape; valid: {', '.join(MESH_AXES)}"
         )
-    sizes = [shape.get(axis, 1) for axis in AXES]
-    described = ", ".join(f"{axis}: {size}" for axis, size in zip(AXES, sizes))
+    sizes = [shape.get(axis, 1) for axis in MESH_AXES]
+    described = ", ".join(f"{axis}: {size}" for axis, size in zip(MESH_AXES, sizes))
     if any(size == 0 or size < -1 for size in sizes) or sizes.count(-1) > 1:
         raise UsageError(
             f"mesh.shape {{{described}}} is not a mesh: use positive sizes, and -1 for at most "
@@ -64,7 +69,7 @@ def make_mesh(
     """
     devices = jax.devices() if devices is None else list(devices)
     sizes = resolve_shape(shape or {DATA_AXIS: -1}, len(devices))
-    return Mesh(np.asarray(devices).reshape(sizes), AXES)
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
 def batch_devices(mesh: Mesh) -> int:

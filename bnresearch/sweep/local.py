@@ -1,4 +1,5 @@
-"""Runs sweep points on this machine: separate processes, up to one per device slot at a time.
+"""Runs sweep points on this machine: separate processes, up to one per device slot at a time;
+a group of points that trains as one population (`spec.group_points`) is one process.
 
 Each point's process gets its slot's devices (devices.py), its own process group (a Ctrl-C in
 the terminal reaches only this parent) and, on Linux, a SIGTERM should this parent die. The first
@@ -21,7 +22,7 @@ from bnresearch.persistent_cache import DIRECTORY_VARIABLE
 from bnresearch.report.sweep_file import Point, Sweep
 from bnresearch.sweep import points as point_files
 from bnresearch.sweep.devices import Slot
-from bnresearch.sweep.spec import point_command
+from bnresearch.sweep.spec import point_command, population_command
 
 _PR_SET_PDEATHSIG = 1
 
@@ -58,7 +59,7 @@ def compilation_cache(sweep_dir) -> dict:
 
 @dataclasses.dataclass
 class _Running:
-    point: Point
+    points: tuple[Point, ...]
     process: subprocess.Popen
     started: float
 
@@ -96,23 +97,25 @@ class _Stop:
 def run_local(
     sweep: Sweep,
     sweep_dir,
-    points: list[Point],
+    groups: list[tuple[Point, ...]],
     slots: list[Slot],
     *,
     on_start: Callable,
     on_end: Callable,
     poll_s: float = 0.1,
 ) -> bool:
-    """Runs `points` to their end; returns False if a signal stopped the sweep early."""
-    pending, running = list(points), {}
+    """Runs each group of points (one process each) to its end; returns False if a signal
+    stopped the sweep early."""
+    pending, running = list(groups), {}
     free = list(range(len(slots)))
     stop = _Stop(running)
     try:
         while pending or running:
             while pending and free and not stop.signals:
-                point, slot = pending.pop(0), free.pop(0)
-                running[slot] = _start(sweep, sweep_dir, point, slots[slot])
-                on_start(point, slots[slot])
+                group, slot = pending.pop(0), free.pop(0)
+                running[slot] = _start(sweep, sweep_dir, group, slots[slot])
+                for point in group:
+                    on_start(point, slots[slot])
             if not running:
                 break
             time.sleep(poll_s)
@@ -122,19 +125,30 @@ def run_local(
                     continue
                 del running[slot]
                 free.append(slot)
-                point_files.record_exit(sweep_dir, run.point, exit_code)
-                on_end(run.point, exit_code, time.perf_counter() - run.started)
+                log = point_files.log_path(sweep_dir, run.points[0])
+                for point in run.points:
+                    point_files.record_exit(sweep_dir, point, exit_code, log)
+                    on_end(point, exit_code, time.perf_counter() - run.started)
     finally:
         stop.restore()
     return not stop.signals
 
 
-def _start(sweep: Sweep, sweep_dir, point: Point, slot: Slot) -> _Running:
-    command = point_command(sweep, point, sweep_dir)
-    log = point_files.log_path(sweep_dir, point)
+def _start(sweep: Sweep, sweep_dir, group: tuple[Point, ...], slot: Slot) -> _Running:
+    """Starts the group's process, its output in the first point's log; the others' logs say
+    where it is."""
+    if len(group) == 1:
+        command = point_command(sweep, group[0], sweep_dir)
+    else:
+        command = population_command(sweep, group, sweep_dir)
+    log = point_files.log_path(sweep_dir, group[0])
     log.parent.mkdir(parents=True, exist_ok=True)
-    point_files.exit_path(sweep_dir, point).unlink(missing_ok=True)
     now = datetime.datetime.now().isoformat(timespec="seconds")
+    for point in group:
+        point_files.exit_path(sweep_dir, point).unlink(missing_ok=True)
+    for point in group[1:]:
+        with point_files.log_path(sweep_dir, point).open("a") as other_log:
+            other_log.write(f"==== {now} on {slot.label}: in a population; its log: {log}\n")
     with log.open("a") as log_file:
         log_file.write(f"==== {now} on {slot.label}: {shlex.join(command)}\n")
         log_file.flush()
@@ -147,4 +161,4 @@ def _start(sweep: Sweep, sweep_dir, point: Point, slot: Slot) -> _Running:
             process_group=0,
             preexec_fn=_child_setup(slot.cpus),
         )
-    return _Running(point, process, time.perf_counter())
+    return _Running(group, process, time.perf_counter())

@@ -61,11 +61,12 @@ def last_error(log: pathlib.Path) -> str:
     return (errors or lines or [""])[-1]
 
 
-def record_exit(sweep_dir, point: Point, exit_code: int) -> None:
-    """Called when a launch of the point ends; a negative code is the signal that ended it."""
+def record_exit(sweep_dir, point: Point, exit_code: int, log: pathlib.Path | None = None) -> None:
+    """Called when a launch of the point ends; a negative code is the signal that ended it.
+    `log`: the launch's log, where not the point's own (a population's is its first point's)."""
     record = {"exit_code": exit_code}
     if exit_code > 0:
-        record["error"] = last_error(log_path(sweep_dir, point))
+        record["error"] = last_error(log or log_path(sweep_dir, point))
     write_json(exit_path(sweep_dir, point), record)
 
 

@@ -23,7 +23,7 @@ from bnresearch.report.sweep_file import Point, Sweep
 from bnresearch.run_status import FAILED, FINISHED, PENDING
 from bnresearch.sweep import points as point_files
 from bnresearch.sweep.devices import device_slots
-from bnresearch.sweep.spec import claim
+from bnresearch.sweep.spec import claim, group_points
 
 
 def _say(message: str) -> None:
@@ -70,8 +70,13 @@ def launch_sweep(
     executor: str = "local",
     slurm: dict | None = None,
     target_accuracy: float | None = None,
+    vectorize: str = "seeds",
 ) -> int:
-    """Runs what is left of `sweep` in `sweep_dir`; returns 0 when every point has finished."""
+    """Runs what is left of `sweep` in `sweep_dir`; returns 0 when every point has finished.
+
+    `vectorize` (local executor): which points train together as one population in one process
+    (bnresearch/train/members.py): those differing only in their seed, in any member field
+    ('hyperparameters'), or none ('off')."""
     sweep_dir = pathlib.Path(sweep_dir)
     if target_accuracy is not None:
         check_target_accuracy(target_accuracy)  # now, not after the training
@@ -102,15 +107,22 @@ def launch_sweep(
     if to_run and executor == "local":
         from bnresearch.sweep.local import run_local
 
+        groups = group_points(sweep, to_run, vectorize)
+        populations = [group for group in groups if len(group) > 1]
+        if populations:
+            _say(
+                f"{sum(map(len, populations))} points train in {len(populations)} populations "
+                f"(--vectorize={vectorize}), one process each"
+            )
         _say(
-            f"{min(parallel, len(to_run))} at a time on "
-            + "; ".join(slot.label for slot in slots[: len(to_run)])
+            f"{min(parallel, len(groups))} processes at a time on "
+            + "; ".join(slot.label for slot in slots[: len(groups)])
             + f"; logs in {sweep_dir / point_files.LOGS}"
         )
         completed = run_local(
             sweep,
             sweep_dir,
-            to_run,
+            groups,
             slots,
             on_start=lambda point, slot: _say(f"{'start':<11} {point.name} on {slot.label}"),
             on_end=lambda point, code, seconds: _ended(sweep_dir, point, code, seconds),

@@ -23,6 +23,7 @@ from bnresearch.errors import UsageError
 from bnresearch.report.naming import unique_names
 from bnresearch.report.sweep_file import SWEEP_FILE, Point, Sweep, json_roundtrip, read_sweep
 from bnresearch.sweep import grid
+from bnresearch.train import members
 
 _SCALARS = (bool, int, float, str)
 
@@ -39,6 +40,57 @@ def point_command(sweep: Sweep, point: Point, sweep_dir) -> list[str]:
         f"--workdir={pathlib.Path(sweep_dir).resolve() / point.name}",
         *(f"--config.{field}={flag_text(value)}" for field, value in overrides.items()),
     ]
+
+
+def population_command(sweep: Sweep, points: tuple[Point, ...], sweep_dir) -> list[str]:
+    """The process that trains `points` together as one population (bnresearch/train/
+    population.py): launch's --member names each; each reads its overrides from sweep.json
+    and keeps its own run directory, DIR/<name>, as if it ran alone."""
+    config = sweep.config_file + (f":{sweep.arg}" if sweep.arg is not None else "")
+    return [
+        sys.executable,
+        "-m",
+        "bnresearch.launch",
+        f"--config={config}",
+        f"--workdir={pathlib.Path(sweep_dir).resolve()}",
+        *(f"--member={point.name}" for point in points),
+        *(
+            f"--config.{field}={flag_text(value)}"
+            for field, value in sweep.common_overrides.items()
+        ),
+    ]
+
+
+def _with_overrides(config: dict, overrides: dict) -> dict:
+    """`config` (a dict) with dotted `overrides` applied."""
+    config = json.loads(json.dumps(config))
+    for field, value in overrides.items():
+        *groups, name = field.split(".")
+        node = config
+        for group in groups:
+            node = node[group]
+        node[name] = value
+    return config
+
+
+def group_points(sweep: Sweep, points: list[Point], vectorize: str) -> list[tuple[Point, ...]]:
+    """`points` in groups that train as one population each (`--vectorize`, train/members.py):
+    points whose overrides agree but for the member fields, none of whose configs forbids it;
+    a point alone is a group of one. Groups keep the sweep's order of their first point."""
+    groups = {}
+    for point in points:
+        config = _with_overrides(sweep.base_config, point.overrides)
+        if vectorize == "off" or members.blocker(config) is not None:
+            key = ("alone", point.name)
+        else:
+            shared = {
+                field: value
+                for field, value in point.overrides.items()
+                if not members.is_member_field(field, vectorize)
+            }
+            key = ("shared", json.dumps(shared, sort_keys=True))
+        groups.setdefault(key, []).append(point)
+    return [tuple(group) for group in groups.values()]
 
 
 def flag_text(value) -> str:

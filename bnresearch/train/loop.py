@@ -158,7 +158,11 @@ def evaluate(eval_step, state: TrainState, dataset, batch_size: int, mesh) -> di
     ):
         sums = eval_step(state, global_batch(local_batch, mesh))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
+    return eval_scalars(jax.device_get(totals))
+
+
+def eval_scalars(totals: dict) -> dict:
+    """The eval record from eval_step's sums over the eval set (fetched)."""
     scalars = {
         "eval/loss": float(totals["loss_sum"] / totals["count"]),
         "eval/accuracy": float(totals["correct_sum"] / totals["count"]),

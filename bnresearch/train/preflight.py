@@ -38,7 +38,7 @@ from bnresearch.optim.batch_size_schedule import schedule_from_config
 from bnresearch.optim.learning_rate import BATCH_SIZE_SCHEDULE_LR, LR_SCALING_RULES, check_warmup
 from bnresearch.optim.optimizers import check_optimizer_config, make_optimizer
 from bnresearch.optim.schedules import DECAYS, make_schedule
-from bnresearch.parallel.mesh import check_batch_size, make_mesh
+from bnresearch.parallel.mesh import MEMBERS_AXIS, check_batch_size, make_mesh
 from bnresearch.parallel.sharding import check_sharding_config
 from bnresearch.run_status import DONE
 from bnresearch.train.layout import StateLayout, init_fn, state_layout
@@ -109,7 +109,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     check_fine_tune_config(config)
 
 
-def _check_batches_split(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+def check_batches_split(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     """Every batch a train step may see (each phase's, with batch augmentation's copies) and the
     eval batch must split evenly over the devices."""
     for field, size in configured_batch_sizes(config):
@@ -162,7 +162,12 @@ def preflight(config: ml_collections.ConfigDict, rundir: RunDirectory) -> Setup 
     Raises a one-line UsageError for anything that cannot work; writes nothing."""
     check_config(config)
     mesh = make_mesh(config.mesh.shape.to_dict())
-    _check_batches_split(config, mesh)
+    if mesh.shape[MEMBERS_AXIS] > 1:
+        raise UsageError(
+            f"mesh.shape.members={mesh.shape[MEMBERS_AXIS]} spreads the members of a population "
+            "(a sweep's --vectorize) over the devices; a single run takes members: 1"
+        )
+    check_batches_split(config, mesh)
     rundir.check(config)
     previous = rundir.status()
     if previous.get("status") == DONE:

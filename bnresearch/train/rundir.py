@@ -72,7 +72,7 @@ class WorkdirError(UsageError):
     """The workdir cannot hold this run: another experiment, another launch, a file, damage."""
 
 
-def _jsonable(config: ml_collections.ConfigDict) -> dict:
+def jsonable(config: ml_collections.ConfigDict) -> dict:
     # A JSON round trip turns tuples into lists, so stored and fresh configs compare equal.
     return json.loads(config.to_json())
 
@@ -153,8 +153,8 @@ class RunDirectory:
             changes = list(
                 differences(
                     experiment(_read_config(stored_file)),
-                    experiment(_jsonable(config)),
-                    defaults=_jsonable(base_config()),
+                    experiment(jsonable(config)),
+                    defaults=jsonable(base_config()),
                 )
             )
             if changes:
@@ -209,7 +209,7 @@ class RunDirectory:
         """Records the config of a new run (a resumed run has it already)."""
         stored_file = self.path / "config.json"
         if self.writer and not stored_file.exists():
-            write_json(stored_file, _jsonable(config))
+            write_json(stored_file, jsonable(config))
 
     def status(self) -> dict:
         status_file = self.path / "status.json"

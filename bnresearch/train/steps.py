@@ -23,10 +23,13 @@ def label_targets(batch: dict, logits: jax.Array) -> jax.Array:
     return weight * one_hot(batch["label"]) + (1 - weight) * one_hot(batch["mix_label"])
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float) -> jax.Array:
+def cross_entropy(
+    logits: jax.Array, targets: jax.Array, label_smoothing: float | jax.Array
+) -> jax.Array:
     """Per-example cross-entropy against target distributions smoothed to (1 - eps) targets +
-    eps/K (Szegedy et al. 2016, arXiv:1512.00567); eps = 0 is the plain loss."""
-    if label_smoothing:
+    eps/K (Szegedy et al. 2016, arXiv:1512.00567); eps = 0 is the plain loss. An array eps (a
+    population member's own) always smooths: eps = 0 leaves the targets exactly as they are."""
+    if isinstance(label_smoothing, jax.Array) or label_smoothing:
         targets = optax.smooth_labels(targets, label_smoothing)
     return optax.softmax_cross_entropy(logits, targets)
 

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from jax import lax
 
-from bnresearch.layers.convolution import PATCH_MATMUL_MAX_POSITIONS, conv_general_dilated
+from bnresearch.layers.convolution import (
+    PATCH_MATMUL_MAX_POSITIONS,
+    conv_general_dilated,
+    convs_per_member,
+)
 
 CHANNELS_LAST = ("NHWC", "HWIO", "NHWC")
 
@@ -104,3 +108,44 @@ def test_dilated_and_grouped_convolutions_stay_xlas():
         )
     )(x, w)
     assert any(eqn.primitive.name == "conv_general_dilated" for eqn in grouped.eqns)
+
+
+@pytest.mark.parametrize("side,kernel,stride,padding", [(2, 3, 1, "SAME"), (6, 3, 2, "SAME")])
+def test_convs_per_member_are_each_members_own_conv_with_its_gradients(
+    side, kernel, stride, padding
+):
+    # A population's vmap over members, each with its own kernel: inside convs_per_member the
+    # conv and both its gradients are, bitwise, those of each member's conv computed alone.
+    members, batch, c_in, c_out = 3, 4, 2, 5
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((members, batch, side, side, c_in)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((members, kernel, kernel, c_in, c_out)), jnp.float32)
+
+    def conv(x, w):
+        return conv_general_dilated(
+            x, w, (stride, stride), padding, dimension_numbers=CHANNELS_LAST
+        )
+
+    def loss_and_grads(x, w):
+        return jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), argnums=(0, 1))(x, w)
+
+    def population(x, w):
+        with convs_per_member():
+            return jax.vmap(loss_and_grads)(x, w)
+
+    together = jax.jit(population)(x, w)
+    for member in range(members):
+        alone = jax.jit(loss_and_grads)(x[member], w[member])
+        for got, expected in zip(jax.tree.leaves(together), jax.tree.leaves(alone)):
+            np.testing.assert_array_equal(got[member], expected)
+    # And the forward pass against NumPy, member by member.
+    with convs_per_member():
+        out = jax.jit(jax.vmap(conv))(x, w)
+    pads = lax.padtype_to_pads((side, side), (kernel, kernel), (stride, stride), padding)
+    for member in range(members):
+        np.testing.assert_allclose(
+            out[member],
+            numpy_conv(np.asarray(x[member]), np.asarray(w[member]), (stride,) * 2, pads),
+            rtol=1e-5,
+            atol=1e-5,
+        )

@@ -31,12 +31,14 @@ from tests.train.runs import StopAt, final_state, read_metrics, tiny_config
 @pytest.mark.parametrize(
     "shape, devices, sizes",
     [
-        ({"data": -1}, 8, (8, 1)),
-        ({"data": -1, "fsdp": 2}, 8, (4, 2)),
-        ({"data": 4, "fsdp": -1}, 8, (4, 2)),
-        ({"data": 1, "fsdp": 8}, 8, (1, 8)),
-        ({"fsdp": 4}, 4, (1, 4)),
-        ({"data": -1, "fsdp": 1}, 1, (1, 1)),
+        ({"data": -1}, 8, (1, 8, 1)),
+        ({"data": -1, "fsdp": 2}, 8, (1, 4, 2)),
+        ({"data": 4, "fsdp": -1}, 8, (1, 4, 2)),
+        ({"data": 1, "fsdp": 8}, 8, (1, 1, 8)),
+        ({"fsdp": 4}, 4, (1, 1, 4)),
+        ({"data": -1, "fsdp": 1}, 1, (1, 1, 1)),
+        ({"members": 2, "data": -1}, 8, (2, 4, 1)),
+        ({"members": -1, "data": 1, "fsdp": 2}, 8, (4, 1, 2)),
     ],
 )
 def test_mesh_sizes_resolve_minus_one_to_the_devices_left(shape, devices, sizes):
@@ -51,7 +53,10 @@ def test_mesh_sizes_resolve_minus_one_to_the_devices_left(shape, devices, sizes)
         ({"data": -1, "fsdp": -1}, "-1 for at most one axis"),
         ({"data": 0, "fsdp": -1}, "use positive sizes"),
         ({"data": -2, "fsdp": 4}, "use positive sizes"),
-        ({"data": -1, "model": 2}, "unknown mesh axis 'model' in mesh.shape; valid: data, fsdp"),
+        (
+            {"data": -1, "model": 2},
+            "unknown mesh axis 'model' in mesh.shape; valid: members, data, fsdp",
+        ),
     ],
 )
 def test_a_shape_the_devices_cannot_take_is_refused_in_one_line(shape, message):
@@ -344,8 +349,8 @@ def test_a_run_resumes_under_another_layout_as_the_same_experiment(
 
     records = json.loads((workdir / "environment.json").read_text())
     assert [(r["mesh"], r["sharding"]["strategy"]) for r in records] == [
-        ({"data": 2, "fsdp": 4}, "fsdp"),
-        ({"data": 8, "fsdp": 1}, "replicated"),
+        ({"members": 1, "data": 2, "fsdp": 4}, "fsdp"),
+        ({"members": 1, "data": 8, "fsdp": 1}, "replicated"),
     ]
     resumed, reference = read_metrics(workdir), read_metrics(uninterrupted_fsdp)
     assert [r.keys() for r in resumed] == [r.keys() for r in reference]

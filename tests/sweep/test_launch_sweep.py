@@ -63,7 +63,8 @@ def test_failing_and_diverging_points_leave_the_others_done(finished_sweep):
 def test_a_point_is_the_run_launch_py_makes_alone(finished_sweep, prepared_data_dir, tmp_path):
     # The points share their compiled programs through DIR/compilation_cache. The run launched
     # alone, outside the sweep, on as many cores as a point had, and loading its train step
-    # from that cache (the executable a point compiled), logs bitwise the point's metrics.
+    # from that cache (the executable a point compiled), logs bitwise the metrics of the point
+    # that trained alone (batch_size=32; the two seeds of batch_size=16 trained together).
     workdir, _ = finished_sweep
     cores = devices.device_slots(2)[1].cpus
     alone = subprocess.run(
@@ -73,8 +74,8 @@ def test_a_point_is_the_run_launch_py_makes_alone(finished_sweep, prepared_data_
             f"--config={TINY}",
             f"--workdir={tmp_path / 'alone'}",
             f"--config.dataset.data_dir={prepared_data_dir}",
-            "--config.batch_size=16",
-            "--config.seed=1",
+            "--config.batch_size=32",
+            "--config.seed=0",
         ],
         env={
             **sweep_env(),
@@ -88,7 +89,43 @@ def test_a_point_is_the_run_launch_py_makes_alone(finished_sweep, prepared_data_
     )
     assert alone.returncode == 0, alone.stdout + alone.stderr
     assert "Persistent compilation cache hit for 'jit_train_step'" in alone.stderr
-    assert read_metrics(tmp_path / "alone") == read_metrics(workdir / "batch_size=16,seed=1")
+    assert read_metrics(tmp_path / "alone") == read_metrics(workdir / "batch_size=32,seed=0")
+
+
+def test_the_seeds_of_a_point_train_as_one_population_of_normal_runs(
+    finished_sweep, prepared_data_dir, tmp_path
+):
+    # batch_size=16 with seeds 0 and 1 differ in their seed only: one process trained both
+    # (--vectorize=seeds, the default), each in its own run directory, each the run launch.py
+    # makes alone within float rounding (tests/train/test_population.py states the tolerance).
+    workdir, result = finished_sweep
+    assert "2 points train in 1 populations (--vectorize=seeds), one process each" in result.stdout
+    first = (workdir / "logs" / "batch_size=16,seed=0.log").read_text()
+    assert "--member=batch_size=16,seed=0 --member=batch_size=16,seed=1" in first
+    second = (workdir / "logs" / "batch_size=16,seed=1.log").read_text()
+    assert "in a population; its log: " in second
+    alone = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "launch.py"),
+            f"--config={TINY}",
+            f"--workdir={tmp_path / 'alone'}",
+            f"--config.dataset.data_dir={prepared_data_dir}",
+            "--config.batch_size=16",
+            "--config.seed=1",
+        ],
+        env=sweep_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    member = read_metrics(workdir / "batch_size=16,seed=1")
+    expected = read_metrics(tmp_path / "alone")
+    assert [m.keys() for m in member] == [m.keys() for m in expected]
+    for record, reference in zip(member, expected):
+        for key, value in record.items():
+            np.testing.assert_allclose(value, reference[key], rtol=1e-4, err_msg=key)
 
 
 def test_relaunch_trains_nothing_and_retries_failures_only_when_asked(

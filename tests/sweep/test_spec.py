@@ -11,8 +11,17 @@ from ml_collections import config_flags
 
 from bnresearch.errors import UsageError
 from bnresearch.report.naming import short_labels, unique_names
+from bnresearch.report.sweep_file import Point
 from bnresearch.sweep import grid
-from bnresearch.sweep.spec import check_override, claim, expand, flag_text, point_command
+from bnresearch.sweep.spec import (
+    check_override,
+    claim,
+    expand,
+    flag_text,
+    group_points,
+    point_command,
+    population_command,
+)
 from tests.sweep import tiny_sweep
 
 TINY = str(pathlib.Path(tiny_sweep.__file__))
@@ -259,3 +268,41 @@ def test_slurm_settings_come_from_the_config_module_and_are_checked(tmp_path):
         check_settings("submitit_local", {"gpus": 1})
     with pytest.raises(UsageError, match="SLURM setting time='4h' must be an int"):
         check_settings("submitit_local", {"time": "4h"})
+
+
+def test_points_differing_only_in_member_fields_are_grouped_into_populations(tmp_path):
+    sweep = expand(TINY, None, locked_config(), {"dataset.data_dir": "/d"})
+    names = lambda groups: [[point.name for point in group] for group in groups]
+    # Seeds: the two seeds of batch_size=16 train together; every other point alone.
+    assert names(group_points(sweep, list(sweep.points), "seeds")) == [
+        ["batch_size=16,seed=0", "batch_size=16,seed=1"],
+        ["batch_size=32,seed=0"],
+        ["norm=none,base_lr=1e+30"],
+        ["norm=no_such_norm"],
+    ]
+    assert names(group_points(sweep, list(sweep.points), "off")) == [
+        [point.name] for point in sweep.points
+    ]
+    command = population_command(sweep, sweep.points[:2], tmp_path)
+    assert command[1:] == [
+        "-m",
+        "bnresearch.launch",
+        f"--config={TINY}",
+        f"--workdir={tmp_path.resolve()}",
+        "--member=batch_size=16,seed=0",
+        "--member=batch_size=16,seed=1",
+        "--config.dataset.data_dir=/d",
+    ]
+    # Hyperparameters: points of one program that differ in their lr and seed group together;
+    # one that differs in a compiled constant (weight decay), or that cannot be a member
+    # (steps_per_call > 1), stays alone.
+    points = [
+        Point("a", {"seed": 0, "base_lr": 0.1}),
+        Point("b", {"seed": 1, "base_lr": 0.3, "schedule.warmup": "2 steps"}),
+        Point("c", {"seed": 0, "optimizer.weight_decay": 0.0}),
+        Point("d", {"seed": 0, "steps_per_call": 2}),
+        Point("e", {"seed": 1, "steps_per_call": 2}),
+    ]
+    grouped = group_points(sweep, points, "hyperparameters")
+    assert names(grouped) == [["a", "b"], ["c"], ["d"], ["e"]]
+    assert names(group_points(sweep, points, "seeds")) == [["a"], ["b"], ["c"], ["d"], ["e"]]
