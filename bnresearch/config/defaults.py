@@ -149,6 +149,23 @@ def base_config() -> ml_collections.ConfigDict:
     config.noise_scale.sub_batches = 8  # B_small = batch / 8: per device on 8 devices
     config.noise_scale.ema_decay = 0.9  # of |G|^2 and tr(Sigma), each measurement
 
+    # Santurkar et al. 2018's "why does batch norm work" probes (bnresearch/train/probes.py),
+    # each a separate computation on the due step's batch, none when off; logged as landscape/,
+    # ics/ and activations/ metrics.
+    # Loss range, gradient predictiveness and beta-smoothness along -g over the step sizes.
+    config.landscape = ml_collections.ConfigDict()
+    config.landscape.enabled = False
+    config.landscape.every = "50 steps"
+    config.landscape.step_sizes = (0.05, 0.1, 0.2, 0.4)  # etas of theta - eta g, each > 0
+    # Internal covariate shift per layer: ||G_i - G'_i|| and cos(G_i, G'_i).
+    config.covariate_shift = ml_collections.ConfigDict()
+    config.covariate_shift.enabled = False
+    config.covariate_shift.every = "50 steps"
+    # Mean and std of each normalization's input and output.
+    config.activation_stats = ml_collections.ConfigDict()
+    config.activation_stats.enabled = False
+    config.activation_stats.every = "50 steps"
+
     config.label_smoothing = 0.0  # eps of (1 - eps) onehot + eps / K; 0 turns it off
     config.train_duration = "30 epochs"  # durations: "N steps" or "N epochs"
     config.compute_dtype = "float32"  # float32 | bfloat16 (for accelerators)
