@@ -23,7 +23,7 @@ from bnresearch import data
 from bnresearch.checkpoint.manager import Checkpointer, PreemptionWatch
 from bnresearch.parallel.mesh import global_batch, global_batches, replicated
 from bnresearch.run_status import DIVERGED, DONE, FAILED, PREEMPTED, RUNNING
-from bnresearch.train import probes, reestimate, steps, transfer
+from bnresearch.train import gradinit, probes, reestimate, steps, transfer
 from bnresearch.train.canonical_convolutions import canonical_convolutions
 from bnresearch.train.layout import StateLayout, batch_shapes
 from bnresearch.train.preflight import Setup, preflight
@@ -222,8 +222,8 @@ def make_train_iterator(setup: Setup):
 
 def restore_or_init(setup: Setup, checkpointer: Checkpointer, train_iterator) -> Start:
     """The newest checkpoint that restores (moving `train_iterator` to its position; damaged newer
-    ones are set aside), or a fresh state: a fine-tuning run's from its source
-    (``transfer.start_state``)."""
+    ones are set aside), or a fresh state: with GradInit's learned scales folded in
+    (``gradinit.tune``), or a fine-tuning run's from its source (``transfer.start_state``)."""
     restored = checkpointer.restore_latest(setup.layout.abstract, train_iterator)
     if restored is not None:
         step, state, progress = restored
@@ -242,6 +242,8 @@ def restore_or_init(setup: Setup, checkpointer: Checkpointer, train_iterator) ->
         .compile({**setup.compiler_options, "xla_backend_optimization_level": 0})
     )
     state = init_once(key, first_batch["image"])
+    if setup.config.model.init_method == "gradinit":  # learned scales, on a stream of its own
+        state = gradinit.tune(setup, state, make_train_iterator(setup))
     if setup.fine_tune is not None:
         state = transfer.start_state(
             setup.fine_tune,
