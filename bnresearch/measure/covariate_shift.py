@@ -81,13 +81,19 @@ def shift(gradient_fn, params: dict, updated: dict, layers: tuple[str, ...]):
     return jax.lax.map(layer_shift, jnp.arange(len(layers)))
 
 
+def layer_label(index: int, name: str) -> str:
+    return f"{index:02d}_{name}"
+
+
 def summary(layers: tuple[str, ...], distances, cosines) -> dict[str, jax.Array]:
-    """The scalars logged: `ics/<layer>/l2` and `ics/<layer>/cosine` per layer, and their means
-    over the layers that have an earlier one (`ics/mean_l2`, `ics/mean_cosine`)."""
+    """The scalars logged: `ics/<NN>_<layer>/l2` and `ics/<NN>_<layer>/cosine` per layer, NN its
+    place in the forward order (metrics are stored with sorted keys, so the order must be in the
+    name: the report draws the layers in it), and their means over the layers that have an
+    earlier one (`ics/mean_l2`, `ics/mean_cosine`)."""
     scalars = {}
     for index, name in enumerate(layers):
-        scalars[f"ics/{name}/l2"] = distances[index]
-        scalars[f"ics/{name}/cosine"] = cosines[index]
+        scalars[f"ics/{layer_label(index, name)}/l2"] = distances[index]
+        scalars[f"ics/{layer_label(index, name)}/cosine"] = cosines[index]
     if len(layers) > 1:
         scalars["ics/mean_l2"] = jnp.mean(distances[1:])
         scalars["ics/mean_cosine"] = jnp.mean(cosines[1:])

@@ -63,10 +63,10 @@ def test_the_shift_of_a_two_layer_linear_network():
     assert scalars["ics/mean_l2"] == pytest.approx(float(distances[1]))
     assert scalars["ics/mean_cosine"] == pytest.approx(float(cosines[1]))
     assert set(scalars) == {
-        "ics/second/l2",
-        "ics/second/cosine",
-        "ics/first/l2",
-        "ics/first/cosine",
+        "ics/00_second/l2",
+        "ics/00_second/cosine",
+        "ics/01_first/l2",
+        "ics/01_first/cosine",
         "ics/mean_l2",
         "ics/mean_cosine",
     }

@@ -95,8 +95,10 @@ def test_probes_are_logged_at_their_steps_and_only_compiled_when_on(runs):
     }
     (ics,) = records(root / "probed", "ics/")
     # The quickstart CNN's layers, in forward order, each with its distance and cosine.
-    assert {"ics/stage1_conv1/l2", "ics/head/cosine", "ics/mean_l2", "ics/mean_cosine"} <= set(ics)
-    assert ics["ics/stage1_conv1/l2"] < 1e-6 < ics["ics/head/l2"]  # no layer before the first
+    layers = sorted({key.split("/")[1] for key in ics if "/" in key} - {"mean_l2", "mean_cosine"})
+    assert layers[0] == "00_stage1_conv1" and layers[-1].endswith("_head")
+    assert {"ics/mean_l2", "ics/mean_cosine", f"ics/{layers[-1]}/cosine"} <= set(ics)
+    assert ics["ics/00_stage1_conv1/l2"] < 1e-6 < ics[f"ics/{layers[-1]}/l2"]  # none before
     activations = records(root / "probed", "activations/")[0]
     assert "activations/stage1_conv1_norm/output_std" in activations
     for record in records(root / "probed", "landscape/") + [ics, activations]:
