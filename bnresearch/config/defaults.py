@@ -55,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Kernel init of every weight layer: he_normal | lecun_normal | glorot_uniform; None: He-normal
     # (LeCun-normal for a dense logits layer), or lecun_normal when self_normalizing.
     config.model.weight_init = placeholder(str)
+    # default (the layers' own init, weight_init) | gradinit (then learn a scale per parameter
+    # tensor before training, Zhu et al. 2021, settings in `gradinit`; bnresearch/train/gradinit.py)
+    config.model.init_method = "default"
     # Self-normalizing network (Klambauer et al. 2017): needs activation=selu; LeCun-normal init
     # for every weight layer and alpha-dropout in place of every dropout.
     config.model.self_normalizing = False
@@ -148,6 +151,33 @@ def base_config() -> ml_collections.ConfigDict:
     config.noise_scale.every = "50 steps"
     config.noise_scale.sub_batches = 8  # B_small = batch / 8: per device on 8 devices
     config.noise_scale.ema_decay = 0.9  # of |G|^2 and tr(Sigma), each measurement
+
+    # Santurkar et al. 2018's "why does batch norm work" probes (bnresearch/train/probes.py),
+    # each a separate computation on the due step's batch, none when off; logged as landscape/,
+    # ics/ and activations/ metrics.
+    # Loss range, gradient predictiveness and beta-smoothness along -g over the step sizes.
+    config.landscape = ml_collections.ConfigDict()
+    config.landscape.enabled = False
+    config.landscape.every = "50 steps"
+    config.landscape.step_sizes = (0.05, 0.1, 0.2, 0.4)  # etas of theta - eta g, each > 0
+    # Internal covariate shift per layer: ||G_i - G'_i|| and cos(G_i, G'_i).
+    config.covariate_shift = ml_collections.ConfigDict()
+    config.covariate_shift.enabled = False
+    config.covariate_shift.every = "50 steps"
+    # Mean and std of each normalization's input and output.
+    config.activation_stats = ml_collections.ConfigDict()
+    config.activation_stats.enabled = False
+    config.activation_stats.every = "50 steps"
+
+    # GradInit (model.init_method=gradinit): Adam on the scales for `iterations` steps, each on
+    # two batches, to lower the loss after one SGD step of inner_lr with ||g||_p <= gamma.
+    config.gradinit = ml_collections.ConfigDict()
+    config.gradinit.iterations = 100
+    config.gradinit.lr = 0.01  # tau, Adam's lr on the scales
+    config.gradinit.inner_lr = 0.1  # eta, the SGD step whose outcome is optimized
+    config.gradinit.gamma = 1.0  # the gradient-norm bound
+    config.gradinit.norm_order = 2  # p: 1 or 2
+    config.gradinit.min_scale = 0.01  # the scales' floor
 
     config.label_smoothing = 0.0  # eps of (1 - eps) onehot + eps / K; 0 turns it off
     config.train_duration = "30 epochs"  # durations: "N steps" or "N epochs"

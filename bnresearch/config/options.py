@@ -8,6 +8,12 @@ NORMALIZATION_OPTIONS = {
     # batch, ghost_batch, batch_renorm, batch_kalman, batch_layer, layer, group, instance, frn,
     # weight, batchless, none
     "heterogeneity_threshold": float,
+    # batch, ghost_batch, batch_renorm, batch_kalman, batch_layer, layer, group, instance, frn,
+    # weight, batchless, none
+    "noise_shift": float,
+    # batch, ghost_batch, batch_renorm, batch_kalman, batch_layer, layer, group, instance, frn,
+    # weight, batchless, none
+    "noise_gain": float,
     # batch, ghost_batch, batch_renorm, batch_kalman, weight
     "momentum": float,
     # batch, ghost_batch, batch_renorm, batch_kalman, batch_layer, layer, group, instance, frn

@@ -78,6 +78,12 @@ RANGES: dict[str, Range] = {
         whole=True, low=2, says="be a whole number >= 2 (two batch sizes are needed)"
     ),
     "noise_scale.ema_decay": FRACTION,
+    "gradinit.iterations": POSITIVE_WHOLE,
+    "gradinit.lr": POSITIVE,
+    "gradinit.inner_lr": POSITIVE,
+    "gradinit.gamma": POSITIVE,
+    "gradinit.norm_order": Range(whole=True, low=1, high=2, says="be 1 or 2"),
+    "gradinit.min_scale": POSITIVE,
     "sharding.min_size": WHOLE_FROM_ZERO,  # elements; 0: fsdp splits every tensor it can
     "fine_tune.train_last_stages": WHOLE_FROM_ZERO,  # 0: nothing frozen by stage
     "fine_tune.body_lr": NOT_NEGATIVE,

@@ -15,6 +15,10 @@ the parameter names that code outside the layers looks up.
   sown only by a forward that asks for them (``mutable`` includes it): re-estimating the
   population statistics (``bnresearch/train/reestimate.py``) averages them over a pass.
 
+- ``activations``: each normalization's input and output statistics
+  (``bnresearch/measure/activations.py``), sown only by a training forward that asks for them
+  (``mutable`` includes it): the activation-statistics measurement, never the train step.
+
 The sown collections are rebuilt from scratch at every step and exist only in training mode.
 Randomness at train time (dropout, stochastic depth, stochastic quantizers) comes from one
 stream, ``self.make_rng(RNG_STREAM)``, which flax splits per call site; the train step seeds it
@@ -29,6 +33,7 @@ STATE = "batch_stats"
 AUX_LOSS = "aux_loss"
 ANALYSIS = "analysis"
 MOMENTS = "moments"
+ACTIVATIONS = "activations"
 RNG_STREAM = "dropout"
 
 TRAIN_MUTABLE = (STATE, AUX_LOSS, ANALYSIS)

@@ -1,7 +1,9 @@
-"""PNG figures of a sweep: learning curves per variant with a band over seeds, and final accuracy
-against each swept numeric field (batch size, learning rate, ...)."""
+"""PNG figures of a sweep: learning curves per variant with a band over seeds, final accuracy
+against each swept numeric field (batch size, learning rate, ...), and the probes' measurements
+where the runs logged them (landscape, internal covariate shift, activation statistics)."""
 
 import math
+import pathlib
 
 import matplotlib
 
@@ -227,3 +229,125 @@ def final_accuracy_against(variants: list[Variant], field: str, path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=_DPI)
     plt.close(figure)
+
+
+# The probes' figures (bnresearch/train/probes.py): (file, [(metric, panel title)]), drawn when
+# some run logged the metrics. The activation statistics are averaged over the normalization
+# sites of a record; the covariate shift also gets a panel per layer.
+_LANDSCAPE = [
+    ("landscape/loss_range", "loss range along -g"),
+    ("landscape/gradient_predictiveness", "gradient predictiveness (max l2 change)"),
+    ("landscape/beta_smoothness", "effective beta-smoothness"),
+]
+_COVARIATE_SHIFT = [
+    ("ics/mean_l2", "internal covariate shift: mean l2"),
+    ("ics/mean_cosine", "internal covariate shift: mean cosine"),
+]
+_ACTIVATIONS = [
+    ("input_mean", "input mean"),
+    ("input_std", "input std"),
+    ("output_mean", "output mean"),
+    ("output_std", "output std"),
+]
+
+
+def site_mean(metrics: list[dict], statistic: str) -> list[tuple[int, float]]:
+    """(step, mean over the normalization sites of `activations/<site>/<statistic>`)."""
+    curve = []
+    for record in metrics:
+        values = [
+            value
+            for key, value in record.items()
+            if key.startswith("activations/") and key.endswith(f"/{statistic}")
+        ]
+        if values:
+            curve.append((record["step"], float(np.mean(values))))
+    return curve
+
+
+def last_per_layer(metrics: list[dict], quantity: str = "l2") -> list[float]:
+    """The last covariate-shift record's `ics/<NN>_<layer>/<quantity>`, in forward order."""
+    records = [record for record in metrics if any(k.startswith("ics/") for k in record)]
+    if not records:
+        return []
+    last = records[-1]
+    layers = sorted(
+        key
+        for key in last
+        if key.startswith("ics/") and key.endswith(f"/{quantity}") and key.count("/") == 2
+    )
+    return [last[key] for key in layers]
+
+
+def _bands(axis, variants, metrics, curve_of, color_of) -> None:
+    for variant in variants:
+        xs, mean, std = _band([curve_of(m) for m in metrics[variant.name]])
+        if xs.size == 0:
+            continue
+        color = color_of[variant.name]
+        axis.plot(xs, mean, color=color, label=variant.name, marker="o" if xs.size < 12 else None)
+        axis.fill_between(xs, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+
+
+def _panels(variants, metrics, panels, path, extra=None) -> None:
+    """One row of panels, each a (curve function, title) drawn per variant as a band over seeds;
+    `extra(axis, color_of)` draws one more panel."""
+    count = len(panels) + (extra is not None)
+    figure, axes = plt.subplots(1, count, figsize=(4.2 * count, 4.2), squeeze=False)
+    color_of = dict(zip((v.name for v in variants), _colors(len(variants))))
+    for axis, (curve_of, title) in zip(axes[0], panels):
+        _bands(axis, variants, metrics, curve_of, color_of)
+        axis.set(title=title, xlabel="step")
+        axis.grid(alpha=0.3)
+    if extra is not None:
+        extra(axes[0][-1], color_of)
+    legend = {}
+    for axis in axes.ravel():
+        legend.update(zip(*reversed(axis.get_legend_handles_labels())))
+    if legend:
+        figure.legend(legend.values(), legend.keys(), loc="lower center", ncol=4, frameon=False)
+    figure.suptitle("mean over seeds, band: ± one standard deviation", fontsize="small")
+    figure.tight_layout(rect=(0, 0.12, 1, 0.95))
+    figure.savefig(path, dpi=_DPI)
+    plt.close(figure)
+
+
+def probe_figures(variants: list[Variant], sweep_dir, out_dir) -> list:
+    """landscape.png, covariate_shift.png and activations.png in `out_dir`, each only where some
+    run of the sweep logged its probe; returns the paths written."""
+    metrics = {
+        variant.name: [read_metrics(f"{sweep_dir}/{name}") for name in variant.point_names]
+        for variant in variants
+    }
+    keys = {key for runs in metrics.values() for m in runs for record in m for key in record}
+    logged = lambda prefix: any(key.startswith(prefix) for key in keys)
+    by_key = lambda key: lambda m: series(m, key)
+    paths = []
+    if logged("landscape/"):
+        paths.append(pathlib.Path(out_dir) / "landscape.png")
+        panels = [(by_key(key), title) for key, title in _LANDSCAPE]
+        _panels(variants, metrics, panels, paths[-1])
+    if logged("ics/"):
+
+        def per_layer(axis, color_of):
+            for variant in variants:
+                layers = [last_per_layer(m) for m in metrics[variant.name]]
+                layers = [values for values in layers if values]
+                if not layers or len({len(values) for values in layers}) > 1:
+                    continue
+                axis.plot(np.mean(layers, axis=0), color=color_of[variant.name], marker="o")
+            axis.set(title="l2 shift per layer, last measurement", xlabel="layer (forward order)")
+            axis.set_yscale("log")
+            axis.grid(alpha=0.3)
+
+        paths.append(pathlib.Path(out_dir) / "covariate_shift.png")
+        panels = [(by_key(key), title) for key, title in _COVARIATE_SHIFT]
+        _panels(variants, metrics, panels, paths[-1], extra=per_layer)
+    if logged("activations/"):
+        paths.append(pathlib.Path(out_dir) / "activations.png")
+        panels = [
+            (lambda m, s=statistic: site_mean(m, s), f"{title}, mean over sites")
+            for statistic, title in _ACTIVATIONS
+        ]
+        _panels(variants, metrics, panels, paths[-1])
+    return paths

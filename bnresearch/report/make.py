@@ -90,6 +90,7 @@ def make_report(sweep_dir, target_accuracy: float = DEFAULT_TARGET_ACCURACY) -> 
     for field in figures.numeric_fields(groups):
         figure_paths.append(sweep_dir / f"final_accuracy_vs_{labels[field]}.png")
         figures.final_accuracy_against(groups, field, figure_paths[-1])
+    figure_paths += figures.probe_figures(groups, sweep_dir, sweep_dir)
 
     headers = [
         "variant",

@@ -23,7 +23,7 @@ from bnresearch import data
 from bnresearch.checkpoint.manager import Checkpointer, PreemptionWatch
 from bnresearch.parallel.mesh import global_batch, global_batches, replicated
 from bnresearch.run_status import DIVERGED, DONE, FAILED, PREEMPTED, RUNNING
-from bnresearch.train import reestimate, steps, transfer
+from bnresearch.train import gradinit, probes, reestimate, steps, transfer
 from bnresearch.train.canonical_convolutions import canonical_convolutions
 from bnresearch.train.layout import StateLayout, batch_shapes
 from bnresearch.train.preflight import Setup, preflight
@@ -123,6 +123,13 @@ def _summarize_train(window: list, first_step: int, calls_per_step: int):
     return scalars, diverged_at
 
 
+def _measurement_names(values: dict) -> dict:
+    """The metric names of a measurement's scalars: the probes give theirs in full
+    ('landscape/loss_range'); the noise scale's bare names are logged under train/ (and so
+    stand in checkpoints' pending windows)."""
+    return {key if "/" in key else f"train/{key}": value for key, value in values.items()}
+
+
 def _pending_to_json(window: list, window_start: int, measurements: list) -> dict:
     """The logging window a preemption interrupts, for the checkpoint: values with their dtypes,
     so the resumed run averages exactly the numbers the uninterrupted one would."""
@@ -194,12 +201,13 @@ class Start:
 @dataclasses.dataclass(frozen=True)
 class CompiledSteps:
     """The step functions, compiled, by images per train step: one train step, the K updates of
-    a call (none when K = 1) and the noise scale."""
+    a call (none when K = 1), the noise scale and the probes on (by name, then images)."""
 
     train: dict[int, Callable]
     k_steps: dict[int, Callable]
     noise_scale: dict[int, Callable] | None
     eval: Callable
+    probes: dict[str, dict[int, Callable]] = dataclasses.field(default_factory=dict)
 
 
 def make_train_iterator(setup: Setup):
@@ -218,8 +226,8 @@ def make_train_iterator(setup: Setup):
 
 def restore_or_init(setup: Setup, checkpointer: Checkpointer, train_iterator) -> Start:
     """The newest checkpoint that restores (moving `train_iterator` to its position; damaged newer
-    ones are set aside), or a fresh state: a fine-tuning run's from its source
-    (``transfer.start_state``)."""
+    ones are set aside), or a fresh state: with GradInit's learned scales folded in
+    (``gradinit.tune``), or a fine-tuning run's from its source (``transfer.start_state``)."""
     restored = checkpointer.restore_latest(setup.layout.abstract, train_iterator)
     if restored is not None:
         step, state, progress = restored
@@ -238,6 +246,8 @@ def restore_or_init(setup: Setup, checkpointer: Checkpointer, train_iterator) ->
         .compile({**setup.compiler_options, "xla_backend_optimization_level": 0})
     )
     state = init_once(key, first_batch["image"])
+    if setup.config.model.init_method == "gradinit":  # learned scales, on a stream of its own
+        state = gradinit.tune(setup, state, make_train_iterator(setup))
     if setup.fine_tune is not None:
         state = transfer.start_state(
             setup.fine_tune,
@@ -338,6 +348,20 @@ def compile_steps(setup: Setup, start_step: int) -> CompiledSteps:
             )
             for images in batch_sizes
         }
+    compiled_probes = {
+        name: {
+            images: _compile(
+                probes.probe_step(name, setup, batch_at(images)),
+                batch_at(images),
+                layout=layout,
+                out_shardings=replicated(mesh),
+                donate_state=False,
+                options=setup.compiler_options,
+            )
+            for images in batch_sizes
+        }
+        for name in plan.probes
+    }
     log.info(
         "compiled the train step for batch size(s) %s%s in %.1f s",
         ", ".join(map(str, batch_sizes)),
@@ -349,7 +373,13 @@ def compile_steps(setup: Setup, start_step: int) -> CompiledSteps:
         out_shardings=replicated(mesh),
         compiler_options=setup.compiler_options,
     )
-    return CompiledSteps(train=train, k_steps=k_steps, noise_scale=noise_scale, eval=eval_step)
+    return CompiledSteps(
+        train=train,
+        k_steps=k_steps,
+        noise_scale=noise_scale,
+        eval=eval_step,
+        probes=compiled_probes,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -404,6 +434,10 @@ def run_loop(
                 )
                 state = state.replace(noise_scale=noise_scale)
                 measurements.append((step + 1, noise_scalars))
+            for name, cadence in plan.probes.items():  # the same batch; the state is unchanged
+                if cadence.is_due(step + 1):
+                    batch = global_batch(local_batches[0], mesh)
+                    measurements.append((step + 1, compiled.probes[name][images](state, batch)))
             if updates == 1:  # the train step itself, once per micro-batch
                 for local_batch in local_batches:
                     state, step_metrics = compiled.train[images](
@@ -430,7 +464,7 @@ def run_loop(
                 )
                 window, window_start = [], step + 1
                 for at_step, values in jax.device_get(measurements):
-                    metrics_log.write(at_step, {f"train/{k}": v for k, v in values.items()})
+                    metrics_log.write(at_step, _measurement_names(values))
                 measurements = []
                 scalars["train/batch_size"] = phase.examples_per_update
                 scalars["train/epoch"] = plan.timeline.epoch_at(step)

@@ -27,6 +27,7 @@ from bnresearch.optim.batch_size_schedule import (
 )
 from bnresearch.optim.learning_rate import legw_warmup_epochs, phase_peak_lrs
 from bnresearch.optim.schedules import ScheduleSpec
+from bnresearch.train.probes import PROBES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Plan:
     checkpoint: Cadence
     noise_scale: Cadence | None  # None: not measured
     schedule: ScheduleSpec
+    # The measurements that keep no state (train/probes.py), by name: those switched on.
+    probes: dict[str, Cadence] = dataclasses.field(default_factory=dict)
 
     @property
     def phases(self) -> tuple[Phase, ...]:
@@ -108,12 +111,13 @@ class Plan:
     def _next_stop(self, step: int) -> int:
         """The first step after `step` at which a call must end: something is due after it
         (logging, evaluation, a checkpoint, the end), a batch-size phase starts, or the noise
-        scale is measured before the update that follows it."""
+        scale or a probe is measured before the update that follows it."""
         stops = [self.total_steps]
         stops += [phase.first_step for phase in self.timeline.phases if phase.first_step > step]
         stops += [cadence.next_due(step) for cadence in (self.log, self.eval, self.checkpoint)]
-        if self.noise_scale is not None:
-            measured = self.noise_scale.next_due(step + 1)
+        measured_before = [self.noise_scale] if self.noise_scale is not None else []
+        for cadence in measured_before + list(self.probes.values()):
+            measured = cadence.next_due(step + 1)
             stops.append(None if measured is None else measured - 1)
         return min(stop for stop in stops if stop is not None)
 
@@ -184,6 +188,11 @@ def make_plan(config: ml_collections.ConfigDict, num_train: int) -> Plan:
     if total_steps <= 0:
         raise UsageError(f"train_duration={config.train_duration!r} is less than one step")
     noise_scale = config.noise_scale
+    probes = {
+        name: timeline.every(config[name].every, minimum=1)
+        for name in PROBES
+        if config[name].enabled
+    }
     return Plan(
         timeline=timeline,
         total_steps=total_steps,
@@ -196,4 +205,5 @@ def make_plan(config: ml_collections.ConfigDict, num_train: int) -> Plan:
         checkpoint=timeline.every(config.checkpoint.every),
         noise_scale=timeline.every(noise_scale.every, minimum=1) if noise_scale.enabled else None,
         schedule=_lr_schedule(config, timeline, total_steps),
+        probes=probes,
     )

@@ -41,8 +41,10 @@ from bnresearch.optim.schedules import DECAYS, make_schedule
 from bnresearch.parallel.mesh import MEMBERS_AXIS, check_batch_size, make_mesh
 from bnresearch.parallel.sharding import check_sharding_config
 from bnresearch.run_status import DONE
+from bnresearch.train.gradinit import check_gradinit_config
 from bnresearch.train.layout import StateLayout, init_fn, state_layout
 from bnresearch.train.plan import Plan, configured_batch_sizes, make_plan
+from bnresearch.train.probes import check_probes_config
 from bnresearch.train.rundir import RunDirectory
 from bnresearch.train.transfer import (
     FROZEN_STATISTICS,
@@ -94,6 +96,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     check_warmup(config.schedule.warmup, config.schedule.warmup_rule, config.lr_scaling)
     images_per_call = [size for _, size in configured_batch_sizes(config)]
     check_noise_scale_config(config.noise_scale, images_per_call)
+    check_probes_config(config)
+    check_gradinit_config(config)
     models.check_model_config(
         config.model, batch_sizes=images_per_call, eval_batch_size=config.eval_batch_size
     )

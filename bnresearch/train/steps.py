@@ -6,8 +6,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bnresearch.layers.variables import ANALYSIS, AUX_LOSS, RNG_STREAM, STATE, TRAIN_MUTABLE
-from bnresearch.measure import noise_scale
+from bnresearch.layers.variables import (
+    ACTIVATIONS,
+    ANALYSIS,
+    AUX_LOSS,
+    RNG_STREAM,
+    STATE,
+    TRAIN_MUTABLE,
+)
+from bnresearch.measure import activations, covariate_shift, landscape, noise_scale
 from bnresearch.optim.accumulation import completed_update, micro_step
 from bnresearch.train.state import TrainState
 
@@ -56,14 +63,15 @@ def _sown_scalars(collection) -> dict[str, list[jax.Array]]:
     return grouped
 
 
-def objective(params, batch_stats, batch: dict, rng, *, model, label_smoothing: float):
+def objective(params, batch_stats, batch: dict, rng, *, model, label_smoothing: float, collect=()):
     """The training objective on `batch`: mean cross-entropy plus the auxiliary losses layers
-    sow; returns it with (cross-entropy, auxiliary loss, logits, sown collections)."""
+    sow; returns it with (cross-entropy, auxiliary loss, logits, sown collections). `collect`:
+    collections sown besides the training ones (the measurements'; none in training)."""
     logits, sown = model.apply(
         {"params": params, STATE: batch_stats},
         batch["image"],
         train=True,
-        mutable=TRAIN_MUTABLE,
+        mutable=TRAIN_MUTABLE + tuple(collect),
         rngs={RNG_STREAM: rng},
     )
     data_loss = cross_entropy(logits, label_targets(batch, logits), label_smoothing).mean()
@@ -164,6 +172,57 @@ def noise_scale_step(
     gradient_sq, trace = noise_scale.estimate(small_sq, big_sq, big_batch // sub_batches, big_batch)
     measured = noise_scale.update(state.noise_scale, gradient_sq, trace, ema_decay)
     return measured, noise_scale.summary(measured, ema_decay)
+
+
+def _step_objective(state: TrainState, batch: dict, *, model, label_smoothing: float):
+    """params -> the objective (with its aux) on `batch` as this step's train step sees it: the
+    same normalization state and random draws, so a measurement probes the loss trained on."""
+    return functools.partial(
+        objective,
+        batch_stats=state.batch_stats,
+        batch=batch,
+        rng=_step_rng(state),
+        model=model,
+        label_smoothing=label_smoothing,
+    )
+
+
+def landscape_step(
+    state: TrainState, batch: dict, *, model, step_sizes: tuple, label_smoothing: float = 0.0
+):
+    """The loss-landscape probes at the current parameters on `batch`
+    (``bnresearch.measure.landscape``); scalars only, the state is untouched."""
+    loss_fn = _step_objective(state, batch, model=model, label_smoothing=label_smoothing)
+    loss_and_gradient = jax.value_and_grad(lambda params: loss_fn(params)[0])
+    return landscape.probe(loss_and_gradient, state.params, step_sizes)
+
+
+def covariate_shift_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    model,
+    optimizer,
+    layers: tuple[str, ...],
+    label_smoothing: float = 0.0,
+):
+    """The internal covariate shift of each layer (``bnresearch.measure.covariate_shift``) for
+    the update the train step is about to make with `batch`: the optimizer's own update from
+    the current optimizer state, computed here and discarded."""
+    loss_fn = _step_objective(state, batch, model=model, label_smoothing=label_smoothing)
+    gradient_fn = jax.grad(lambda params: loss_fn(params)[0])
+    updates, _ = optimizer.update(gradient_fn(state.params), state.opt_state, state.params)
+    updated = optax.apply_updates(state.params, updates)
+    distances, cosines = covariate_shift.shift(gradient_fn, state.params, updated, layers)
+    return covariate_shift.summary(layers, distances, cosines)
+
+
+def activation_stats_step(state: TrainState, batch: dict, *, model, label_smoothing: float = 0.0):
+    """Each normalization site's input and output statistics in the train step's forward on
+    `batch` (``bnresearch.measure.activations``)."""
+    loss_fn = _step_objective(state, batch, model=model, label_smoothing=label_smoothing)
+    *_, sown = loss_fn(state.params, collect=(ACTIVATIONS,))[1]
+    return activations.summary(sown.get(ACTIVATIONS, {}))
 
 
 # Top-5 is the papers' second number on CIFAR-100 and ImageNet; with 10 classes or fewer it says

@@ -64,6 +64,12 @@ REFUSED = [
     ("optimizer.lr_multipliers.kernel", -1.0),
     ("optimizer.lr_multipliers.bias", math.nan),
     ("sharding.min_size", -1),
+    ("gradinit.iterations", 0),
+    ("gradinit.lr", 0.0),
+    ("gradinit.inner_lr", -0.1),
+    ("gradinit.gamma", math.inf),
+    ("gradinit.norm_order", 3),
+    ("gradinit.min_scale", 0.0),
 ]
 
 

@@ -254,7 +254,8 @@ def test_registry_names_valid_choices():
         ValueError,
         match=re.escape(
             "'num_groups' for normalization 'batch'; valid options: heterogeneity_threshold, "
-            "momentum, epsilon, scale_init, momentum_convention, eval_statistics"
+            "noise_shift, noise_gain, momentum, epsilon, scale_init, momentum_convention, "
+            "eval_statistics"
         ),
     ):
         get_normalization("batch", num_groups=4)
@@ -262,7 +263,7 @@ def test_registry_names_valid_choices():
     for fact in ("dtype", "images_per_epoch", "accumulation_steps", "activation"):
         with pytest.raises(
             ValueError,
-            match="valid options: heterogeneity_threshold, num_groups, group_size, epsilon",
+            match="valid options: heterogeneity_threshold, noise_shift, noise_gain, num_groups",
         ):
             get_normalization("group", **{fact: None})
     with pytest.raises(ValueError, match=re.escape("valid options: heterogeneity_threshold")):

@@ -256,7 +256,8 @@ def test_build_errors_name_the_valid_choices():
     with pytest.raises(ValueError, match="valid normalizations: batch, ghost_batch, batch_renorm"):
         build_model("cnn", num_classes=10, norm="batchnorm")
     with pytest.raises(
-        ValueError, match="valid options: heterogeneity_threshold, momentum, epsilon"
+        ValueError,
+        match="valid options: heterogeneity_threshold, noise_shift, noise_gain, momentum",
     ):
         build_model("cnn", num_classes=10, norm_kwargs={"moment": 0.9})
     with pytest.raises(ValueError, match="valid activations: relu, leaky_relu, prelu, elu"):

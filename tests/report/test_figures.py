@@ -70,3 +70,36 @@ def test_curves_are_drawn_against_epochs_where_batch_sizes_differ():
         (1.0, 0.7),
         (2.5, 0.9),
     ]
+
+
+def test_the_probes_figures_are_drawn_for_what_the_runs_logged(tmp_path):
+    import json
+
+    from bnresearch.report.figures import last_per_layer, probe_figures, site_mean
+
+    def run(name, scale):
+        records = [
+            {"step": 2, "landscape/loss_range": scale, "landscape/beta_smoothness": 2 * scale},
+            {"step": 2, "activations/a/output_std": 1.0, "activations/b/output_std": 3.0 * scale},
+            {"step": 4, "landscape/loss_range": scale / 2, "landscape/beta_smoothness": scale},
+            {"step": 4, "train/loss": 1.0},
+        ]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(
+            "".join(json.dumps(record) + "\n" for record in records)
+        )
+        return records
+
+    first = run("p0", 1.0)
+    run("p1", 2.0)
+    assert site_mean(first, "output_std") == [(2, 2.0)]
+    shift = [
+        {"step": 5, "ics/01_b/l2": 3.0, "ics/00_z/l2": 1.0, "ics/mean_l2": 3.0},
+        {"step": 9, "ics/10_c/l2": 9.0, "ics/01_b/l2": 4.0, "ics/00_z/l2": 2.0},
+    ]
+    assert last_per_layer(shift) == [2.0, 4.0, 9.0]  # the last record, in forward order
+    both = Variant(name="batch", overrides={}, values={}, point_names=["p0", "p1"], runs=[])
+    paths = probe_figures([both], tmp_path, tmp_path)
+    # No covariate shift was logged: no figure of it.
+    assert [path.name for path in paths] == ["landscape.png", "activations.png"]
+    assert all(path.stat().st_size > 0 for path in paths)

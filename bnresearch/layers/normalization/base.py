@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from flax.typing import Dtype
 
 from bnresearch.errors import UsageError
-from bnresearch.layers.variables import ANALYSIS
+from bnresearch.layers.variables import ACTIVATIONS, ANALYSIS, RNG_STREAM
+from bnresearch.measure.activations import site_statistics
 from bnresearch.measure.heterogeneity import heterogeneity_score
 
 
@@ -102,6 +103,24 @@ def elements_per_channel(x: jax.Array, axes: tuple[int, ...]) -> int:
     return count
 
 
+def covariate_noise(y: jax.Array, rng: jax.Array, shift: float, scale: float) -> jax.Array:
+    """Santurkar et al.'s "noisy BatchNorm" (arXiv:1805.11604, section 2.1): non-stationary
+    noise of non-zero mean and non-unit variance on every normalized activation.
+
+    methods.md does not give the distribution, so this is ours, of the paper's kind: per call
+    (each training step draws afresh, so the shift is non-stationary) and per channel c, a mean
+    mu_c ~ U(-shift, shift) and a gain s_c ~ U(1, scale); then per example and position,
+    y' = s_c y + m with m ~ N(mu_c, 1) drawn independently for every activation. Computed in
+    float32, returned in y's dtype.
+    """
+    channels = y.shape[-1]
+    mean_key, gain_key, noise_key = jax.random.split(rng, 3)
+    mu = jax.random.uniform(mean_key, (channels,), jnp.float32, -shift, shift)
+    gain = jax.random.uniform(gain_key, (channels,), jnp.float32, 1.0, scale)
+    noise = mu + jax.random.normal(noise_key, y.shape, jnp.float32)
+    return (gain * y.astype(jnp.float32) + noise).astype(y.dtype)
+
+
 class Normalization(nn.Module):
     """Base of every normalization.
 
@@ -113,10 +132,19 @@ class Normalization(nn.Module):
     ``train/bn_feasible`` is the fraction of normalized layers whose batch is heterogeneous
     enough for batch statistics. The measurement reads the input and changes nothing, so any
     normalization, ``none`` included, can be assessed.
+
+    Also, in training forwards only: with ``noise_shift`` or ``noise_gain`` set, the output
+    gets ``covariate_noise`` (unset: shift 0, scale 1), the "noisy BN" experiment; and where
+    the ``activations`` collection is mutable (the activation-statistics measurement), the
+    layer sows its input's and output's statistics (``bnresearch/measure/activations.py``).
     """
 
     dtype: Dtype = jnp.float32
     heterogeneity_threshold: float | None = None
+    # Noisy BN (``covariate_noise``): the half-width of the per-channel noise means' range,
+    # >= 0, and the upper end of the per-channel gains' range U(1, noise_gain), >= 1.
+    noise_shift: float | None = None
+    noise_gain: float | None = None
     # Whether the layer ends with a learned per-channel shift; the conv or dense layer before it
     # then needs no bias of its own.
     adds_bias: ClassVar[bool] = True
@@ -125,6 +153,13 @@ class Normalization(nn.Module):
         threshold = self.heterogeneity_threshold
         if threshold is not None and not (isinstance(threshold, (int, float)) and threshold >= 0):
             raise UsageError(f"heterogeneity_threshold must be a number >= 0, got {threshold!r}")
+        for option, value, low in (
+            ("noise_shift", self.noise_shift, 0.0),
+            ("noise_gain", self.noise_gain, 1.0),
+        ):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if value is not None and not (number and low <= value < float("inf")):
+                raise UsageError(f"{option} must be a finite number >= {low:g}, got {value!r}")
         super().__post_init__()
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -134,7 +169,18 @@ class Normalization(nn.Module):
             self.sow(
                 ANALYSIS, "bn_feasible", (score >= self.heterogeneity_threshold).astype(jnp.float32)
             )
-        return self.normalize(x, train)
+        y = self.normalize(x, train)
+        noisy = self.noise_shift is not None or self.noise_gain is not None
+        if train and noisy and not self.is_initializing():
+            shift = 0.0 if self.noise_shift is None else self.noise_shift
+            scale = 1.0 if self.noise_gain is None else self.noise_gain
+            y = covariate_noise(y, self.make_rng(RNG_STREAM), shift, scale)
+        # Asked before anything is computed, so a forward that does not collect the statistics
+        # (every train step) traces exactly the program it traced without them.
+        if train and self.is_mutable_collection(ACTIVATIONS) and not self.is_initializing():
+            for name, value in site_statistics(x, y).items():
+                self.sow(ACTIVATIONS, name, value)
+        return y
 
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
         raise NotImplementedError

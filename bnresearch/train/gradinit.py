@@ -1,0 +1,193 @@
+"""GradInit: the initial weights' scales, learned before training (Zhu, Ni, Xu, Kong, Huang &
+Goldstein, "GradInit: Learning to Initialize Neural Networks for Stable and Efficient Training",
+NeurIPS 2021, arXiv:2102.08098, their Algorithm 1).
+
+Every parameter tensor theta_i of the initialized network gets a scalar alpha_i (from 1), so the
+network is theta(alpha) = (alpha_i theta_i)_i. For `iterations` steps, on two consecutive
+batches S and S' of the training stream, with g = grad L(S; theta(alpha)):
+
+    ||g||_p > gamma:  alpha <- alpha - Adam_tau(grad_alpha ||g||_p)                 (constraint)
+    otherwise:        alpha <- alpha - Adam_tau(grad_alpha L(S'; theta(alpha) - eta g))
+
+then alpha_i <- max(alpha_i, min_scale): the scales are tuned so that one SGD step of size eta
+lowers the loss on a fresh batch the most while the first gradient's norm stays at most gamma.
+At the end the scales are folded into the weights (theta_i <- alpha_i theta_i) and the optimizer
+state is made afresh for them, so training starts from an ordinary state. Tensors that start at
+zero (biases, shifts) stay zero, their scale moot. L is the training objective in training mode
+(batch statistics; the normalization state stays as initialized); eta g is plain SGD's step
+(also the first step of SGD with momentum).
+"""
+
+import dataclasses
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from bnresearch.errors import UsageError
+from bnresearch.parallel.mesh import global_batch
+from bnresearch.train import steps
+from bnresearch.train.rundir import MetricsLog
+from bnresearch.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+INIT_METHODS = ("default", "gradinit")
+
+
+@dataclasses.dataclass(frozen=True)
+class GradInitSettings:
+    """The `gradinit` config block (defaults and ranges: config/defaults.py, ranges.py)."""
+
+    iterations: int  # tuning steps, each on two batches of the training stream
+    lr: float  # tau: Adam's lr on the scales
+    inner_lr: float  # eta: the size of the SGD step whose outcome is optimized
+    gamma: float  # the bound on the first gradient's norm
+    norm_order: int  # p of ||g||_p: 1 or 2
+    min_scale: float  # the scales' lower bound
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "GradInitSettings":
+        return cls(**{field.name: config[field.name] for field in dataclasses.fields(cls)})
+
+
+def scaled(scales, params):
+    """theta(alpha): each tensor times its scale, in the tensor's dtype."""
+    return jax.tree.map(lambda scale, p: (scale * p).astype(p.dtype), scales, params)
+
+
+def gradient_norm(gradient, order: int) -> jax.Array:
+    """||g||_p over all tensors together, p = 1 or 2."""
+    leaves = [leaf.astype(jnp.float32) for leaf in jax.tree.leaves(gradient)]
+    if order == 1:
+        return sum(jnp.sum(jnp.abs(leaf)) for leaf in leaves)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in leaves))
+
+
+def init_scales(params):
+    return jax.tree.map(lambda _: jnp.ones((), jnp.float32), params)
+
+
+def scale_optimizer(settings: GradInitSettings) -> optax.GradientTransformation:
+    return optax.adam(settings.lr)
+
+
+def scale_gradient(scales, params, loss_fn, batch, next_batch, settings: GradInitSettings):
+    """The gradient GradInit steps the scales along, with the loss and ||g||_p at them and
+    whether the constraint was violated (the gradient is then that of ||g||_p).
+
+    `loss_fn(params, batch)` is the objective; `params` the initial ones (never changed).
+    """
+
+    def first_gradient(s):
+        return jax.grad(loss_fn)(scaled(s, params), batch)
+
+    def norm_objective(s):
+        return gradient_norm(first_gradient(s), settings.norm_order)
+
+    def step_objective(s):
+        start = scaled(s, params)
+        stepped = jax.tree.map(lambda p, g: p - settings.inner_lr * g, start, first_gradient(s))
+        return loss_fn(stepped, next_batch)
+
+    loss, gradient = jax.value_and_grad(loss_fn)(scaled(scales, params), batch)
+    norm = gradient_norm(gradient, settings.norm_order)
+    constrained = norm > settings.gamma
+    direction = jax.lax.cond(
+        constrained, jax.grad(norm_objective), jax.grad(step_objective), scales
+    )
+    return direction, loss, norm, constrained
+
+
+def iteration(scales, opt_state, params, loss_fn, batch, next_batch, settings: GradInitSettings):
+    """One GradInit step: the new scales and Adam state, and the scalars to log."""
+    direction, loss, norm, constrained = scale_gradient(
+        scales, params, loss_fn, batch, next_batch, settings
+    )
+    updates, opt_state = scale_optimizer(settings).update(direction, opt_state, scales)
+    scales = jax.tree.map(
+        lambda s: jnp.maximum(s, settings.min_scale), optax.apply_updates(scales, updates)
+    )
+    scalars = {
+        "gradinit/loss": loss,
+        "gradinit/gradient_norm": norm,
+        "gradinit/constrained": constrained.astype(jnp.float32),
+    }
+    return scales, opt_state, scalars
+
+
+def check_gradinit_config(config: ml_collections.ConfigDict) -> None:
+    """Raises a one-line UsageError for a bad `model.init_method`, or GradInit where it cannot
+    run (the ranges of the `gradinit` block's numbers: ``config/ranges.py``)."""
+    method = config.model.init_method
+    if method not in INIT_METHODS:
+        raise UsageError(f"unknown model.init_method {method!r}; valid: {', '.join(INIT_METHODS)}")
+    if method == "gradinit" and config.init_from.workdir:
+        raise UsageError(
+            "model.init_method=gradinit learns a fresh initialization, so it cannot start from "
+            f"init_from.workdir={config.init_from.workdir!r}; use model.init_method=default"
+        )
+
+
+def fold(state: TrainState, scales, optimizer: optax.GradientTransformation) -> TrainState:
+    """The state training starts from: the scales folded into the parameters, the optimizer's
+    state made for them (as at any initialization)."""
+    params = scaled(scales, state.params)
+    return state.replace(params=params, opt_state=optimizer.init(params))
+
+
+# Folded into the run's base key for GradInit's random draws (dropout), apart from the train
+# steps', which fold in the step number.
+_STREAM = 0x67726164
+
+
+def tune(setup, state: TrainState, train_iterator) -> TrainState:
+    """GradInit on a freshly initialized `state`, on the first 2 x iterations batches of
+    `train_iterator` (an iterator of its own: the training stream is untouched); returns the
+    folded state and logs every iteration to metrics.jsonl at step 0 (replacing any records an
+    interrupted launch left: without a checkpoint a run starts over, and so does its tuning,
+    to the same scales)."""
+    settings = GradInitSettings.from_config(setup.config.gradinit)
+
+    def one_iteration(scales, opt_state, state, batch, next_batch, index):
+        rng = jax.random.fold_in(jax.random.fold_in(state.rng, _STREAM), index)
+        loss_fn = lambda params, batch: steps.objective(
+            params,
+            state.batch_stats,
+            batch,
+            rng,
+            model=setup.model,
+            label_smoothing=setup.config.label_smoothing,
+        )[0]
+        return iteration(scales, opt_state, state.params, loss_fn, batch, next_batch, settings)
+
+    step = jax.jit(one_iteration, compiler_options=setup.compiler_options)
+    scales = init_scales(state.params)
+    opt_state = scale_optimizer(settings).init(scales)
+    records = []
+    for index in range(settings.iterations):
+        batch, next_batch = (global_batch(next(train_iterator), setup.mesh) for _ in range(2))
+        scales, opt_state, scalars = step(scales, opt_state, state, batch, next_batch, index)
+        records.append(scalars)
+    metrics_log = MetricsLog(setup.rundir, resume_step=-1)
+    try:
+        for index, scalars in enumerate(jax.device_get(records)):
+            metrics_log.write(0, {"gradinit/iteration": index, **scalars})
+    finally:
+        metrics_log.close()
+    folded = jax.jit(
+        functools.partial(fold, optimizer=setup.optimizer),
+        out_shardings=setup.layout.sharding,
+        compiler_options=setup.compiler_options,
+    )(state, scales)
+    last = jax.device_get(records[-1])
+    log.info(
+        "GradInit: %d iterations, last loss %.4f, gradient norm %.4f",
+        settings.iterations,
+        last["gradinit/loss"],
+        last["gradinit/gradient_norm"],
+    )
+    return folded

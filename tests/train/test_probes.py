@@ -1,0 +1,139 @@
+"""The probes (landscape, covariate shift, activation statistics) in a run: measured at their
+steps on the train step's own batch, logged, carried over a preemption, and leaving training
+bitwise as it is without them."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnresearch.config.defaults import base_config
+from bnresearch.errors import UsageError
+from bnresearch.models import build_model
+from bnresearch.optim.optimizers import make_optimizer
+from bnresearch.train import steps
+from bnresearch.train.loop import train_and_evaluate
+from bnresearch.train.state import create_train_state
+from tests.train.runs import (
+    StopAt,
+    final_state,
+    read_metrics,
+    read_status,
+    tiny_config,
+    train_and_record_compilations,
+)
+
+RUN = {
+    "train_duration": "6 steps",
+    "steps_per_call": 2,
+    "log_every": "3 steps",
+    "eval_every": "0 steps",
+    "checkpoint.every": "0 steps",
+    "model.dropout.hidden": 0.2,  # random draws that the probes must see as the step does
+}
+PROBED = {
+    "landscape.enabled": True,
+    "landscape.every": "2 steps",
+    "covariate_shift.enabled": True,
+    "covariate_shift.every": "5 steps",
+    "activation_stats.enabled": True,
+    "activation_stats.every": "3 steps",
+}
+PROBE_PROGRAMS = ("jit(landscape_step)", "jit(covariate_shift_step)", "jit(activation_stats_step)")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """A run without probes; the same with them, preempted at step 4 (logging every 3 steps, the
+    window of steps 4-6 is open, with the landscape measured before update 4 in it) and
+    resumed."""
+    root = tmp_path_factory.mktemp("probes")
+    plain = train_and_record_compilations(tiny_config(data_dir, **RUN), root / "plain")
+    config = tiny_config(data_dir, **RUN, **PROBED)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("bnresearch.train.loop.PreemptionWatch", lambda: StopAt(4))
+        assert train_and_evaluate(config, str(root / "probed")) == "preempted"
+        assert read_status(root / "probed")["step"] == 4
+        assert [m["step"] for m in records(root / "probed", "landscape/")] == [2]
+        patch.setattr("bnresearch.train.loop.PreemptionWatch", lambda: StopAt(-1))
+        probed = train_and_record_compilations(config, root / "probed")
+    return root, plain, probed
+
+
+def records(workdir, prefix):
+    return [
+        {key: value for key, value in m.items() if key == "step" or key.startswith(prefix)}
+        for m in read_metrics(workdir)
+        if any(key.startswith(prefix) for key in m)
+    ]
+
+
+def test_probes_leave_training_bitwise_unchanged(runs):
+    root, _, _ = runs
+    assert records(root / "probed", "train/") == records(root / "plain", "train/")
+    assert records(root / "probed", "eval/") == records(root / "plain", "eval/")
+    jax.tree.map(
+        np.testing.assert_array_equal, final_state(root / "probed"), final_state(root / "plain")
+    )
+
+
+def test_probes_are_logged_at_their_steps_and_only_compiled_when_on(runs):
+    root, plain, probed = runs
+    assert [m["step"] for m in records(root / "probed", "landscape/")] == [2, 4, 6]
+    assert [m["step"] for m in records(root / "probed", "ics/")] == [5]
+    assert [m["step"] for m in records(root / "probed", "activations/")] == [3, 6]
+    landscape = records(root / "probed", "landscape/")[0]
+    assert set(landscape) == {
+        "step",
+        "landscape/loss",
+        "landscape/gradient_norm",
+        "landscape/loss_range",
+        "landscape/gradient_predictiveness",
+        "landscape/beta_smoothness",
+    }
+    (ics,) = records(root / "probed", "ics/")
+    # The quickstart CNN's layers, in forward order, each with its distance and cosine.
+    layers = sorted({key.split("/")[1] for key in ics if "/" in key} - {"mean_l2", "mean_cosine"})
+    assert layers[0] == "00_stage1_conv1" and layers[-1].endswith("_head")
+    assert {"ics/mean_l2", "ics/mean_cosine", f"ics/{layers[-1]}/cosine"} <= set(ics)
+    assert ics["ics/00_stage1_conv1/l2"] < 1e-6 < ics[f"ics/{layers[-1]}/l2"]  # none before
+    activations = records(root / "probed", "activations/")[0]
+    assert "activations/stage1_conv1_norm/output_std" in activations
+    for record in records(root / "probed", "landscape/") + [ics, activations]:
+        assert all(np.isfinite(value) for value in record.values())
+    assert not any(name in plain for name in PROBE_PROGRAMS)
+    # The resumed launch compiles each probe once (one batch size).
+    assert [probed.count(name) for name in PROBE_PROGRAMS] == [1, 1, 1]
+
+
+def test_the_landscape_probes_the_loss_the_train_step_trains_on():
+    # Same state and batch: the probe's L(theta) is the train step's loss, dropout draws too.
+    model = build_model(
+        "cnn", num_classes=3, widths=(4, 8), convs_per_stage=1, dropout={"hidden": 0.5}
+    )
+    rng = np.random.default_rng(2)
+    batch = {
+        "image": jnp.asarray(rng.normal(size=(16, 8, 8, 1)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, 3, size=16), jnp.int32),
+    }
+    optimizer = make_optimizer(base_config().optimizer, lambda step: 0.1)
+    state = create_train_state(model, optimizer, jax.random.key(0), batch["image"])
+    probe = functools.partial(steps.landscape_step, model=model, step_sizes=(0.1, 0.2))
+    train = functools.partial(
+        steps.train_step, model=model, optimizer=optimizer, learning_rate_fn=lambda s: 0.1
+    )
+    scalars = jax.jit(probe)(state, batch)
+    _, metrics = jax.jit(train)(state, batch)
+    np.testing.assert_allclose(scalars["landscape/loss"], metrics["loss"], rtol=1e-6)
+
+
+def test_a_bad_probe_block_is_refused_before_anything_runs(tmp_path, data_dir):
+    config = tiny_config(
+        data_dir,
+        **{"covariate_shift.enabled": True, "optimizer.accumulation_steps": 2},
+    )
+    with pytest.raises(UsageError, match=r"covariate_shift.enabled=true needs optimizer"):
+        train_and_evaluate(config, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
