@@ -16,6 +16,9 @@ from bnresearch.errors import UsageError
 SEED_FIELD = "seed"
 MEMBER_FIELDS = (SEED_FIELD, "base_lr", "label_smoothing", "schedule")
 
+# The measurement blocks of train/probes.py, each a separate program on one run's state.
+PROBES = ("landscape", "covariate_shift", "activation_stats")
+
 # What a sweep's --vectorize groups: points that differ only in their seed, or in any member
 # field; or nothing (every point its own process).
 VECTORIZE = ("seeds", "hyperparameters", "off")
@@ -55,6 +58,11 @@ def blocker(config: dict) -> str | None:
         return "noise_scale.enabled (its sub-batch gradients are measured per run)"
     if config["init_from"]["workdir"]:
         return "init_from.workdir (fine-tuning starts from one source checkpoint per run)"
+    if config["model"]["init_method"] != "default":
+        return f"model.init_method={config['model']['init_method']} (tuned per run before training)"
+    probes = [name for name in PROBES if config[name]["enabled"]]
+    if probes:
+        return f"{probes[0]}.enabled (its measurements are computed per run)"
     return None
 
 

@@ -198,6 +198,14 @@ def test_members_that_would_compile_different_programs_are_refused(tmp_path, dat
         train_population(
             population_configs(data_dir, (0, 1), steps_per_call=2), [tmp_path / "c", tmp_path / "d"]
         )
+    for blocked, message in (
+        ({"landscape.enabled": True}, "landscape.enabled"),
+        ({"model.init_method": "gradinit"}, "model.init_method=gradinit"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            train_population(
+                population_configs(data_dir, (0, 1), **blocked), [tmp_path / "e", tmp_path / "f"]
+            )
     assert not any(tmp_path.iterdir())  # refused before any workdir was made
 
 
