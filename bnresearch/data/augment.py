@@ -320,8 +320,8 @@ def identity(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def identity_with_rng(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The train transform of ``none``: draws nothing."""
+def identity_with_rng(image: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """The train transform of ``none``: draws nothing, so it accepts no generator too."""
     del rng
     return image
 
@@ -553,12 +553,15 @@ class Augmentation:
 
     output_size: the side of the square images both transforms return, or None when they
     return images at the size they receive.
+    random: whether train draws from its generator. When it does not (no train step), the
+    pipeline passes None instead of seeding a generator per example.
     """
 
     name: str
-    train: Callable[[np.ndarray, np.random.Generator], np.ndarray]
+    train: Callable[[np.ndarray, np.random.Generator | None], np.ndarray]
     eval: Callable[[np.ndarray], np.ndarray]
     output_size: int | None
+    random: bool
     # The mixing (images, rng) -> (images, partners, weights), options bound.
     mix: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
 
@@ -594,5 +597,6 @@ def make_augmentation(
         _chain(train_steps, identity_with_rng),
         _chain(eval_steps, identity),
         output_size,
-        mix,
+        random=bool(train_steps),  # every train step draws
+        mix=mix,
     )

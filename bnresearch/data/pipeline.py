@@ -1,11 +1,12 @@
 """Grain pipelines: an endless, checkpointable train iterator and a padded, masked eval pass.
 
 Train order. One global stream for all processes: epoch e is permutation e of the train split
-(grain reseeds its shuffle each epoch), epochs follow each other without gaps, and example
-position i is augmented with a generator seeded by (seed, i, copy). Global batch k is positions
-[k*B, (k+1)*B); process p takes the contiguous slice [k*B + p*b, k*B + (p+1)*b), b = B/P. So
-concatenating the processes' batch k in process order gives the 1-process batch k exactly, same
-order and same augmentation, and the stream does not depend on num_workers or num_threads.
+(grain's shuffle, reseeded each epoch; ``shuffle.epoch_permutation`` computes it), epochs follow
+each other without gaps, and example position i is augmented with a generator seeded by
+(seed, i, copy). Global batch k is positions [k*B, (k+1)*B); process p takes the contiguous
+slice [k*B + p*b, k*B + (p+1)*b), b = B/P. So concatenating the processes' batch k in process
+order gives the 1-process batch k exactly, same order and same augmentation, and the stream does
+not depend on num_workers or num_threads.
 Batches run across epoch boundaries: every B consecutive positions form a batch.
 
 Batch-size changes (Smith et al., "Don't Decay the Learning Rate, Increase the Batch Size", 2018,
@@ -31,6 +32,7 @@ zero images (label 0, mask 0.0) and split across processes the same way.
 """
 
 import math
+import sys
 from typing import Sequence
 
 import grain
@@ -39,6 +41,7 @@ from absl import flags
 
 from bnresearch.data.augment import normalize
 from bnresearch.data.dataset import Dataset, LoaderOptions
+from bnresearch.data.shuffle import epoch_permutation
 
 
 def local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
@@ -73,72 +76,54 @@ def derive_seeds(seed: int) -> tuple[int, int]:
     return int(shuffle_seed), int(augment_seed)
 
 
-class _TrainExample:
-    """(position, record) -> its M augmented uint8 copies, stacked: {'image': (M, H, W, C),
-    'label': (M,)}. Copy c is augmented with a generator seeded by (seed, position, c)."""
+class _OrderedBatches(grain.MapDataset):
+    """Process p's j-th of ``count`` local batches of ``local`` examples of ``source`` in record
+    order: examples [(j P + p) local, (j P + p + 1) local), eval-transformed, with mask 1.
+    Positions past the end of ``source`` are padding: zero images, label 0, mask 0.
 
-    def __init__(self, dataset: Dataset, augment_seed: int, multiplicity: int):
-        self._augment = dataset.augmentation.train
-        self._seed = augment_seed
-        self._multiplicity = multiplicity
-
-    def __call__(self, position: int, record: dict) -> dict:
-        copies = [
-            self._augment(record["image"], np.random.default_rng((self._seed, position, copy)))
-            for copy in range(self._multiplicity)
-        ]
-        return {
-            "image": np.stack(copies),
-            "label": np.full(self._multiplicity, record["label"], np.int32),
-        }
-
-
-class _EvalExample:
-    """Record -> eval-transformed uint8 example with mask 1."""
-
-    def __init__(self, dataset: Dataset):
-        self._transform = dataset.augmentation.eval
-
-    def __call__(self, record: dict) -> dict:
-        return {
-            "image": self._transform(record["image"]),
-            "label": np.int32(record["label"]),
-            "mask": np.float32(1),
-        }
-
-
-class _PaddingExample:
-    """A zero image with label 0 and mask 0, filling the last eval batch."""
-
-    def __init__(self, dataset: Dataset):
-        self._shape = dataset.info.image_shape
-
-    def __call__(self, position: int) -> dict:
-        del position
-        return {
-            "image": np.zeros(self._shape, np.uint8),
-            "label": np.int32(0),
-            "mask": np.float32(0),
-        }
-
-
-class _NormalizedBatch:
-    """Stacks examples and normalizes the images once for the whole batch (vectorized).
-
-    With ``copies``, examples hold stacked copies and the batch puts them one after another:
-    (b, M, ...) -> (b * M, ...).
+    A batch per call: grain's per-example map and batch cost more than the eval transform of a
+    small image (a digits eval pass took 11 ms that way, 1.2 ms this way).
     """
 
-    def __init__(self, dataset: Dataset, copies: bool = False):
-        self._mean = np.asarray(dataset.mean)
-        self._std = np.asarray(dataset.std)
-        self._copies = copies
+    def __init__(
+        self,
+        dataset: Dataset,
+        source: Sequence[dict],
+        *,
+        local: int,
+        count: int,
+        process_index: int,
+        process_count: int,
+    ):
+        super().__init__()
+        self._source = source
+        self._transform = dataset.augmentation.eval
+        self._shape = dataset.info.image_shape
+        self._mean, self._std = np.asarray(dataset.mean), np.asarray(dataset.std)
+        self._local, self._count = local, count
+        self._process_index, self._process_count = process_index, process_count
 
-    def __call__(self, examples: list[dict]) -> dict:
-        join = np.concatenate if self._copies else np.stack
-        batch = {key: join([example[key] for example in examples]) for key in examples[0]}
-        batch["image"] = normalize(batch["image"], self._mean, self._std)
-        return batch
+    def __len__(self) -> int:
+        return self._count
+
+    def __str__(self) -> str:
+        return "_OrderedBatches"
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        start = (index * self._process_count + self._process_index) * self._local
+        records = [
+            self._source[i] for i in range(start, min(start + self._local, len(self._source)))
+        ]
+        padding = self._local - len(records)
+        images = [self._transform(record["image"]) for record in records]
+        images += [np.zeros(self._shape, np.uint8)] * padding
+        return {
+            "image": normalize(np.stack(images), self._mean, self._std),
+            "label": np.array([record["label"] for record in records] + [0] * padding, np.int32),
+            "mask": np.repeat(np.float32([1, 0]), [len(records), padding]),
+        }
 
 
 class _MixedBatch:
@@ -159,6 +144,101 @@ class _MixedBatch:
             "mix_label": batch["label"][partners],
             "mix_weight": weights,
         }
+
+
+class _TrainBatches(grain.MapDataset):
+    """Process p's local batch k of the train stream (module docstring) at index k, endless.
+
+    The order is grain's ``MapDataset.source(train).shuffle(shuffle seed).repeat()``. A whole
+    batch is made per call, its records' order from a cached epoch permutation: passing each
+    example through grain's shuffle, repeat, map and batch cost about 100 us an example on
+    digits, mostly grain's index_shuffle call. Indices are batch indices, as they were then, so
+    grain's iterator state ({'next_index': k}) and checkpoints written then still resume.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        seed: int,
+        sizes: Sequence[tuple[int, int]],
+        multiplicity: int,
+        process_index: int,
+        process_count: int,
+    ):
+        super().__init__()
+        self._source = dataset.train_source
+        self._train = dataset.augmentation.train
+        self._random = dataset.augmentation.random
+        self._mean, self._std = np.asarray(dataset.mean), np.asarray(dataset.std)
+        self._shuffle_seed, self._augment_seed = derive_seeds(seed)
+        self._multiplicity = multiplicity
+        mix = dataset.augmentation.mix
+        self._mix = None if mix is None else _MixedBatch(mix, derive_mix_seed(seed), process_index)
+        # (first batch, first position of this process's share, local batch size, global
+        # batch size) of each run of one batch size, latest first.
+        runs, position = [], 0
+        for (first, size), (end, _) in zip(sizes, (*sizes[1:], (None, None))):
+            local = local_batch_size(size, process_index, process_count)
+            runs.append((first, position + process_index * local, local, size))
+            if end is not None:
+                position += (end - first) * size
+        self._runs = runs[::-1]
+        self._permutations: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __str__(self) -> str:
+        return "_TrainBatches"
+
+    def _record_indices(self, start: int, count: int) -> np.ndarray:
+        """The train records at stream positions [start, start + count)."""
+        length = len(self._source)
+        epochs, offsets = np.divmod(np.arange(start, start + count), length)
+        indices = np.empty(count, np.int64)
+        for epoch in range(epochs[0], epochs[-1] + 1):
+            here = epochs == epoch
+            indices[here] = self._permutation(epoch)[offsets[here]]
+        return indices
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        permutation = self._permutations.get(epoch)
+        if permutation is None:
+            # Grain's ShuffleMapDataset reseeds each epoch with seed + epoch.
+            seed = (self._shuffle_seed + epoch) % 2**32
+            permutation = epoch_permutation(len(self._source), seed)
+            # A batch spans at most two epochs and threads work a few batches apart, so
+            # neighbouring epochs are kept. The dict is replaced, never changed, so the other
+            # threads' lookups stay safe.
+            kept = {e: p for e, p in self._permutations.items() if abs(e - epoch) <= 1}
+            self._permutations = {**kept, epoch: permutation}
+        return permutation
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        first, start, local, size = next(run for run in self._runs if run[0] <= index)
+        start += (index - first) * size
+        records = [self._source[i] for i in self._record_indices(start, local)]
+        images = [
+            self._train(record["image"], self._generator(position, copy))
+            for position, record in enumerate(records, start)
+            for copy in range(self._multiplicity)
+        ]
+        labels = np.array([record["label"] for record in records], np.int32)
+        batch = {
+            "image": normalize(np.stack(images), self._mean, self._std),
+            "label": np.repeat(labels, self._multiplicity),
+        }
+        return batch if self._mix is None else self._mix(index, batch)
+
+    def _generator(self, position: int, copy: int) -> np.random.Generator | None:
+        """Copy c of position i is augmented with the generator of (augment seed, i, c); a train
+        transform that draws nothing gets none (seeding one costs 10 us)."""
+        if not self._random:
+            return None
+        return np.random.default_rng((self._augment_seed, position, copy))
 
 
 def _parallel(batches: grain.MapDataset, loader: LoaderOptions) -> grain.IterDataset:
@@ -205,33 +285,14 @@ def make_train_iterator(
             )
     if multiplicity < 1:
         raise ValueError(f"multiplicity must be a positive integer, got {multiplicity}")
-    shuffle_seed, augment_seed = derive_seeds(seed)
-    examples = (
-        grain.MapDataset.source(dataset.train_source)
-        .shuffle(seed=shuffle_seed)
-        .repeat()
-        .map_with_index(_TrainExample(dataset, augment_seed, multiplicity))
+    batches = _TrainBatches(
+        dataset,
+        seed=seed,
+        sizes=sizes,
+        multiplicity=multiplicity,
+        process_index=process_index,
+        process_count=process_count,
     )
-    # One run of batches per batch size, each from the position where the previous one ended.
-    # A run of B-position batches splits into P local batches per global batch, so process p
-    # keeps every P-th local batch starting at p: its contiguous share of each global batch.
-    runs, position = [], 0
-    for (first, size), (end, _) in zip(sizes, (*sizes[1:], (None, None))):
-        local = local_batch_size(size, process_index, process_count)
-        stop = None if end is None else position + (end - first) * size
-        runs.append(
-            examples[position:stop].batch(
-                local, drop_remainder=True, batch_fn=_NormalizedBatch(dataset, copies=True)
-            )
-        )
-        position = stop
-    batches = runs[0] if len(runs) == 1 else grain.MapDataset.concatenate(runs)
-    # Process p's i-th local batch is its share of global batch i.
-    batches = batches[process_index::process_count]
-    if dataset.augmentation.mix is not None:
-        batches = batches.map_with_index(
-            _MixedBatch(dataset.augmentation.mix, derive_mix_seed(seed), process_index)
-        )
     return iter(_parallel(batches, dataset.loader))
 
 
@@ -248,17 +309,15 @@ def make_eval_iterator(
     over all processes and batches each test example appears once with mask 1.0, and the
     padding of the last global batch has mask 0.0.
     """
-    batch = local_batch_size(batch_size, process_index, process_count)
-    num_examples = len(dataset.test_source)
-    num_padding = math.ceil(num_examples / batch_size) * batch_size - num_examples
-    examples = grain.MapDataset.concatenate(
-        [
-            grain.MapDataset.source(dataset.test_source).map(_EvalExample(dataset)),
-            grain.MapDataset.range(num_padding).map(_PaddingExample(dataset)),
-        ]
+    batches = _OrderedBatches(
+        dataset,
+        dataset.test_source,
+        local=local_batch_size(batch_size, process_index, process_count),
+        count=math.ceil(len(dataset.test_source) / batch_size),
+        process_index=process_index,
+        process_count=process_count,
     )
-    batches = examples.batch(batch, drop_remainder=True, batch_fn=_NormalizedBatch(dataset))
-    return _parallel(batches[process_index::process_count], dataset.loader)
+    return _parallel(batches, dataset.loader)
 
 
 def make_statistics_iterator(
@@ -272,11 +331,13 @@ def make_statistics_iterator(
     in full batches of batch_size // process_count: the pass that re-estimates a normalization's
     population statistics. The last num_train mod batch_size examples are left out, so every
     batch's statistics are those of batch_size real images, as in training."""
-    batch = local_batch_size(batch_size, process_index, process_count)
-    examples = grain.MapDataset.source(dataset.train_source).map(_EvalExample(dataset))
-    batches = examples.batch(batch, drop_remainder=True, batch_fn=_NormalizedBatch(dataset))
-    # Whole global batches only: a process's share of a batch that the others lack is dropped.
-    global_batches = len(dataset.train_source) // batch_size
-    return _parallel(
-        batches[: global_batches * process_count][process_index::process_count], dataset.loader
+    batches = _OrderedBatches(
+        dataset,
+        dataset.train_source,
+        local=local_batch_size(batch_size, process_index, process_count),
+        # Whole global batches only: a process's share of a batch that the others lack is dropped.
+        count=len(dataset.train_source) // batch_size,
+        process_index=process_index,
+        process_count=process_count,
     )
+    return _parallel(batches, dataset.loader)

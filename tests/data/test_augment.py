@@ -571,3 +571,12 @@ def test_typos_and_bad_values_are_refused_in_one_line(spec, options, message):
     with pytest.raises(UsageError) as error:
         make_augmentation(spec, crop_padding=4, image_size=8, options=options)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_only_a_train_transform_without_steps_draws_nothing():
+    # The pipeline seeds no generator for `none` (random False) and passes None instead.
+    none = make_augmentation("none", crop_padding=2, image_size=4)
+    assert not none.random and none.train(np.zeros((2, 2, 1), np.uint8), None).shape == (2, 2, 1)
+    assert not make_augmentation("none,mixup", crop_padding=2, image_size=4).random
+    for spec in ("crop_flip", "cutout", "resized_crop_flip"):
+        assert make_augmentation(spec, crop_padding=2, image_size=4).random

@@ -10,6 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from bnresearch.data.augment import normalize
 from bnresearch.data.dataset import load_dataset
 from bnresearch.data.pipeline import derive_seeds, make_eval_iterator, make_train_iterator
 from tests.data.datatest_utils import labelled_dataset, make_config
@@ -332,3 +333,48 @@ def test_batch_augmentation_splits_over_processes_and_resumes():
     fresh = make_train_iterator(dataset, seed=0, batch_size=4, multiplicity=2)
     fresh.set_state(state)
     assert_batches_equal(single[1:], take(fresh, 2))
+
+
+def test_the_stream_is_grains_shuffle_of_the_records_over_epochs_sizes_and_processes():
+    # The reference order is grain's own per-example shuffle and repeat; position i's copy c is
+    # the train augmentation of its record drawn from rng (augment seed, i, c).
+    dataset, images = labelled_dataset(10, size=(8, 8), augment="crop_flip")
+    seed, multiplicity = 7, 2
+    shuffle_seed, augment_seed = derive_seeds(seed)
+    order = grain.MapDataset.source(dataset.train_source).shuffle(seed=shuffle_seed).repeat()
+    sizes = [4] * 3 + [6] * 4 + [2] * 9  # 50 positions: 5 epochs
+
+    def share(process_index):
+        return make_train_iterator(
+            dataset,
+            seed=seed,
+            batch_size=4,
+            batch_size_changes=((3, 6), (7, 2)),
+            multiplicity=multiplicity,
+            process_index=process_index,
+            process_count=2,
+        )
+
+    shares = [share(0), share(1)]
+    batches, states = [], []
+    for start, size in zip(np.cumsum([0, *sizes]), sizes):
+        records = [order[i]["label"] for i in range(start, start + size)]
+        views = [
+            dataset.augmentation.train(images[record], np.random.default_rng((augment_seed, i, c)))
+            for i, record in enumerate(records, start)
+            for c in range(multiplicity)
+        ]
+        states.append(shares[1].get_state())
+        batches.append([next(iterator) for iterator in shares])
+        np.testing.assert_array_equal(
+            np.concatenate([b["label"] for b in batches[-1]]), np.repeat(records, multiplicity)
+        )
+        np.testing.assert_array_equal(
+            np.concatenate([b["image"] for b in batches[-1]]),
+            normalize(np.stack(views), np.asarray(dataset.mean), np.asarray(dataset.std)),
+        )
+    # Restored at any batch, in any phase of the batch size, a process goes on exactly.
+    for step in (2, 5, 9):
+        resumed = share(1)
+        resumed.set_state(states[step])
+        assert_batches_equal([b[1] for b in batches[step:]], take(resumed, len(sizes) - step))
