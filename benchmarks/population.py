@@ -100,7 +100,7 @@ def train_step(model: str, members: int, steps: int) -> dict:
     )
     layout = stacked_layout(population)
     start = time.perf_counter()
-    train, _ = compile_population_steps(population, 0, layout)
+    train = compile_population_steps(population, 0, layout).train
     population_compile = time.perf_counter() - start
     keys = [jax.random.PRNGKey(seed) for seed in range(members)]
     states = jax.device_put(
@@ -109,7 +109,7 @@ def train_step(model: str, members: int, steps: int) -> dict:
     )
     batches = jax.device_put(
         jax.tree.map(lambda leaf: np.stack([leaf] * members), batch),
-        jax.tree.map(lambda leaf: leaf.sharding, train[batch_size].input_shardings[0][1]),
+        train[batch_size].input_shardings[0][1],
     )
     alive = jax.device_put(np.ones(members, bool), train[batch_size].input_shardings[0][2])
     population_s = _time_steps(train[batch_size], states, batches, steps, alive)

@@ -137,7 +137,10 @@ def _member_batches(local_batches: list[dict], mesh: Mesh) -> dict:
 
 
 def _stack(trees: list, sharding):
-    return jax.device_put(jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees), sharding)
+    """The members' states as one, stacked on the host (jnp.stack would compile a program per
+    leaf shape) and laid out as `sharding`."""
+    stacked = jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *trees)
+    return jax.device_put(stacked, sharding)
 
 
 def _unstack(tree, member: int):
@@ -224,7 +227,8 @@ def _eval_step(population: Population):
 
 
 def compile_population_steps(population: Population, start_step: int, layout):
-    """The population's train step for each batch size still to come, and its eval step."""
+    """The population's programs (`CompiledPopulation`): its train step for each batch size
+    still to come, its eval step and the split of its state."""
     template, mesh = population.template, population.mesh
     abstract, sharding = layout
     alive_sharding = NamedSharding(mesh, PartitionSpec(MEMBERS_AXIS))
@@ -263,7 +267,27 @@ def compile_population_steps(population: Population, start_step: int, layout):
         out_shardings=alive_sharding,
         compiler_options=template.compiler_options,
     )
-    return train, eval_step
+    # Every member's own state, as its single run lays it out, for its checkpoint: one program
+    # (indexing leaf by leaf outside jit would compile a small program per leaf shape).
+    split = (
+        jax.jit(
+            lambda states: tuple(_unstack(states, i) for i in range(population.size)),
+            out_shardings=(template.layout.sharding,) * population.size,
+        )
+        .lower(abstract)
+        .compile(template.compiler_options)
+    )
+    return CompiledPopulation(train=train, eval=eval_step, split=split)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledPopulation:
+    """The population's programs: its train step by images per member batch, its eval step,
+    and the split of its stacked state into the members' own."""
+
+    train: dict
+    eval: object
+    split: object
 
 
 # ----- start: each member's checkpoint or its fresh state ---------------------------------------
@@ -347,7 +371,6 @@ class _Member:
 def run_population(population, compiled, start: Start, checkpointers, iterators, preemption):
     """Trains every member from `start` to the plan's last step or a preemption; a member that
     diverges stops there, the others go on. Returns each member's (status, step, wall time)."""
-    train, eval_step = compiled
     plan, mesh = population.template.plan, population.mesh
     states, step = start.states, start.step
     alive = jax.device_put(
@@ -361,10 +384,10 @@ def run_population(population, compiled, start: Start, checkpointers, iterators,
     window_start = int(start.pending[0]["window_start"]) if start.pending[0] else step + 1
     clock_start = time.perf_counter()
 
-    def save(member: _Member, **extra):
+    def save(member: _Member, member_states, **extra):
         checkpointers[member.index].save(
             step,
-            _unstack(states, member.index),
+            member_states[member.index],
             iterators[member.index],
             {"elapsed_s": member.elapsed_s + time.perf_counter() - clock_start, **extra},
         )
@@ -373,7 +396,7 @@ def run_population(population, compiled, start: Start, checkpointers, iterators,
         while step < plan.total_steps:
             phase = plan.timeline.phase_at(step)
             local_batches = [next(iterator) for iterator in iterators]
-            states, alive, metrics = train[plan.images_per_call(phase)](
+            states, alive, metrics = compiled.train[plan.images_per_call(phase)](
                 states, _member_batches(local_batches, mesh), alive
             )
             window.append(metrics)
@@ -389,15 +412,16 @@ def run_population(population, compiled, start: Start, checkpointers, iterators,
                 for member in group:
                     member.restored = []
             if plan.is_due(plan.eval, step):
-                _evaluate(population, eval_step, states, group, step)
+                _evaluate(population, compiled.eval, states, group, step)
+            member_states = compiled.split(states) if must_save or preempted else None
+            fetched = jax.device_get(window) if preempted and not must_save else None
             for member in filter(lambda member: member.training, group):
                 member.step = step
                 if must_save:
-                    save(member)
+                    save(member, member_states)
                 elif preempted:
-                    fetched = jax.device_get(window)
                     pending = loop._pending_to_json(member.window(fetched), window_start, [])
-                    save(member, pending=pending)
+                    save(member, member_states, pending=pending)
                 if preempted:
                     member.status = PREEMPTED
             if preempted:

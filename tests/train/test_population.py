@@ -227,7 +227,7 @@ def test_members_spread_over_their_mesh_axis_train_without_collectives(tmp_path,
     population = preflight_population(configs, [tmp_path / f"s{seed}" for seed in range(8)])
     assert population.mesh.shape == {"members": 8, "data": 1, "fsdp": 1}
     layout = stacked_layout(population)
-    train, _ = compile_population_steps(population, 0, layout)
+    train = compile_population_steps(population, 0, layout).train
     program = train[32].as_text()
     assert not [op for op in COLLECTIVES if op in program]
     kernel = population.template.layout.abstract.params["stage1_conv1"]["kernel"]
