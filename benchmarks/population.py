@@ -12,7 +12,7 @@ after another (issue 14), in two tables:
    against the single run's step, as member-steps per second, and the compile time of each.
 
     .venv/bin/python benchmarks/population.py [--members 1,4,8,16] [--models cnn,resnet20]
-        [--steps 20] [--end_to_end/--noend_to_end]
+        [--steps 20] [--no-end_to_end]
 
 Run it on an otherwise idle machine.
 """
