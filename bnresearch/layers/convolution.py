@@ -155,29 +155,19 @@ def conv_general_dilated(
     return conv(lhs, rhs)
 
 
-def _conv(
-    lhs,
-    rhs,
-    window_strides: Sequence[int],
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count: int,
-    batch_group_count: int,
-    precision,
-    preferred_element_type,
-) -> jax.Array:
-    """The conv itself: a patch matmul for tiny outputs (module docstring), else XLA's."""
+def _conv(lhs, rhs, **params) -> jax.Array:
+    """The conv itself, `params` those of ``lax.conv_general_dilated``: a patch matmul for tiny
+    outputs (module docstring), else XLA's."""
+    window_strides, padding = params["window_strides"], params["padding"]
     window = rhs.shape[:-2] if rhs.ndim >= 3 else ()
     plain = (
         lhs.ndim >= 3
-        and _channels_last(dimension_numbers, lhs.ndim)
-        and all(d == 1 for d in lhs_dilation or ())
-        and all(d == 1 for d in rhs_dilation or ())
-        and feature_group_count == 1
-        and batch_group_count == 1
-        and preferred_element_type is None
+        and _channels_last(params["dimension_numbers"], lhs.ndim)
+        and all(d == 1 for d in params["lhs_dilation"] or ())
+        and all(d == 1 for d in params["rhs_dilation"] or ())
+        and params["feature_group_count"] == 1
+        and params["batch_group_count"] == 1
+        and params["preferred_element_type"] is None
     )
     if plain:
         pads = (
@@ -192,17 +182,5 @@ def _conv(
             )
         ]
         if all(n > 0 for n in out_shape) and math.prod(out_shape) <= PATCH_MATMUL_MAX_POSITIONS:
-            return _patch_matmul(lhs, rhs, window_strides, pads, out_shape, precision)
-    return lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
+            return _patch_matmul(lhs, rhs, window_strides, pads, out_shape, params["precision"])
+    return lax.conv_general_dilated(lhs, rhs, **params)

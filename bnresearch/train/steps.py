@@ -102,14 +102,7 @@ def train_step(
     With gradient accumulation this is one micro-batch: the parameters and ``state.step`` change
     on every k-th call only (``bnresearch.optim.accumulation``).
     """
-    loss_fn = functools.partial(
-        objective,
-        batch_stats=state.batch_stats,
-        batch=batch,
-        rng=_step_rng(state),
-        model=model,
-        label_smoothing=label_smoothing,
-    )
+    loss_fn = _step_objective(state, batch, model=model, label_smoothing=label_smoothing)
     grads, (data_loss, aux_loss, logits, sown) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = state.replace(
