@@ -85,7 +85,7 @@ def test_bad_config_values_fail_in_one_line(tmp_path, data_dir, flags, message):
         (
             "--config.batch_sise=64",
             "unknown config field 'batch_sise'; fields of the config: "
-            "base_batch_size, base_lr, batch_augmentation, batch_size,",
+            "activation_stats, base_batch_size, base_lr, batch_augmentation, batch_size,",
         ),
         (
             "--config.model.norm_kwargs.num_group=8",
