@@ -30,6 +30,7 @@ import optax
 from bnresearch.errors import UsageError
 from bnresearch.parallel.mesh import global_batch
 from bnresearch.train import steps
+from bnresearch.train.canonical_convolutions import canonical_convolutions
 from bnresearch.train.rundir import MetricsLog
 from bnresearch.train.state import TrainState
 
@@ -75,11 +76,15 @@ def scale_optimizer(settings: GradInitSettings) -> optax.GradientTransformation:
     return optax.adam(settings.lr)
 
 
-def scale_gradient(scales, params, loss_fn, batch, next_batch, settings: GradInitSettings):
+def scale_gradient(
+    scales, params, loss_fn, batch, next_batch, settings: GradInitSettings, on_cpu: bool = False
+):
     """The gradient GradInit steps the scales along, with the loss and ||g||_p at them and
     whether the constraint was violated (the gradient is then that of ||g||_p).
 
     `loss_fn(params, batch)` is the objective; `params` the initial ones (never changed).
+    `on_cpu`: the two gradients are the branches of a `lax.cond`, where XLA's CPU backend runs
+    convolutions in JAX's order slowly unless brought to its own (``canonical_convolutions.py``).
     """
 
     def first_gradient(s):
@@ -96,16 +101,26 @@ def scale_gradient(scales, params, loss_fn, batch, next_batch, settings: GradIni
     loss, gradient = jax.value_and_grad(loss_fn)(scaled(scales, params), batch)
     norm = gradient_norm(gradient, settings.norm_order)
     constrained = norm > settings.gamma
-    direction = jax.lax.cond(
-        constrained, jax.grad(norm_objective), jax.grad(step_objective), scales
-    )
+    branches = (jax.grad(norm_objective), jax.grad(step_objective))
+    if on_cpu:
+        branches = tuple(map(canonical_convolutions, branches))
+    direction = jax.lax.cond(constrained, *branches, scales)
     return direction, loss, norm, constrained
 
 
-def iteration(scales, opt_state, params, loss_fn, batch, next_batch, settings: GradInitSettings):
+def iteration(
+    scales,
+    opt_state,
+    params,
+    loss_fn,
+    batch,
+    next_batch,
+    settings: GradInitSettings,
+    on_cpu: bool = False,
+):
     """One GradInit step: the new scales and Adam state, and the scalars to log."""
     direction, loss, norm, constrained = scale_gradient(
-        scales, params, loss_fn, batch, next_batch, settings
+        scales, params, loss_fn, batch, next_batch, settings, on_cpu
     )
     updates, opt_state = scale_optimizer(settings).update(direction, opt_state, scales)
     scales = jax.tree.map(
@@ -162,7 +177,11 @@ def tune(setup, state: TrainState, train_iterator) -> TrainState:
             model=setup.model,
             label_smoothing=setup.config.label_smoothing,
         )[0]
-        return iteration(scales, opt_state, state.params, loss_fn, batch, next_batch, settings)
+        return iteration(
+            scales, opt_state, state.params, loss_fn, batch, next_batch, settings, on_cpu
+        )
+
+    on_cpu = setup.mesh.devices.flat[0].platform == "cpu"
 
     step = jax.jit(one_iteration, compiler_options=setup.compiler_options)
     scales = init_scales(state.params)

@@ -16,6 +16,7 @@ from bnresearch.layers.variables import (
 )
 from bnresearch.measure import activations, covariate_shift, landscape, noise_scale
 from bnresearch.optim.accumulation import completed_update, micro_step
+from bnresearch.train.canonical_convolutions import canonical_convolutions
 from bnresearch.train.state import TrainState
 
 
@@ -181,12 +182,22 @@ def _step_objective(state: TrainState, batch: dict, *, model, label_smoothing: f
 
 
 def landscape_step(
-    state: TrainState, batch: dict, *, model, step_sizes: tuple, label_smoothing: float = 0.0
+    state: TrainState,
+    batch: dict,
+    *,
+    model,
+    step_sizes: tuple,
+    label_smoothing: float = 0.0,
+    on_cpu: bool = False,
 ):
     """The loss-landscape probes at the current parameters on `batch`
-    (``bnresearch.measure.landscape``); scalars only, the state is untouched."""
+    (``bnresearch.measure.landscape``); scalars only, the state is untouched. `on_cpu`: the
+    probed points are visited in a loop, where XLA's CPU backend runs convolutions in JAX's
+    order slowly unless brought to its own (``canonical_convolutions.py``)."""
     loss_fn = _step_objective(state, batch, model=model, label_smoothing=label_smoothing)
     loss_and_gradient = jax.value_and_grad(lambda params: loss_fn(params)[0])
+    if on_cpu:
+        loss_and_gradient = canonical_convolutions(loss_and_gradient)
     return landscape.probe(loss_and_gradient, state.params, step_sizes)
 
 
@@ -198,12 +209,16 @@ def covariate_shift_step(
     optimizer,
     layers: tuple[str, ...],
     label_smoothing: float = 0.0,
+    on_cpu: bool = False,
 ):
     """The internal covariate shift of each layer (``bnresearch.measure.covariate_shift``) for
     the update the train step is about to make with `batch`: the optimizer's own update from
-    the current optimizer state, computed here and discarded."""
+    the current optimizer state, computed here and discarded. `on_cpu`: as for
+    `landscape_step` (the shifted gradients are computed in a loop)."""
     loss_fn = _step_objective(state, batch, model=model, label_smoothing=label_smoothing)
     gradient_fn = jax.grad(lambda params: loss_fn(params)[0])
+    if on_cpu:
+        gradient_fn = canonical_convolutions(gradient_fn)
     updates, _ = optimizer.update(gradient_fn(state.params), state.opt_state, state.params)
     updated = optax.apply_updates(state.params, updates)
     distances, cosines = covariate_shift.shift(gradient_fn, state.params, updated, layers)
