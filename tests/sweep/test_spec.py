@@ -152,7 +152,8 @@ def test_labeled_points_are_named_by_label_and_seed(tmp_path):
         (
             "batch_sise",
             32,
-            "unknown config field 'batch_sise'; fields of the config: activation_stats, base_batch_size",
+            "unknown config field 'batch_sise'; fields of the config: "
+            "activation_stats, base_batch_size",
         ),
         ("seed.x", 1, "unknown config field 'seed.x'; fields of seed: (none: it is not a group)"),
         ("model", "x", "config field 'model' is a group"),
