@@ -328,6 +328,14 @@ def compile_steps(setup: Setup, start_step: int) -> CompiledSteps:
         for images, updates in sorted(kinds)
         if updates > 1
     }
+    # A measurement reads the state and leaves it as it is: not donated, results replicated.
+    compile_measurement = functools.partial(
+        _compile,
+        layout=layout,
+        out_shardings=replicated(mesh),
+        donate_state=False,
+        options=setup.compiler_options,
+    )
     noise_scale = None
     if plan.noise_scale is not None:
         noise_scale_step = functools.partial(
@@ -338,25 +346,13 @@ def compile_steps(setup: Setup, start_step: int) -> CompiledSteps:
             label_smoothing=config.label_smoothing,
         )
         noise_scale = {
-            images: _compile(
-                noise_scale_step,
-                batch_at(images),
-                layout=layout,
-                out_shardings=replicated(mesh),
-                donate_state=False,
-                options=setup.compiler_options,
-            )
+            images: compile_measurement(noise_scale_step, batch_at(images))
             for images in batch_sizes
         }
     compiled_probes = {
         name: {
-            images: _compile(
-                probes.probe_step(name, setup, batch_at(images)),
-                batch_at(images),
-                layout=layout,
-                out_shardings=replicated(mesh),
-                donate_state=False,
-                options=setup.compiler_options,
+            images: compile_measurement(
+                probes.probe_step(name, setup, batch_at(images)), batch_at(images)
             )
             for images in batch_sizes
         }
