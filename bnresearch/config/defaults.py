@@ -168,6 +168,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.activation_stats = ml_collections.ConfigDict()
     config.activation_stats.enabled = False
     config.activation_stats.every = "50 steps"
+    # > 0: also a histogram of each site's input and output with this many buckets, to
+    # TensorBoard only (metrics.jsonl keeps scalars); 0: none.
+    config.activation_stats.histogram_buckets = 0
 
     # GradInit (model.init_method=gradinit): Adam on the scales for `iterations` steps, each on
     # two batches, to lower the loss after one SGD step of inner_lr with ||g||_p <= gamma.

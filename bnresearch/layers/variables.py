@@ -15,8 +15,8 @@ the parameter names that code outside the layers looks up.
   sown only by a forward that asks for them (``mutable`` includes it): re-estimating the
   population statistics (``bnresearch/train/reestimate.py``) averages them over a pass.
 
-- ``activations``: each normalization's input and output statistics
-  (``bnresearch/measure/activations.py``), sown only by a training forward that asks for them
+- ``activations``: each normalization's input and output, summarized by
+  ``bnresearch/measure/activations.py``,, sown only by a training forward that asks for them
   (``mutable`` includes it): the activation-statistics measurement, never the train step.
 
 The sown collections are rebuilt from scratch at every step and exist only in training mode.

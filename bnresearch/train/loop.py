@@ -132,9 +132,10 @@ def _measurement_names(values: dict) -> dict:
 
 def _pending_to_json(window: list, window_start: int, measurements: list) -> dict:
     """The logging window a preemption interrupts, for the checkpoint: values with their dtypes,
-    so the resumed run averages exactly the numbers the uninterrupted one would."""
+    so the resumed run averages exactly the numbers the uninterrupted one would (and writes the
+    same histograms)."""
     as_json = lambda metrics: {
-        key: [np.asarray(value).item(), np.asarray(value).dtype.name]
+        key: [np.asarray(value).tolist(), np.asarray(value).dtype.name]
         for key, value in metrics.items()
     }
     return {

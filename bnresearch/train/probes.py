@@ -59,5 +59,9 @@ def probe_step(name: str, setup, batch: dict) -> Callable:
             **common,
         )
     if name == "activation_stats":
-        return functools.partial(steps.activation_stats_step, **common)
+        return functools.partial(
+            steps.activation_stats_step,
+            histogram_buckets=config.activation_stats.histogram_buckets,
+            **common,
+        )
     raise ValueError(f"unknown probe {name!r}; valid: {', '.join(PROBES)}")

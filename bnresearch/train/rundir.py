@@ -35,6 +35,7 @@ import types
 
 import jax
 import ml_collections
+import numpy as np
 
 from bnresearch.config.compare import differences, summarize
 from bnresearch.config.defaults import LAYOUT_FIELDS, base_config
@@ -348,22 +349,60 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _tensorboard_writer(path: pathlib.Path):
-    """TensorBoard's event writer, without TensorFlow.
+class _TensorBoardEvents:
+    """A run's TensorBoard event file: scalars and histograms, in TensorBoard's own protos and
+    file writer, without TensorFlow.
 
-    With TensorFlow installed (TFDS needs it to prepare datasets) the writer imports all of it,
-    3 s per run, only for its file I/O. TensorBoard's own switch, an importable
+    With TensorFlow installed (TFDS needs it to prepare datasets) TensorBoard's writers import
+    all of it, 3 s per run, only for their file I/O. TensorBoard's own switch, an importable
     `tensorboard.compat.notf`, selects its built-in file I/O instead, which handles the local
     paths run directories are.
     """
-    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-    from tensorboard.summary import Writer
 
-    return Writer(str(path))
+    def __init__(self, path: pathlib.Path):
+        sys.modules.setdefault(
+            "tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf")
+        )
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.plugins.histogram import metadata as histogram_metadata
+        from tensorboard.plugins.scalar import metadata as scalar_metadata
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.util import tensor_util
+
+        self._event, self._tensor = event_pb2.Event, tensor_util.make_tensor_proto
+        self._scalar_metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(
+                plugin_name=scalar_metadata.PLUGIN_NAME
+            ),
+            data_class=summary_pb2.DataClass.DATA_CLASS_SCALAR,
+        )
+        self._histogram_metadata = histogram_metadata.create_summary_metadata(None, None)
+        self._writer = EventFileWriter(str(path))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self._add(tag, self._tensor(np.float32(value)), self._scalar_metadata, step)
+
+    def add_histogram(self, tag: str, buckets: np.ndarray, step: int) -> None:
+        """`buckets`: [k, 3] rows of (left edge, right edge, count), TensorBoard's histogram."""
+        tensor = self._tensor(np.asarray(buckets, np.float64))
+        self._add(tag, tensor, self._histogram_metadata, step)
+
+    def _add(self, tag, tensor, metadata, step: int) -> None:
+        event = self._event(wall_time=time.time(), step=int(step))
+        event.summary.value.add(tag=tag, tensor=tensor, metadata=metadata)
+        self._writer.add_event(event)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 class MetricsLog:
-    """metrics.jsonl plus TensorBoard scalars, written by process 0 only.
+    """metrics.jsonl plus TensorBoard, written by process 0 only. A value with a shape of
+    [k, 3] is a histogram (``_TensorBoardEvents.add_histogram``): TensorBoard only; every other
+    value is a scalar, for both.
 
     On resume the records after the restored step are dropped, so the file reads exactly as if
     the run had never stopped; so is a last line cut short by a kill or a full disk (reported in
@@ -382,12 +421,14 @@ class MetricsLog:
                 if record["step"] <= resume_step
             ]
             write_atomically(self._jsonl_path, "".join(line + "\n" for line in kept))
-        self._tensorboard = _tensorboard_writer(rundir.path)
+        self._tensorboard = _TensorBoardEvents(rundir.path)
         self._jsonl = self._jsonl_path.open("a")
 
-    def write(self, step: int, scalars: dict) -> None:
+    def write(self, step: int, values: dict) -> None:
         if not self._enabled:
             return
+        histograms = {k: v for k, v in values.items() if np.ndim(v) == 2}
+        scalars = {k: v for k, v in values.items() if k not in histograms}
         record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
         # A whole line per flush, one write(2) of it (a line is far below the buffer's size): an
         # interruption can cut only the last line, which the next launch drops.
@@ -396,6 +437,8 @@ class MetricsLog:
         for key, value in scalars.items():
             if math.isfinite(float(value)):
                 self._tensorboard.add_scalar(key, float(value), int(step))
+        for key, buckets in histograms.items():
+            self._tensorboard.add_histogram(key, buckets, step)
 
     def flush(self) -> None:
         if self._enabled:

@@ -225,12 +225,19 @@ def covariate_shift_step(
     return covariate_shift.summary(layers, distances, cosines)
 
 
-def activation_stats_step(state: TrainState, batch: dict, *, model, label_smoothing: float = 0.0):
-    """Each normalization site's input and output statistics in the train step's forward on
-    `batch` (``bnresearch.measure.activations``)."""
+def activation_stats_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    model,
+    label_smoothing: float = 0.0,
+    histogram_buckets: int = 0,
+):
+    """Each normalization site's input and output statistics (and histograms) in the train
+    step's forward on `batch` (``bnresearch.measure.activations``)."""
     loss_fn = _step_objective(state, batch, model=model, label_smoothing=label_smoothing)
     *_, sown = loss_fn(state.params, collect=(ACTIVATIONS,))[1]
-    return activations.summary(sown.get(ACTIVATIONS, {}))
+    return activations.summary(sown.get(ACTIVATIONS, {}), histogram_buckets)
 
 
 # Top-5 is the papers' second number on CIFAR-100 and ImageNet; with 10 classes or fewer it says

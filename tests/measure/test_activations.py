@@ -14,6 +14,7 @@ from bnresearch.layers.variables import ACTIVATIONS, RNG_STREAM, TRAIN_MUTABLE
 from bnresearch.measure.activations import (
     channel_moments,
     check_activation_stats_config,
+    histogram,
     summary,
 )
 from tests.layers.normtest_utils import CONV_SHAPE, init_with_random_affine, random_input
@@ -47,6 +48,44 @@ def test_a_batch_norm_sows_its_input_and_output_statistics_when_asked():
     params = variables["params"]
     np.testing.assert_allclose(output_mean, np.mean(params["bias"]), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(output_std, np.mean(params["scale"]), rtol=1e-3)
+
+
+def numpy_counts(values, buckets):
+    """NumPy's histogram of `values` with `buckets`' own edges: the counts ours must give."""
+    edges = np.append(buckets[:, 0], buckets[-1, 1])
+    return np.histogram(np.asarray(values).ravel(), bins=edges)[0]
+
+
+@pytest.mark.parametrize("count", [1, 7, 30])
+def test_a_histogram_counts_as_numpy_does_over_equal_buckets_from_min_to_max(count):
+    values = np.random.default_rng(count).standard_t(3, size=(16, 5, 5, 3)).astype(np.float32)
+    buckets = np.asarray(histogram(jnp.asarray(values), count))
+    assert buckets.shape == (count, 3)
+    np.testing.assert_array_equal(buckets[:, 2], numpy_counts(values, buckets))
+    assert buckets[:, 2].sum() == values.size
+    assert buckets[0, 0] == values.min() and buckets[-1, 1] == values.max()
+    np.testing.assert_array_equal(buckets[1:, 0], buckets[:-1, 1])  # adjacent
+    np.testing.assert_allclose(np.diff(buckets[:, :2]), np.ptp(values) / count, rtol=1e-4)
+
+
+def test_a_histogram_of_equal_values_puts_them_all_in_the_last_bucket():
+    # TensorBoard's own convention for a constant tensor: zero-width buckets, the last full.
+    buckets = np.asarray(histogram(jnp.full((4, 6), 2.5), 5))
+    np.testing.assert_array_equal(buckets[:, :2], 2.5)
+    np.testing.assert_array_equal(buckets[:, 2], [0, 0, 0, 0, 24])
+
+
+def test_the_summary_histograms_each_sites_input_and_output_when_asked():
+    x = random_input(CONV_SHAPE)
+    module = BatchNorm()
+    variables = init_with_random_affine(module, x)
+    y, sown = module.apply(variables, x, train=True, mutable=TRAIN_MUTABLE + (ACTIVATIONS,))
+    assert not any("histogram" in name for name in summary(sown[ACTIVATIONS]))
+    values = summary(sown[ACTIVATIONS], histogram_buckets=12)
+    for name, tensor in (("input", x), ("output", y)):
+        buckets = np.asarray(values[f"activations/{name}_histogram"])
+        assert buckets.shape == (12, 3)
+        np.testing.assert_array_equal(buckets[:, 2], numpy_counts(tensor, buckets))
 
 
 def test_a_train_forward_that_does_not_ask_traces_the_plain_normalization():
@@ -107,7 +146,19 @@ def test_bad_noise_options_are_refused(options, message):
         BatchNorm(**options)
 
 
-def test_a_bad_block_is_refused():
-    config = ml_collections.ConfigDict({"enabled": "yes", "every": "5 steps"})
-    with pytest.raises(UsageError, match=r"activation_stats.enabled='yes' must be true or false"):
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        ({"enabled": "yes"}, r"activation_stats.enabled='yes' must be true or false"),
+        (
+            {"histogram_buckets": -1},
+            r"activation_stats.histogram_buckets=-1 must be a whole number >= 0 \(0: no",
+        ),
+        ({"histogram_buckets": 2.5}, r"activation_stats.histogram_buckets=2.5 must be a whole"),
+    ],
+)
+def test_a_bad_block_is_refused(block, message):
+    defaults = {"enabled": True, "every": "5 steps", "histogram_buckets": 0}
+    config = ml_collections.ConfigDict({**defaults, **block})
+    with pytest.raises(UsageError, match=message):
         check_activation_stats_config(config)

@@ -40,7 +40,8 @@ PROBED = {
     "covariate_shift.enabled": True,
     "covariate_shift.every": "5 steps",
     "activation_stats.enabled": True,
-    "activation_stats.every": "3 steps",
+    "activation_stats.every": "2 steps",  # so the preemption at step 4 carries one
+    "activation_stats.histogram_buckets": 6,
 }
 PROBE_PROGRAMS = ("jit(landscape_step)", "jit(covariate_shift_step)", "jit(activation_stats_step)")
 
@@ -84,7 +85,7 @@ def test_probes_are_logged_at_their_steps_and_only_compiled_when_on(runs):
     root, plain, probed = runs
     assert [m["step"] for m in records(root / "probed", "landscape/")] == [2, 4, 6]
     assert [m["step"] for m in records(root / "probed", "ics/")] == [5]
-    assert [m["step"] for m in records(root / "probed", "activations/")] == [3, 6]
+    assert [m["step"] for m in records(root / "probed", "activations/")] == [2, 4, 6]
     landscape = records(root / "probed", "landscape/")[0]
     assert set(landscape) == {
         "step",
@@ -107,6 +108,40 @@ def test_probes_are_logged_at_their_steps_and_only_compiled_when_on(runs):
     assert not any(name in plain for name in PROBE_PROGRAMS)
     # The resumed launch compiles each probe once (one batch size).
     assert [probed.count(name) for name in PROBE_PROGRAMS] == [1, 1, 1]
+
+
+def tensorboard_histograms(workdir) -> dict:
+    """{(tag, step): [k, 3] buckets} of every histogram in the run's TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    found = {}
+    for path in sorted(workdir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "histograms":
+                    found[value.tag, event.step] = tensor_util.make_ndarray(value.tensor)
+    return found
+
+
+def test_activation_histograms_go_to_tensorboard_at_the_statistics_steps(runs, data_dir):
+    root, _, _ = runs
+    histograms = tensorboard_histograms(root / "probed")
+    site = "activations/stage1_conv1_norm"
+    # Step 4's was pending at the preemption: carried in the checkpoint, written on resume.
+    assert {step for tag, step in histograms if tag == f"{site}/input_histogram"} == {2, 4, 6}
+    assert {tag for tag, _ in histograms} >= {f"{site}/input_histogram", f"{site}/output_histogram"}
+    # Each counts every activation of the site: the batch's images x positions x channels (8x8
+    # digits, the first conv's kernel's output channels).
+    channels = final_state(root / "probed")["params"]["stage1_conv1"]["kernel"].shape[-1]
+    batch_size = tiny_config(data_dir, **RUN).batch_size
+    for buckets in histograms.values():
+        assert buckets.shape == (6, 3) and np.all(np.diff(buckets[:, 0]) >= 0)
+    for step in (2, 4, 6):
+        counts = histograms[f"{site}/output_histogram", step][:, 2]
+        assert counts.sum() == batch_size * 8 * 8 * channels
+    # metrics.jsonl keeps scalars only.
+    assert not any("histogram" in key for m in read_metrics(root / "probed") for key in m)
 
 
 def test_the_landscape_probes_the_loss_the_train_step_trains_on():

@@ -22,7 +22,6 @@ from flax.typing import Dtype
 
 from bnresearch.errors import UsageError
 from bnresearch.layers.variables import ACTIVATIONS, ANALYSIS, RNG_STREAM
-from bnresearch.measure.activations import site_statistics
 from bnresearch.measure.heterogeneity import heterogeneity_score
 
 
@@ -136,7 +135,7 @@ class Normalization(nn.Module):
     Also, in training forwards only: with ``noise_shift`` or ``noise_gain`` set, the output
     gets ``covariate_noise`` (unset: shift 0, scale 1), the "noisy BN" experiment; and where
     the ``activations`` collection is mutable (the activation-statistics measurement), the
-    layer sows its input's and output's statistics (``bnresearch/measure/activations.py``).
+    layer sows its input and its output (``bnresearch/measure/activations.py``).
     """
 
     dtype: Dtype = jnp.float32
@@ -178,8 +177,8 @@ class Normalization(nn.Module):
         # Asked before anything is computed, so a forward that does not collect the statistics
         # (every train step) traces exactly the program it traced without them.
         if train and self.is_mutable_collection(ACTIVATIONS) and not self.is_initializing():
-            for name, value in site_statistics(x, y).items():
-                self.sow(ACTIVATIONS, name, value)
+            self.sow(ACTIVATIONS, "input", x)
+            self.sow(ACTIVATIONS, "output", y)
         return y
 
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
