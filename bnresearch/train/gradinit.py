@@ -83,28 +83,48 @@ def scale_gradient(
     whether the constraint was violated (the gradient is then that of ||g||_p).
 
     `loss_fn(params, batch)` is the objective; `params` the initial ones (never changed).
-    `on_cpu`: the two gradients are the branches of a `lax.cond`, where XLA's CPU backend runs
-    convolutions in JAX's order slowly unless brought to its own (``canonical_convolutions.py``).
+
+    Both objectives are functions of theta(alpha) = (alpha_i theta_i) through g = grad L(S; .),
+    so their derivative in alpha_i is an inner product with theta_i, and the second derivative
+    they need is one Hessian-vector product H v, H the Hessian of L(S; .) at theta(alpha):
+
+        d||g||_p / d alpha_i               = <theta_i, (H n)_i>,            n = d||g||_p / dg
+        d L(S'; theta - eta g) / d alpha_i = <theta_i, u_i - eta (H u)_i>,  u = grad L(S'; .)
+
+    H v is a forward-mode derivative of the gradient (`jax.jvp`), whose convolutions are those of
+    a backward pass; differentiating the gradient in reverse instead costs ~3 times as much on
+    XLA's CPU backend (2.7 s against 0.23 s for a train step of the why_bn study's 15-conv
+    network). `on_cpu`: u is computed in a `lax.cond` (not when the constraint is violated),
+    where XLA's CPU backend runs convolutions in JAX's order slowly unless brought to its own
+    (``canonical_convolutions.py``).
     """
-
-    def first_gradient(s):
-        return jax.grad(loss_fn)(scaled(s, params), batch)
-
-    def norm_objective(s):
-        return gradient_norm(first_gradient(s), settings.norm_order)
-
-    def step_objective(s):
-        start = scaled(s, params)
-        stepped = jax.tree.map(lambda p, g: p - settings.inner_lr * g, start, first_gradient(s))
-        return loss_fn(stepped, next_batch)
-
-    loss, gradient = jax.value_and_grad(loss_fn)(scaled(scales, params), batch)
+    start = scaled(scales, params)
+    gradient_of = jax.grad(loss_fn)
+    loss, gradient = jax.value_and_grad(loss_fn)(start, batch)
     norm = gradient_norm(gradient, settings.norm_order)
     constrained = norm > settings.gamma
-    branches = (jax.grad(norm_objective), jax.grad(step_objective))
+
+    def outcome_gradient(_):
+        stepped = jax.tree.map(lambda p, g: p - settings.inner_lr * g, start, gradient)
+        return gradient_of(stepped, next_batch)
+
     if on_cpu:
-        branches = tuple(map(canonical_convolutions, branches))
-    direction = jax.lax.cond(constrained, *branches, scales)
+        outcome_gradient = canonical_convolutions(outcome_gradient)
+    # u, or zeros where the constraint's branch needs no step.
+    outcome = jax.lax.cond(
+        constrained, lambda _: jax.tree.map(jnp.zeros_like, gradient), outcome_gradient, None
+    )
+    norm_direction = jax.grad(lambda g: gradient_norm(g, settings.norm_order))(gradient)
+    vector = jax.tree.map(
+        lambda n, u: jnp.where(constrained, n, -settings.inner_lr * u), norm_direction, outcome
+    )
+    _, hessian_vector = jax.jvp(lambda p: gradient_of(p, batch), (start,), (vector,))
+    direction = jax.tree.map(
+        lambda p, u, hv: jnp.vdot(p.astype(jnp.float32), (u + hv).astype(jnp.float32)),
+        params,
+        outcome,
+        hessian_vector,
+    )
     return direction, loss, norm, constrained
 
 
