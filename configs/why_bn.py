@@ -11,9 +11,11 @@ covariate shift and activation statistics logged every PROBE_EVERY steps. Varian
   et al.'s injected, non-stationary mean and scale noise after every normalization): the
   SHALLOW network, 6 convs;
 - `deep_standard` and `deep_gradinit`: the DEEP network, 15 convs, no normalization, the
-  default He init against GradInit (Zhu et al. 2021) before training, same lr.
+  kit's default He-normal init against GradInit (Zhu et al. 2021) from it before training,
+  same lr; `deep_lecun` and `deep_lecun_gradinit`: the same from LeCun-normal (flax's default
+  for its layers), under which the deep ReLU network's signal vanishes.
 
-Two seeds each (10 runs):
+Two seeds each (14 runs):
 
     python launch.py --config configs/why_bn.py --workdir runs/why_bn --sweep --parallel 2
 
@@ -41,7 +43,9 @@ DEEP = 5  # 15 convs + the classifier
 BATCH = 128
 STEPS = 200
 PROBE_EVERY = 40
-GRADINIT_ITERATIONS = 20
+# About one epoch of tuning, as in the paper: 78 iterations of 2 batches of 128 of the 20,000
+# training images.
+GRADINIT_ITERATIONS = 78
 NUM_SEEDS = 2
 NOISE = {"model.norm_kwargs.noise_shift": 1.0, "model.norm_kwargs.noise_gain": 2.0}
 
@@ -63,6 +67,20 @@ VARIANTS = {
         "model.norm": "none",
         **UNPROBED,
         "model.options.convs_per_stage": DEEP,
+        "model.init_method": "gradinit",
+        "gradinit.iterations": GRADINIT_ITERATIONS,
+    },
+    "deep_lecun": {
+        "model.norm": "none",
+        "model.options.convs_per_stage": DEEP,
+        "model.weight_init": "lecun_normal",
+        **UNPROBED,
+    },
+    "deep_lecun_gradinit": {
+        "model.norm": "none",
+        **UNPROBED,
+        "model.options.convs_per_stage": DEEP,
+        "model.weight_init": "lecun_normal",
         "model.init_method": "gradinit",
         "gradinit.iterations": GRADINIT_ITERATIONS,
     },
