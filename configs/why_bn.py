@@ -23,12 +23,11 @@ Two seeds each (14 runs):
 studies use, outside the repository. One point alone, e.g.
 `--config configs/why_bn.py:variant=deep_gradinit`.
 
-Measured cost: 51 min of wall time on the 2-core VM (9 of the 10 runs in 39 min), niced
-beneath other work (load 5-9), with two points started by hand beside the sweep; about 20 min
-expected on idle cores (experiments/why_bn/README.md). Expected: batch norm about 43% test
-accuracy after the 200 updates, no normalization about 31%; BN's loss range, gradient
-predictiveness and beta-smoothness 3.5-4 times smaller; noisy BN near chance on the test set;
-the deep network near chance (10-16%) with the default init and with GradInit alike.
+Measured cost: 16 min 33 s of wall time for the sweep on the idle 2-core VM, from a fresh clone
+(experiments/why_bn/README.md). Expected: batch norm 43.4% test accuracy after the 200 updates,
+no normalization 31.0%; BN's loss range, gradient predictiveness and beta-smoothness 3.5-4 times
+smaller; noisy BN near chance on the test set (11.5%); the deep network 14-16% with either
+default init and at chance (10.0%) after GradInit from either.
 """
 
 from bnresearch.config.arg import check_choice, parse_arg
