@@ -12,12 +12,16 @@ after another (issue 14), in two tables:
    against the single run's step, as member-steps per second, and the compile time of each.
 
     .venv/bin/python benchmarks/population.py [--members 1,4,8,16] [--models cnn,resnet20]
-        [--steps 20] [--no-end_to_end]
+        [--steps 20] [--no-end_to_end] [--optimizers same|differing]
+
+`--optimizers differing` gives the members of the second table each its own weight decay and
+momentum, so that each member computes every member's optimizer update (population.py).
 
 Run it on an otherwise idle machine.
 """
 
 import argparse
+import dataclasses
 import pathlib
 import platform
 import subprocess
@@ -81,9 +85,22 @@ def _time_steps(step, state, batch, steps: int, *extra):
     return time.perf_counter() - start
 
 
-def train_step(model: str, members: int, steps: int) -> dict:
+def own_optimizers(setup, members: int) -> tuple:
+    """`members` copies of `setup`, member k with weight decay (k + 1) times the config's and
+    momentum from 0.5 to 0.9."""
+    copies = []
+    for k in range(members):
+        config = setup.config.copy_and_resolve_references()
+        config.optimizer.weight_decay = setup.config.optimizer.weight_decay * (k + 1)
+        config.optimizer.momentum = 0.5 + 0.4 * k / max(members - 1, 1)
+        copies.append(dataclasses.replace(setup, config=config))
+    return tuple(copies)
+
+
+def train_step(model: str, members: int, steps: int, optimizers: str = "same") -> dict:
     """Member-steps per second of the single run's step and of the population's step for
-    `members` members (each with its own seed's state), and the compile seconds of each."""
+    `members` members (each with its own seed's state, and with `optimizers="differing"` its own
+    weight decay and momentum), and the compile seconds of each."""
     case = MODEL_CASES[model]
     batch_size = case.default_batch_size
     setup = build_setup(case, batch_size, "float32")
@@ -95,8 +112,9 @@ def train_step(model: str, members: int, steps: int) -> dict:
     solo_compile = time.perf_counter() - start
     solo_s = _time_steps(solo, init(key, batch["image"]), batch, steps)
 
+    setups = own_optimizers(setup, members) if optimizers == "differing" else (setup,) * members
     population = Population(
-        setups=(setup,) * members, mesh=setup.mesh, dataset=RandomData.like(case, batch_size)
+        setups=setups, mesh=setup.mesh, dataset=RandomData.like(case, batch_size)
     )
     layout = stacked_layout(population)
     start = time.perf_counter()
@@ -127,6 +145,7 @@ def main():
     parser.add_argument("--models", default="cnn,resnet20")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--end_to_end", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--optimizers", choices=("same", "differing"), default="same")
     args = parser.parse_args()
     sizes = [int(k) for k in args.members.split(",")]
     print(
@@ -144,13 +163,13 @@ def main():
                 flush=True,
             )
     print(
-        "\n| model | K | single run, steps/s | population, member-steps/s | ratio | "
-        "compile single / population |"
+        f"\n| model | K | single run, steps/s | population ({args.optimizers} optimizers), "
+        "member-steps/s | ratio | compile single / population |"
     )
     print("|---|---|---|---|---|---|")
     for model in args.models.split(","):
         for members in sizes:
-            rates = train_step(model, members, args.steps)
+            rates = train_step(model, members, args.steps, args.optimizers)
             print(
                 f"| {model} | {members} | {rates['solo']:.1f} | {rates['population']:.1f} | "
                 f"{rates['population'] / rates['solo']:.2f}x | {rates['solo_compile']:.1f} s / "

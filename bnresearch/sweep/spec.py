@@ -75,8 +75,9 @@ def _with_overrides(config: dict, overrides: dict) -> dict:
 
 def group_points(sweep: Sweep, points: list[Point], vectorize: str) -> list[tuple[Point, ...]]:
     """`points` in groups that train as one population each (`--vectorize`, train/members.py):
-    points whose overrides agree but for the member fields, none of whose configs forbids it;
-    a point alone is a group of one. Groups keep the sweep's order of their first point."""
+    points whose overrides agree but for the member fields and whose optimizers have the same
+    structure, none of whose configs forbids it; a point alone is a group of one. Groups keep
+    the sweep's order of their first point."""
     groups = {}
     for point in points:
         config = _with_overrides(sweep.base_config, point.overrides)
@@ -88,7 +89,11 @@ def group_points(sweep: Sweep, points: list[Point], vectorize: str) -> list[tupl
                 for field, value in point.overrides.items()
                 if not members.is_member_field(field, vectorize)
             }
-            key = ("shared", json.dumps(shared, sort_keys=True))
+            key = (
+                "shared",
+                json.dumps(shared, sort_keys=True),
+                members.optimizer_structure(config),
+            )
         groups.setdefault(key, []).append(point)
     return [tuple(group) for group in groups.values()]
 

@@ -4,9 +4,11 @@ A population trains its members as one vectorised program, so they must compute 
 program: the same model, optimizer, data shapes and plan. Members may differ only in
 `MEMBER_FIELDS`: the seed (its own initialization, data order and dropout masks), and the
 hyperparameters a member's step takes as its own values, not as shapes: `base_lr` and every
-field of `schedule` (each member's lr schedule), and `label_smoothing`. Anything else (weight
-decay, momentum, the normalization's options...) changes constants compiled into the program,
-so such points train as separate runs.
+field of `schedule` (each member's lr schedule), `label_smoothing`, and the optimizer's
+`weight_decay` and `momentum` (each member's own optimizer update, `population.py`), as long as
+the weight decay is 0 in all members or in none (0 leaves its transform out of the optimizer,
+whose state then has another structure). Anything else (dropout rates, the normalization's
+options...) is a constant of the model's program, so such points train as separate runs.
 
 Plain data and no JAX: the sweep, which never imports JAX, groups its points with these rules.
 """
@@ -14,7 +16,14 @@ Plain data and no JAX: the sweep, which never imports JAX, groups its points wit
 from bnresearch.errors import UsageError
 
 SEED_FIELD = "seed"
-MEMBER_FIELDS = (SEED_FIELD, "base_lr", "label_smoothing", "schedule")
+MEMBER_FIELDS = (
+    SEED_FIELD,
+    "base_lr",
+    "label_smoothing",
+    "schedule",
+    "optimizer.weight_decay",
+    "optimizer.momentum",
+)
 
 # The measurement blocks of train/probes.py, each a separate program on one run's state.
 PROBES = ("landscape", "covariate_shift", "activation_stats")
@@ -66,6 +75,12 @@ def blocker(config: dict) -> str | None:
     return None
 
 
+def optimizer_structure(config: dict) -> tuple:
+    """What of a member field changes the optimizer state's structure, so members must share
+    it: whether there is weight decay."""
+    return (config["optimizer"]["weight_decay"] > 0,)
+
+
 def check_population(configs: list[dict]) -> None:
     """Raises a one-line UsageError unless `configs` (dicts) can train as one population."""
     for config in configs:
@@ -77,4 +92,9 @@ def check_population(configs: list[dict]) -> None:
         raise UsageError(
             f"the members of a population differ in {', '.join(others)}; they may differ only in "
             f"{', '.join(MEMBER_FIELDS)} (fields that change no compiled constant or shape)"
+        )
+    if len({optimizer_structure(config) for config in configs}) > 1:
+        raise UsageError(
+            "the members of a population must all have optimizer.weight_decay > 0 or all 0 "
+            "(0 leaves the decay out of the optimizer); run the others apart"
         )

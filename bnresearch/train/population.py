@@ -32,6 +32,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bnresearch import data
@@ -166,7 +167,9 @@ def population_step(population: Population):
     """(states, batches, alive) -> (states, alive, metrics): every member's train step, vmapped.
 
     Each member reads its own lr schedule (lax.switch on its index: under vmap every member's
-    schedule is evaluated, a few scalars, and its own is selected) and label smoothing; members
+    schedule is evaluated, a few scalars, and its own is selected), label smoothing and optimizer
+    (weight decay, momentum: likewise switched, so with K members that differ in them each
+    member computes K optimizer updates, elementwise work beside the convolutions); members
     sharing them all use the single run's functions as they are. A member not alive, or whose
     loss this step is not finite, keeps its state. Convs run one per member (XLA's CPU backend
     runs vmap's grouped conv slowly, layers/convolution.py).
@@ -178,13 +181,30 @@ def population_step(population: Population):
         setup.plan.schedule == template.plan.schedule for setup in population.setups
     )
     same_smoothing = len(set(smoothings)) == 1
+    optimizer_configs = [setup.config.optimizer for setup in population.setups]
+    same_optimizer = all(
+        config.to_dict() == template.config.optimizer.to_dict() for config in optimizer_configs
+    )
+
+    def member_optimizer(index, learning_rate_fn) -> optax.GradientTransformation:
+        if same_optimizer:
+            return make_optimizer(template.config.optimizer, learning_rate_fn)
+        # Same state structure in every member (members.check_population): only the numbers
+        # differ, and each member takes its own optimizer's update.
+        own = [make_optimizer(config, learning_rate_fn) for config in optimizer_configs]
+        update = lambda grads, state, params=None: jax.lax.switch(
+            index, [optimizer.update for optimizer in own], grads, state, params
+        )
+        return optax.GradientTransformation(own[0].init, update)
 
     def member_step(state, batch, index, smoothing):
-        if same_schedule:
+        if same_schedule and same_optimizer:
             learning_rate_fn, optimizer = template.learning_rate_fn, template.optimizer
         else:
-            learning_rate_fn = lambda step: jax.lax.switch(index, schedules, step)
-            optimizer = make_optimizer(template.config.optimizer, learning_rate_fn)
+            learning_rate_fn = template.learning_rate_fn
+            if not same_schedule:
+                learning_rate_fn = lambda step: jax.lax.switch(index, schedules, step)
+            optimizer = member_optimizer(index, learning_rate_fn)
         return steps.train_step(
             state,
             batch,

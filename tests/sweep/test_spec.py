@@ -294,16 +294,19 @@ def test_points_differing_only_in_member_fields_are_grouped_into_populations(tmp
         "--member=batch_size=16,seed=1",
         "--config.dataset.data_dir=/d",
     ]
-    # Hyperparameters: points of one program that differ in their lr and seed group together;
-    # one that differs in a compiled constant (weight decay), or that cannot be a member
-    # (steps_per_call > 1), stays alone.
+    # Hyperparameters: points of one program that differ in their lr, optimizer numbers and
+    # seed group together; one whose optimizer has another structure (no weight decay), that
+    # differs in a compiled constant (dropout) or that cannot be a member (steps_per_call > 1)
+    # stays alone.
     points = [
         Point("a", {"seed": 0, "base_lr": 0.1}),
         Point("b", {"seed": 1, "base_lr": 0.3, "schedule.warmup": "2 steps"}),
         Point("c", {"seed": 0, "optimizer.weight_decay": 0.0}),
         Point("d", {"seed": 0, "steps_per_call": 2}),
         Point("e", {"seed": 1, "steps_per_call": 2}),
+        Point("f", {"seed": 0, "optimizer.weight_decay": 1e-3, "optimizer.momentum": 0.5}),
+        Point("g", {"seed": 0, "model.dropout.hidden": 0.1}),
     ]
     grouped = group_points(sweep, points, "hyperparameters")
-    assert names(grouped) == [["a", "b"], ["c"], ["d"], ["e"]]
-    assert names(group_points(sweep, points, "seeds")) == [["a"], ["b"], ["c"], ["d"], ["e"]]
+    assert names(grouped) == [["a", "b", "f"], ["c"], ["d"], ["e"], ["g"]]
+    assert names(group_points(sweep, points, "seeds")) == [[p.name] for p in points]

@@ -152,6 +152,26 @@ def test_members_with_their_own_lr_and_label_smoothing_match_their_single_runs(t
         assert_close_records(read_metrics(workdir), read_metrics(alone))
 
 
+def test_members_with_their_own_weight_decay_and_momentum_match_their_single_runs(
+    tmp_path, data_dir
+):
+    overrides = [
+        {"seed": 0, "optimizer.weight_decay": 1e-2, "optimizer.momentum": 0.5},
+        {"seed": 0, "optimizer.weight_decay": 5e-4, "optimizer.momentum": 0.9},
+    ]
+    configs = [tiny_config(data_dir, **RUN, **member) for member in overrides]
+    workdirs = [tmp_path / "a", tmp_path / "b"]
+    assert train_population(configs, workdirs) == ["done", "done"]
+    for config, workdir in zip(configs, workdirs):
+        alone = tmp_path / f"alone_{workdir.name}"
+        assert train_and_evaluate(config, str(alone)) == "done"
+        assert_close_records(read_metrics(workdir), read_metrics(alone))
+        assert_close_states(final_state(workdir), final_state(alone))
+    # Same seed, so the members differ by their optimizers alone, and they do.
+    last = lambda workdir: [m for m in read_metrics(workdir) if "train/loss" in m][-1]
+    assert last(workdirs[0])["train/loss"] != last(workdirs[1])["train/loss"]
+
+
 def test_a_preempted_population_resumes_to_the_same_numbers(
     population_run, tmp_path, data_dir, monkeypatch
 ):
@@ -190,9 +210,13 @@ def test_a_crash_between_members_saves_resumes_at_their_shared_step(
 def test_members_that_would_compile_different_programs_are_refused(tmp_path, data_dir):
     configs = [
         tiny_config(data_dir, seed=0, **RUN),
-        tiny_config(data_dir, seed=1, **{**RUN, "optimizer.weight_decay": 0.0}),
+        tiny_config(data_dir, seed=1, **{**RUN, "model.dropout.hidden": 0.1}),
     ]
-    with pytest.raises(UsageError, match=r"differ in optimizer\.weight_decay; they may differ"):
+    with pytest.raises(UsageError, match=r"differ in model\.dropout\.hidden; they may differ"):
+        train_population(configs, [tmp_path / "a", tmp_path / "b"])
+    # Weight decay may differ, but 0 leaves its transform (and state) out of the optimizer.
+    configs[1] = tiny_config(data_dir, seed=1, **{**RUN, "optimizer.weight_decay": 0.0})
+    with pytest.raises(UsageError, match=r"must all have optimizer\.weight_decay > 0 or all 0"):
         train_population(configs, [tmp_path / "a", tmp_path / "b"])
     with pytest.raises(UsageError, match="steps_per_call > 1"):
         train_population(
