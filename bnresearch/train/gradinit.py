@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from bnresearch.errors import UsageError
 from bnresearch.parallel.mesh import global_batch
@@ -203,9 +204,13 @@ def tune(setup, state: TrainState, train_iterator) -> TrainState:
 
     on_cpu = setup.mesh.devices.flat[0].platform == "cpu"
 
-    step = jax.jit(one_iteration, compiler_options=setup.compiler_options)
-    scales = init_scales(state.params)
-    opt_state = scale_optimizer(settings).init(scales)
+    # The scales, their Adam state and the logged scalars live replicated on the mesh from the
+    # first iteration on: arrays made on one device would be laid out otherwise at the first
+    # call than at the next, and the iteration compiled twice.
+    replicated = NamedSharding(setup.mesh, PartitionSpec())
+    step = jax.jit(one_iteration, out_shardings=replicated, compiler_options=setup.compiler_options)
+    scales = jax.device_put(init_scales(state.params), replicated)
+    opt_state = jax.device_put(scale_optimizer(settings).init(scales), replicated)
     records = []
     for index in range(settings.iterations):
         batch, next_batch = (global_batch(next(train_iterator), setup.mesh) for _ in range(2))

@@ -16,7 +16,13 @@ from bnresearch.train import gradinit
 from bnresearch.train.gradinit import GradInitSettings, fold, iteration, scale_gradient
 from bnresearch.train.loop import train_and_evaluate
 from bnresearch.train.state import TrainState
-from tests.train.runs import StopAt, read_metrics, read_status, tiny_config
+from tests.train.runs import (
+    StopAt,
+    read_metrics,
+    read_status,
+    tiny_config,
+    train_and_record_compilations,
+)
 
 RNG = np.random.default_rng(0)
 X, Y = RNG.normal(size=(12, 3)), RNG.normal(size=12)
@@ -190,7 +196,9 @@ RUN = {
 
 
 def test_a_run_tunes_logs_and_starts_over_to_the_same_numbers(tmp_path, data_dir, monkeypatch):
-    assert train_and_evaluate(tiny_config(data_dir, **RUN), str(tmp_path / "whole")) == "done"
+    compiled = train_and_record_compilations(tiny_config(data_dir, **RUN), tmp_path / "whole")
+    # One program for all the iterations: nothing compiles again after the first.
+    assert compiled.count("jit(one_iteration)") == 1
     whole = read_metrics(tmp_path / "whole")
     tuning = [m for m in whole if "gradinit/loss" in m]
     assert [(m["step"], m["gradinit/iteration"]) for m in tuning] == [(0, 0), (0, 1), (0, 2)]
