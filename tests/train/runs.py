@@ -37,14 +37,26 @@ def tiny_config(data_dir, **overrides):
     return config
 
 
-def launch(workdir, data_dir, *, devices=8, wait=True, env=None, **overrides):
-    """Runs launch.py in a fresh process, with `env` added to its environment; returns the
-    CompletedProcess (or Popen if not wait)."""
-    flags = [f"--config.{key}={value}" for key, value in {**TINY_OVERRIDES, **overrides}.items()]
+def launch(
+    workdir,
+    data_dir,
+    *,
+    devices=8,
+    wait=True,
+    env=None,
+    config="quickstart",
+    tiny=True,
+    **overrides,
+):
+    """Runs launch.py on `configs/<config>.py` (shortened by TINY_OVERRIDES unless not `tiny`)
+    in a fresh process, with `env` added to its environment; returns the CompletedProcess (or
+    Popen if not wait)."""
+    base = TINY_OVERRIDES if tiny else {}
+    flags = [f"--config.{key}={value}" for key, value in {**base, **overrides}.items()]
     command = [
         sys.executable,
         str(REPO / "launch.py"),
-        f"--config={REPO}/configs/quickstart.py",
+        f"--config={REPO}/configs/{config}.py",
         f"--workdir={workdir}",
         f"--config.dataset.data_dir={data_dir}",
         *flags,

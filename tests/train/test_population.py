@@ -138,27 +138,23 @@ def test_a_diverging_member_stops_alone(solo_runs, tmp_path, data_dir):
     assert_close_states(final_state(workdirs[1]), final_state(solo_runs / "seed1"))
 
 
-def test_members_with_their_own_lr_and_label_smoothing_match_their_single_runs(tmp_path, data_dir):
-    overrides = [
-        {"seed": 0, "base_lr": 0.02, "schedule.warmup": "3 steps"},
-        {"seed": 0, "base_lr": 0.1, "label_smoothing": 0.1},
-    ]
-    configs = [tiny_config(data_dir, **RUN, **member) for member in overrides]
-    workdirs = [tmp_path / "a", tmp_path / "b"]
-    assert train_population(configs, workdirs) == ["done", "done"]
-    for config, workdir in zip(configs, workdirs):
-        alone = tmp_path / f"alone_{workdir.name}"
-        assert train_and_evaluate(config, str(alone)) == "done"
-        assert_close_records(read_metrics(workdir), read_metrics(alone))
-
-
-def test_members_with_their_own_weight_decay_and_momentum_match_their_single_runs(
-    tmp_path, data_dir
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [
+            {"seed": 0, "base_lr": 0.02, "schedule.warmup": "3 steps"},
+            {"seed": 0, "base_lr": 0.1, "label_smoothing": 0.1},
+        ],
+        [
+            {"seed": 0, "optimizer.weight_decay": 1e-2, "optimizer.momentum": 0.5},
+            {"seed": 0, "optimizer.weight_decay": 5e-4, "optimizer.momentum": 0.9},
+        ],
+    ],
+    ids=["lr_and_label_smoothing", "weight_decay_and_momentum"],
+)
+def test_members_with_their_own_hyperparameters_match_their_single_runs(
+    overrides, tmp_path, data_dir
 ):
-    overrides = [
-        {"seed": 0, "optimizer.weight_decay": 1e-2, "optimizer.momentum": 0.5},
-        {"seed": 0, "optimizer.weight_decay": 5e-4, "optimizer.momentum": 0.9},
-    ]
     configs = [tiny_config(data_dir, **RUN, **member) for member in overrides]
     workdirs = [tmp_path / "a", tmp_path / "b"]
     assert train_population(configs, workdirs) == ["done", "done"]
@@ -167,7 +163,7 @@ def test_members_with_their_own_weight_decay_and_momentum_match_their_single_run
         assert train_and_evaluate(config, str(alone)) == "done"
         assert_close_records(read_metrics(workdir), read_metrics(alone))
         assert_close_states(final_state(workdir), final_state(alone))
-    # Same seed, so the members differ by their optimizers alone, and they do.
+    # Same seed, so the members differ by those hyperparameters alone, and they do.
     last = lambda workdir: [m for m in read_metrics(workdir) if "train/loss" in m][-1]
     assert last(workdirs[0])["train/loss"] != last(workdirs[1])["train/loss"]
 

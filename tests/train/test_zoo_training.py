@@ -18,7 +18,7 @@ from bnresearch.optim.optimizers import make_optimizer
 from bnresearch.train.loop import train_and_evaluate
 from bnresearch.train.state import create_train_state
 from bnresearch.train.steps import train_step
-from tests.train.runs import read_metrics, read_status, tiny_config
+from tests.train.runs import launch, read_metrics, read_status, tiny_config
 
 STEPS = 4
 TINY_CNN = {"widths": (8, 16), "convs_per_stage": 2}
@@ -170,29 +170,21 @@ ACCURACY_RUNS = {
 }
 
 
-@pytest.fixture
-def optimized_compilation():
-    """Full XLA optimization for these runs, as for the launch.py runs of tests/train/runs.py:
-    unoptimized, the CNN's train steps run so slowly that the DoReFa run takes about 1.6x as
-    long. Restored afterwards."""
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", False)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
-
-
 @pytest.mark.parametrize("module", list(ACCURACY_RUNS))
-def test_quantized_config_reaches_its_accuracy_in_the_loop(
-    module, tmp_path, data_dir, optimized_compilation
-):
+def test_quantized_config_reaches_its_accuracy_in_the_loop(module, tmp_path, prepared_data_dir):
+    # launch.py in a fresh process, with full XLA optimization (unoptimized, the CNN's train
+    # steps run so slowly that the DoReFa run takes about 1.6x as long), as a user runs it.
     duration, threshold = ACCURACY_RUNS[module]
-    config = load_config(module)
-    config.dataset.data_dir = data_dir
-    config.train_duration = config.eval_every = duration
-    config.log_every = duration
-    config.checkpoint.every = "0 steps"
-    config.lock()
-    assert train_and_evaluate(config, str(tmp_path / "run")) == "done"
+    shortened = {"train_duration": duration, "eval_every": duration, "log_every": duration}
+    result = launch(
+        tmp_path / "run",
+        prepared_data_dir,
+        config=module,
+        tiny=False,
+        **shortened,
+        **{"checkpoint.every": "0 steps"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert final_eval_accuracy(tmp_path / "run") >= threshold
 
 
