@@ -199,10 +199,8 @@ def tune(setup, state: TrainState, train_iterator) -> TrainState:
             label_smoothing=setup.config.label_smoothing,
         )[0]
         return iteration(
-            scales, opt_state, state.params, loss_fn, batch, next_batch, settings, on_cpu
+            scales, opt_state, state.params, loss_fn, batch, next_batch, settings, setup.on_cpu
         )
-
-    on_cpu = setup.mesh.devices.flat[0].platform == "cpu"
 
     # The scales, their Adam state and the logged scalars live replicated on the mesh from the
     # first iteration on: arrays made on one device would be laid out otherwise at the first

@@ -305,9 +305,9 @@ def compile_steps(setup: Setup, start_step: int) -> CompiledSteps:
     )
     # In a loop XLA's CPU backend leaves the convolutions in the order JAX wrote them (slow, and
     # summing otherwise than a single step): canonical_convolutions.py.
-    on_cpu = mesh.devices.flat[0].platform == "cpu"
     train_k_steps = functools.partial(
-        steps.train_steps, train_step=canonical_convolutions(train_step) if on_cpu else train_step
+        steps.train_steps,
+        train_step=canonical_convolutions(train_step) if setup.on_cpu else train_step,
     )
     micro_batches = plan.steps_per_call * plan.accumulation_steps
     compile_train = functools.partial(

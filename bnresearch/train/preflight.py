@@ -76,6 +76,12 @@ class Setup:
     compiler_options: dict  # XLA options of every program the run compiles (xla_flags.py)
     fine_tune: FineTune | None = None  # None: a run from scratch that trains everything
 
+    @property
+    def on_cpu(self) -> bool:
+        """Whether the run computes on CPUs, whose XLA backend leaves convolutions inside a
+        loop or a branch in JAX's slow order (``canonical_convolutions.py``)."""
+        return self.mesh.devices.flat[0].platform == "cpu"
+
 
 def _check_choice(field: str, value: str, valid) -> None:
     if value not in valid:

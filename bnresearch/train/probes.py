@@ -38,12 +38,11 @@ def probe_step(name: str, setup, batch: dict) -> Callable:
     common = {"model": setup.model, "label_smoothing": config.label_smoothing}
     # The landscape and the covariate shift compute gradients in a loop (`lax.map`), where XLA's
     # CPU backend runs convolutions ~25 times slower unless they are in its own order.
-    on_cpu = setup.mesh.devices.flat[0].platform == "cpu"
     if name == "landscape":
         return functools.partial(
             steps.landscape_step,
             step_sizes=tuple(config.landscape.step_sizes),
-            on_cpu=on_cpu,
+            on_cpu=setup.on_cpu,
             **common,
         )
     if name == "covariate_shift":
@@ -55,7 +54,7 @@ def probe_step(name: str, setup, batch: dict) -> Callable:
             steps.covariate_shift_step,
             optimizer=setup.optimizer,
             layers=layers,
-            on_cpu=on_cpu,
+            on_cpu=setup.on_cpu,
             **common,
         )
     if name == "activation_stats":
