@@ -144,18 +144,22 @@ def test_activation_histograms_go_to_tensorboard_at_the_statistics_steps(runs, d
     assert not any("histogram" in key for m in read_metrics(root / "probed") for key in m)
 
 
-def test_the_landscape_probes_the_loss_the_train_step_trains_on():
-    # Same state and batch: the probe's L(theta) is the train step's loss, dropout draws too.
-    model = build_model(
-        "cnn", num_classes=3, widths=(4, 8), convs_per_stage=1, dropout={"hidden": 0.5}
-    )
-    rng = np.random.default_rng(2)
+def tiny_cnn_run(data_seed: int, **model_options):
+    """(model, optimizer, initial state, batch) of a 3-class CNN on a random 8x8 batch of 16."""
+    model = build_model("cnn", num_classes=3, widths=(4, 8), convs_per_stage=1, **model_options)
+    rng = np.random.default_rng(data_seed)
     batch = {
         "image": jnp.asarray(rng.normal(size=(16, 8, 8, 1)), jnp.float32),
         "label": jnp.asarray(rng.integers(0, 3, size=16), jnp.int32),
     }
     optimizer = make_optimizer(base_config().optimizer, lambda step: 0.1)
     state = create_train_state(model, optimizer, jax.random.key(0), batch["image"])
+    return model, optimizer, state, batch
+
+
+def test_the_landscape_probes_the_loss_the_train_step_trains_on():
+    # Same state and batch: the probe's L(theta) is the train step's loss, dropout draws too.
+    model, optimizer, state, batch = tiny_cnn_run(2, dropout={"hidden": 0.5})
     probe = functools.partial(steps.landscape_step, model=model, step_sizes=(0.1, 0.2))
     train = functools.partial(
         steps.train_step, model=model, optimizer=optimizer, learning_rate_fn=lambda s: 0.1
@@ -175,14 +179,7 @@ def test_the_looped_probes_run_their_convolutions_in_the_cpu_backends_own_order(
     # the why_bn study's CNN (37 s for one landscape measurement of a 0.25 s step). With on_cpu
     # (what probes.probe_step passes on a CPU) every convolution is in the fast order, and the
     # values are the same.
-    model = build_model("cnn", num_classes=3, widths=(4, 8), convs_per_stage=1)
-    rng = np.random.default_rng(3)
-    batch = {
-        "image": jnp.asarray(rng.normal(size=(16, 8, 8, 1)), jnp.float32),
-        "label": jnp.asarray(rng.integers(0, 3, size=16), jnp.int32),
-    }
-    optimizer = make_optimizer(base_config().optimizer, lambda step: 0.1)
-    state = create_train_state(model, optimizer, jax.random.key(0), batch["image"])
+    model, optimizer, state, batch = tiny_cnn_run(3)
     layers = tuple(state.params)  # the order does not matter for this comparison
     probes = {
         "landscape": functools.partial(steps.landscape_step, model=model, step_sizes=(0.1, 0.2)),
