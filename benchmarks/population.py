@@ -41,6 +41,7 @@ from benchmarks.library_step import (  # noqa: E402
     build_setup,
     random_batch,
 )
+from bnresearch import host_allocator  # noqa: E402
 from bnresearch.train import loop  # noqa: E402
 from bnresearch.train.population import (  # noqa: E402
     Population,
@@ -147,6 +148,7 @@ def main():
     parser.add_argument("--end_to_end", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--optimizers", choices=("same", "differing"), default="same")
     args = parser.parse_args()
+    host_allocator.restart_with_tunables()  # as launch.py runs: see bnresearch/host_allocator.py
     sizes = [int(k) for k in args.members.split(",")]
     print(
         f"{platform.processor() or platform.machine()}, {jax.device_count()} device(s) "

@@ -27,6 +27,8 @@ import tempfile
 import jax
 import library_step
 
+from bnresearch import host_allocator
+
 # Trace events that are not XLA operations: the runtime's own spans and Python frames.
 NOT_OPERATIONS = re.compile(
     r"^(\$|ThunkExecutor|SlinkyThreadPool|PjitFunction|ParseArguments|end: |CommonPjRt|PjRt)"
@@ -182,6 +184,7 @@ def table(model: str, dtype: str, wall_ms: float, by_category: dict[str, float])
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    host_allocator.restart_with_tunables()  # as launch.py runs: see bnresearch/host_allocator.py
     for model in args.models:
         wall_ms, by_category = profile(model, args.dtype, args.steps)
         print(table(model, args.dtype, wall_ms, by_category))

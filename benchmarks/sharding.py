@@ -22,6 +22,7 @@ import time
 import jax
 import library_step
 
+from bnresearch import host_allocator
 from bnresearch.errors import UsageError
 from bnresearch.parallel.mesh import make_mesh
 from bnresearch.parallel.sharding import bytes_per_device
@@ -130,6 +131,7 @@ def table(rows: list[Row]) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    host_allocator.restart_with_tunables()  # as launch.py runs: see bnresearch/host_allocator.py
     try:
         for name in args.optimizers:
             if name not in OPTIMIZERS:

@@ -23,6 +23,8 @@ import input_pipeline
 import jax
 import library_step
 
+from bnresearch import host_allocator
+
 DTYPES = ("float32", "bfloat16")
 MIB = 2**20
 DIGITS_BATCH_SIZE = 64  # the quickstart's (configs/quickstart.py)
@@ -142,6 +144,7 @@ def describe_machine(peer) -> dict:
         "jax_backend": jax.default_backend(),
         "jax_devices": len(jax.devices()),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
     if peer is not None:
         machine["torch"] = peer.torch.__version__
@@ -161,7 +164,8 @@ def machine_line(machine: dict) -> str:
         f"Python {machine['python']}, jax {machine['jax']}, jaxlib {machine['jaxlib']}, "
         f"flax {machine['flax']}, optax {machine['optax']}{torch}; JAX backend "
         f"{machine['jax_backend']} ({machine['jax_devices']} device(s)); "
-        f"XLA_FLAGS={machine['xla_flags'] or '(unset)'}; float32 matmul "
+        f"XLA_FLAGS={machine['xla_flags'] or '(unset)'}; "
+        f"GLIBC_TUNABLES={machine['glibc_tunables'] or '(unset)'}; float32 matmul "
         f"{machine['matmul_size']}x{machine['matmul_size']}: {matmul}"
     )
 
@@ -384,6 +388,7 @@ def load_peer(name: str):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    host_allocator.restart_with_tunables()  # as launch.py runs: see bnresearch/host_allocator.py
     peer = load_peer(args.peer)
     machine = describe_machine(peer)
     matmul = measure_matmul(args, peer)

@@ -17,7 +17,9 @@ The sweep's own process never imports JAX.
 `python launch.py` in the repository and `python -m bnresearch.launch` wherever the package is
 installed run the same code; the sweep starts its points with the latter. A run keeps the
 programs it compiles in JAX's persistent compilation cache (bnresearch/persistent_cache.py), so
-that the next launch of the same config loads them, and logs its start-up time.
+that the next launch of the same config loads them, and logs its start-up time. It first
+restarts itself once with glibc's allocator set to use huge pages for XLA's large buffers
+(bnresearch/host_allocator.py).
 
 What the user can fix ends in one line `error: ...`: bad input (exit 2) and the environment's
 failures (exit 1): a full disk, a path that cannot be written or is not a directory. --verbose
@@ -35,7 +37,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bnresearch import persistent_cache
+from bnresearch import host_allocator, persistent_cache
 from bnresearch.errors import UsageError
 from bnresearch.train.members import VECTORIZE
 
@@ -354,6 +356,7 @@ def _parse_flags(argv):
 
 
 def run() -> None:
+    host_allocator.restart_with_tunables()  # before JAX starts: see host_allocator.py
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -120,6 +120,7 @@ def environment_record(start_step: int, layout: dict) -> dict:
         "device_count": len(devices),
         "process_count": jax.process_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         **layout,
     }
 
