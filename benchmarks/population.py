@@ -115,7 +115,10 @@ def train_step(model: str, members: int, steps: int, optimizers: str = "same") -
 
     setups = own_optimizers(setup, members) if optimizers == "differing" else (setup,) * members
     population = Population(
-        setups=setups, mesh=setup.mesh, dataset=RandomData.like(case, batch_size)
+        setups=setups,
+        mesh=setup.mesh,
+        dataset=RandomData.like(case, batch_size),
+        member_options={},  # the members' models are one
     )
     layout = stacked_layout(population)
     start = time.perf_counter()

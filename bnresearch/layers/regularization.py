@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from bnresearch.errors import UsageError
 from bnresearch.layers.activations import SELU_ALPHA, SELU_SCALE
+from bnresearch.layers.options import option
 from bnresearch.layers.variables import RNG_STREAM
 
 DROPOUT_PLACEMENTS = ("input", "hidden", "head")
@@ -36,6 +37,14 @@ def check_drop_rate(what: str, rate: float) -> None:
         raise UsageError(f"{what} must lie in [0, 1), got {rate!r}")
 
 
+def is_zero(rate) -> bool:
+    """Whether a drop rate is a Python 0, so the layer is the identity and draws nothing. A
+    member's own rate in a population (a traced value, layers/options.py) always takes the
+    dropout path: at rate 0 every unit is kept (bernoulli(1) is always true) and divided by 1, so
+    that member's output is still exactly its input."""
+    return isinstance(rate, (int, float)) and rate == 0.0
+
+
 class Dropout(nn.Module):
     """Inverted dropout: at train each unit is zeroed with probability ``rate`` and the kept ones
     are divided by 1 - rate, so the expectation is unchanged and evaluation is the identity."""
@@ -44,9 +53,10 @@ class Dropout(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        if not train or self.rate == 0.0:
+        rate = option(self, "rate", self.rate)
+        if not train or is_zero(rate):
             return x
-        keep = 1.0 - self.rate
+        keep = 1.0 - rate
         kept = jax.random.bernoulli(self.make_rng(RNG_STREAM), keep, x.shape)
         return jnp.where(kept, x / keep, 0).astype(x.dtype)
 
@@ -61,9 +71,10 @@ class AlphaDropout(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        if not train or self.rate == 0.0:
+        rate = option(self, "rate", self.rate)
+        if not train or is_zero(rate):
             return x
-        keep = 1.0 - self.rate
+        keep = 1.0 - rate
         a = (keep + SELU_SATURATION**2 * keep * (1 - keep)) ** -0.5
         b = -a * (1 - keep) * SELU_SATURATION
         kept = jax.random.bernoulli(self.make_rng(RNG_STREAM), keep, x.shape)

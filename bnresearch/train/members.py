@@ -4,11 +4,13 @@ A population trains its members as one vectorised program, so they must compute 
 program: the same model, optimizer, data shapes and plan. Members may differ only in
 `MEMBER_FIELDS`: the seed (its own initialization, data order and dropout masks), and the
 hyperparameters a member's step takes as its own values, not as shapes: `base_lr` and every
-field of `schedule` (each member's lr schedule), `label_smoothing`, and the optimizer's
+field of `schedule` (each member's lr schedule), `label_smoothing`, the optimizer's
 `weight_decay` and `momentum` (each member's own optimizer update, `population.py`), as long as
 the weight decay is 0 in all members or in none (0 leaves its transform out of the optimizer,
-whose state then has another structure). Anything else (dropout rates, the normalization's
-options...) is a constant of the model's program, so such points train as separate runs.
+whose state then has another structure), and the layer options of `layers/options.py`: the
+dropout rates and the normalization's `epsilon` and `momentum`. Anything else (the
+normalization itself, its other options, the model's shape...) is a constant of the model's
+program, so such points train as separate runs.
 
 Plain data and no JAX: the sweep, which never imports JAX, groups its points with these rules.
 """
@@ -23,6 +25,9 @@ MEMBER_FIELDS = (
     "schedule",
     "optimizer.weight_decay",
     "optimizer.momentum",
+    "model.dropout",
+    "model.norm_kwargs.epsilon",
+    "model.norm_kwargs.momentum",
 )
 
 # The measurement blocks of train/probes.py, each a separate program on one run's state.

@@ -25,7 +25,6 @@ What differs from a single run:
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import time
 
@@ -38,6 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from bnresearch import data
 from bnresearch.checkpoint.manager import Checkpointer, PreemptionWatch
 from bnresearch.errors import UsageError
+from bnresearch.layers import options
 from bnresearch.layers.convolution import convs_per_member
 from bnresearch.optim.optimizers import make_optimizer
 from bnresearch.parallel.mesh import BATCH_AXES, MEMBERS_AXIS, global_batch, make_mesh
@@ -57,6 +57,9 @@ class Population:
     setups: tuple[Setup, ...]
     mesh: Mesh
     dataset: data.Dataset
+    # The layer options the members set to values of their own (layers/options.py): each a
+    # float32 array of the members' values, in order; empty when they agree on every one.
+    member_options: dict
 
     @property
     def size(self) -> int:
@@ -101,7 +104,11 @@ def preflight_population(configs: list, workdirs: list) -> Population | None:
         )
     dataset = data.load_dataset(configs[0].dataset)
     setups = tuple(resolve(config, dataset, mesh, rundir) for config, rundir in unfinished)
-    return Population(setups=setups, mesh=mesh, dataset=dataset)
+    images = jax.ShapeDtypeStruct((configs[0].batch_size, *dataset.info.image_shape), jnp.float32)
+    member_options = options.differing_options(
+        [options.recorded_options(setup.model, images) for setup in setups]
+    )
+    return Population(setups=setups, mesh=mesh, dataset=dataset, member_options=member_options)
 
 
 # ----- the vectorised program ------------------------------------------------------------------
@@ -197,7 +204,7 @@ def population_step(population: Population):
         )
         return optax.GradientTransformation(own[0].init, update)
 
-    def member_step(state, batch, index, smoothing):
+    def member_step(state, batch, index, smoothing, member_options):
         if same_schedule and same_optimizer:
             learning_rate_fn, optimizer = template.learning_rate_fn, template.optimizer
         else:
@@ -208,15 +215,17 @@ def population_step(population: Population):
         return steps.train_step(
             state,
             batch,
-            model=template.model,
+            model=options.with_options(template.model, member_options),
             optimizer=optimizer,
             learning_rate_fn=learning_rate_fn,
             label_smoothing=smoothings[0] if same_smoothing else smoothing,
         )
 
-    def local_step(states, batches, alive, indices, smoothing):
+    def local_step(states, batches, alive, indices, smoothing, member_options):
         with convs_per_member():
-            new_states, metrics = jax.vmap(member_step)(states, batches, indices, smoothing)
+            new_states, metrics = jax.vmap(member_step)(
+                states, batches, indices, smoothing, member_options
+            )
         finite = jnp.isfinite(metrics["loss"])
         if "aux_loss" in metrics:
             finite &= jnp.isfinite(metrics["aux_loss"])
@@ -225,25 +234,32 @@ def population_step(population: Population):
         return jax.tree.map(keep, new_states, states), updated, metrics
 
     members = PartitionSpec(MEMBERS_AXIS)
-    on_devices = _on_each_device(population, local_step, (members,) * 5, (members,) * 3)
+    on_devices = _on_each_device(population, local_step, (members,) * 6, (members,) * 3)
 
     def step(states, batches, alive):
         indices = jnp.arange(population.size)
-        return on_devices(states, batches, alive, indices, jnp.asarray(smoothings, jnp.float32))
+        smoothing = jnp.asarray(smoothings, jnp.float32)
+        return on_devices(states, batches, alive, indices, smoothing, population.member_options)
 
     return step
 
 
 def _eval_step(population: Population):
     """Every member's eval sums on one shared eval batch."""
-    member_eval = functools.partial(steps.eval_step, model=population.template.model)
 
-    def local_eval(states, batch):
+    def member_eval(state, batch, member_options):
+        model = options.with_options(population.template.model, member_options)
+        return steps.eval_step(state, batch, model=model)
+
+    def local_eval(states, batch, member_options):
         with convs_per_member():
-            return jax.vmap(member_eval, in_axes=(0, None))(states, batch)
+            return jax.vmap(member_eval, in_axes=(0, None, 0))(states, batch, member_options)
 
     members = PartitionSpec(MEMBERS_AXIS)
-    return _on_each_device(population, local_eval, (members, PartitionSpec()), members)
+    on_devices = _on_each_device(
+        population, local_eval, (members, PartitionSpec(), members), members
+    )
+    return lambda states, batch: on_devices(states, batch, population.member_options)
 
 
 def compile_population_steps(population: Population, start_step: int, layout):

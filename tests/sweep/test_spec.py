@@ -294,10 +294,10 @@ def test_points_differing_only_in_member_fields_are_grouped_into_populations(tmp
         "--member=batch_size=16,seed=1",
         "--config.dataset.data_dir=/d",
     ]
-    # Hyperparameters: points of one program that differ in their lr, optimizer numbers and
-    # seed group together; one whose optimizer has another structure (no weight decay), that
-    # differs in a compiled constant (dropout) or that cannot be a member (steps_per_call > 1)
-    # stays alone.
+    # Hyperparameters: points of one program that differ in their lr, optimizer numbers, layer
+    # options (dropout rate, the normalization's epsilon) and seed group together; one whose
+    # optimizer has another structure (no weight decay), that differs in a compiled constant
+    # (the activation) or that cannot be a member (steps_per_call > 1) stays alone.
     points = [
         Point("a", {"seed": 0, "base_lr": 0.1}),
         Point("b", {"seed": 1, "base_lr": 0.3, "schedule.warmup": "2 steps"}),
@@ -305,8 +305,9 @@ def test_points_differing_only_in_member_fields_are_grouped_into_populations(tmp
         Point("d", {"seed": 0, "steps_per_call": 2}),
         Point("e", {"seed": 1, "steps_per_call": 2}),
         Point("f", {"seed": 0, "optimizer.weight_decay": 1e-3, "optimizer.momentum": 0.5}),
-        Point("g", {"seed": 0, "model.dropout.hidden": 0.1}),
+        Point("g", {"seed": 0, "model.activation": "gelu"}),
+        Point("h", {"seed": 1, "model.dropout.hidden": 0.1, "model.norm_kwargs.epsilon": 1e-3}),
     ]
     grouped = group_points(sweep, points, "hyperparameters")
-    assert names(grouped) == [["a", "b", "f"], ["c"], ["d"], ["e"], ["g"]]
+    assert names(grouped) == [["a", "b", "f", "h"], ["c"], ["d"], ["e"], ["g"]]
     assert names(group_points(sweep, points, "seeds")) == [[p.name] for p in points]

@@ -149,8 +149,24 @@ def test_a_diverging_member_stops_alone(solo_runs, tmp_path, data_dir):
             {"seed": 0, "optimizer.weight_decay": 1e-2, "optimizer.momentum": 0.5},
             {"seed": 0, "optimizer.weight_decay": 5e-4, "optimizer.momentum": 0.9},
         ],
+        # Layer options (layers/options.py); a member with head dropout 0 next to one with 0.3
+        # draws no mask that changes it.
+        [
+            {
+                "seed": 0,
+                "model.norm_kwargs.epsilon": 1e-1,
+                "model.norm_kwargs.momentum": 0.5,
+                "model.dropout.head": 0.0,
+            },
+            {
+                "seed": 0,
+                "model.norm_kwargs.epsilon": 1e-5,
+                "model.norm_kwargs.momentum": 0.9,
+                "model.dropout.head": 0.3,
+            },
+        ],
     ],
-    ids=["lr_and_label_smoothing", "weight_decay_and_momentum"],
+    ids=["lr_and_label_smoothing", "weight_decay_and_momentum", "norm_options_and_dropout"],
 )
 def test_members_with_their_own_hyperparameters_match_their_single_runs(
     overrides, tmp_path, data_dir
@@ -206,9 +222,9 @@ def test_a_crash_between_members_saves_resumes_at_their_shared_step(
 def test_members_that_would_compile_different_programs_are_refused(tmp_path, data_dir):
     configs = [
         tiny_config(data_dir, seed=0, **RUN),
-        tiny_config(data_dir, seed=1, **{**RUN, "model.dropout.hidden": 0.1}),
+        tiny_config(data_dir, seed=1, **{**RUN, "model.activation": "gelu"}),
     ]
-    with pytest.raises(UsageError, match=r"differ in model\.dropout\.hidden; they may differ"):
+    with pytest.raises(UsageError, match=r"differ in model\.activation; they may differ"):
         train_population(configs, [tmp_path / "a", tmp_path / "b"])
     # Weight decay may differ, but 0 leaves its transform (and state) out of the optimizer.
     configs[1] = tiny_config(data_dir, seed=1, **{**RUN, "optimizer.weight_decay": 0.0})

@@ -29,6 +29,7 @@ from bnresearch.layers.normalization.base import (
     running_average,
     scale_and_bias,
 )
+from bnresearch.layers.options import option
 from bnresearch.layers.variables import MOMENTS, STATE
 
 MOMENTUM_CONVENTIONS = ("flax", "pytorch")
@@ -112,6 +113,8 @@ class BatchNorm(Normalization):
 
     @nn.compact
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
+        epsilon = option(self, "epsilon", self.epsilon)
+        momentum = option(self, "momentum", self.resolved_momentum)
         num_features = x.shape[-1]
         scale, bias = scale_and_bias(self, num_features)
         running_mean = self.variable(STATE, "mean", jnp.zeros, (num_features,), jnp.float32)
@@ -119,7 +122,7 @@ class BatchNorm(Normalization):
         x = x.astype(jnp.float32)
         running = self.frozen_statistics if train else self.eval_statistics == "running"
         if running:
-            y = (x - running_mean.value) * (jax.lax.rsqrt(running_var.value + self.epsilon) * scale)
+            y = (x - running_mean.value) * (jax.lax.rsqrt(running_var.value + epsilon) * scale)
             return (y + bias).astype(self.dtype)
 
         # Groups of consecutive examples, (G, v, ...): one group for batch norm. A contiguous
@@ -141,7 +144,7 @@ class BatchNorm(Normalization):
         # above): one multiply-add over the activations instead of two multiplies and an add,
         # and no gain broadcast to the activations' shape, which XLA's CPU backend materializes
         # (see benchmarks/README.md).
-        multiplier = jax.lax.rsqrt(var + self.epsilon) * scale
+        multiplier = jax.lax.rsqrt(var + epsilon) * scale
         y = ((grouped - mean) * multiplier).reshape(x.shape)
         if train and not self.is_initializing():
             # One EMA step per training step whatever the number of groups, so that momentum
@@ -152,7 +155,7 @@ class BatchNorm(Normalization):
             var_for_running = (
                 var * (count / (count - 1)) if self.momentum_convention == "pytorch" else var
             )
-            momentum, convention = self.resolved_momentum, self.momentum_convention
+            convention = self.momentum_convention
             batch_mean = jnp.mean(mean, axis=(0, *axes))
             batch_var = jnp.mean(var_for_running, axis=(0, *axes))
             self.sow(MOMENTS, "mean", batch_mean)

@@ -15,6 +15,7 @@ from bnresearch.layers.normalization.base import (
     mean_and_variance,
     scale_and_bias,
 )
+from bnresearch.layers.options import option
 from bnresearch.layers.variables import STATE
 
 KIND = "batch_layer norm"
@@ -95,6 +96,7 @@ class BatchLayerNorm(Normalization):
 
     @nn.compact
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
+        epsilon = option(self, "epsilon", self.epsilon)
         num_features = x.shape[-1]
         scale, bias = scale_and_bias(self, num_features)
         batch_shape = x.shape[1:]  # (H, W, C): one per position and channel
@@ -144,8 +146,8 @@ class BatchLayerNorm(Normalization):
             }
             batch_mean, batch_var = chosen["batch_mean"], chosen["batch_var"]
             feature_mean, feature_var = chosen["feature_mean"], chosen["feature_var"]
-        batch_branch = (x - batch_mean) * jax.lax.rsqrt(batch_var + self.epsilon)
-        feature_branch = (x - feature_mean) * jax.lax.rsqrt(feature_var + self.epsilon)
+        batch_branch = (x - batch_mean) * jax.lax.rsqrt(batch_var + epsilon)
+        feature_branch = (x - feature_mean) * jax.lax.rsqrt(feature_var + epsilon)
         feature_weight, batch_weight = bln_weights(batch_size)
         z = (feature_weight * feature_branch + batch_weight * batch_branch) / jnp.sqrt(
             jnp.float32(num_features)

@@ -18,6 +18,7 @@ from bnresearch.layers.normalization.base import (
     scale_and_bias,
     spatial_axes,
 )
+from bnresearch.layers.options import option
 from bnresearch.layers.registry import module_class
 
 KIND = "frn"
@@ -66,11 +67,12 @@ class FilterResponseNorm(Normalization):
 
     @nn.compact
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
+        epsilon = option(self, "epsilon", self.epsilon)
         del train  # per-example statistics: training and evaluation are the same computation
         scale, bias = scale_and_bias(self, x.shape[-1])
         x = x.astype(jnp.float32)
         nu2 = jnp.mean(jnp.square(x), axis=spatial_axes(x), keepdims=True)
-        y = x * jax.lax.rsqrt(nu2 + self.epsilon) * scale + bias
+        y = x * jax.lax.rsqrt(nu2 + epsilon) * scale + bias
         return y.astype(self.dtype)
 
     @nn.nowrap

@@ -67,6 +67,7 @@ from bnresearch.layers.normalization.base import (
     scale_and_bias,
 )
 from bnresearch.layers.normalization.weight import require_plain_weight_layers
+from bnresearch.layers.options import option
 from bnresearch.layers.registry import ModuleFactory
 from bnresearch.layers.variables import STATE
 
@@ -198,6 +199,8 @@ class BatchKalmanNorm(Normalization):
 
     @nn.compact
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
+        epsilon = option(self, "epsilon", self.epsilon)
+        momentum = option(self, "momentum", self.momentum)
         num_features = x.shape[-1]
         scale, bias = scale_and_bias(self, num_features)
         running_mean = self.variable(STATE, "mean", jnp.zeros, (num_features,), jnp.float32)
@@ -225,12 +228,12 @@ class BatchKalmanNorm(Normalization):
             if self.record is not None:
                 # What the next BKN layer starts from: this layer's output, modelled as
                 # N(beta, gamma^2 var / (var + eps)) per channel.
-                self.record.output_moments = (bias, jnp.square(scale) * var / (var + self.epsilon))
+                self.record.output_moments = (bias, jnp.square(scale) * var / (var + epsilon))
                 self.record.weight_layers = []
             if not self.is_initializing():
-                running_mean.value = running_average(running_mean.value, mean, self.momentum)
-                running_var.value = running_average(running_var.value, var, self.momentum)
-        y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+                running_mean.value = running_average(running_mean.value, mean, momentum)
+                running_var.value = running_average(running_var.value, var, momentum)
+        y = (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
         return y.astype(self.dtype)
 
     @nn.nowrap

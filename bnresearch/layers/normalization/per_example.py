@@ -24,6 +24,7 @@ from bnresearch.layers.normalization.base import (
     scale_and_bias,
     spatial_axes,
 )
+from bnresearch.layers.options import option
 
 DEFAULT_NUM_GROUPS = 32  # Wu & He's default
 
@@ -44,11 +45,12 @@ class LayerNorm(Normalization):
 
     @nn.compact
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
+        epsilon = option(self, "epsilon", self.epsilon)
         del train  # per-example statistics: training and evaluation are the same computation
         scale, bias = scale_and_bias(self, x.shape[-1])
         x = x.astype(jnp.float32)
         mean, var = mean_and_variance(x, tuple(range(1, x.ndim)))
-        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        y = (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
         return y.astype(self.dtype)
 
 
@@ -68,10 +70,10 @@ class GroupNorm(Normalization):
     def __post_init__(self):
         if self.num_groups is not None and self.group_size is not None:
             raise UsageError("group norm: give num_groups or group_size, not both")
-        for option in ("num_groups", "group_size"):
-            value = getattr(self, option)
+        for field in ("num_groups", "group_size"):
+            value = getattr(self, field)
             if value is not None and not (isinstance(value, int) and value > 0):
-                raise UsageError(f"group norm: {option} must be a positive int, got {value!r}")
+                raise UsageError(f"group norm: {field} must be a positive int, got {value!r}")
         check_epsilon("group norm", self.epsilon)
         super().__post_init__()
 
@@ -99,6 +101,7 @@ class GroupNorm(Normalization):
 
     @nn.compact
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
+        epsilon = option(self, "epsilon", self.epsilon)
         del train  # per-example statistics: training and evaluation are the same computation
         num_features = x.shape[-1]
         num_groups = self.group_count(num_features)
@@ -107,7 +110,7 @@ class GroupNorm(Normalization):
         grouped = x.astype(jnp.float32).reshape(*x.shape[:-1], num_groups, group_size)
         # Reduce over the spatial axes and the channels within a group, not over the group axis.
         mean, var = mean_and_variance(grouped, (*range(1, grouped.ndim - 2), grouped.ndim - 1))
-        normalized = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+        normalized = ((grouped - mean) * jax.lax.rsqrt(var + epsilon)).reshape(x.shape)
         return (normalized * scale + bias).astype(self.dtype)
 
 
@@ -128,6 +131,7 @@ class InstanceNorm(Normalization):
 
     @nn.compact
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
+        epsilon = option(self, "epsilon", self.epsilon)
         del train  # per-example statistics: training and evaluation are the same computation
         axes = spatial_axes(x)
         check_enough_values(
@@ -139,5 +143,5 @@ class InstanceNorm(Normalization):
         scale, bias = scale_and_bias(self, x.shape[-1])
         x = x.astype(jnp.float32)
         mean, var = mean_and_variance(x, axes)
-        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        y = (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
         return y.astype(self.dtype)

@@ -18,6 +18,7 @@ from bnresearch.layers.normalization.base import (
     mean_and_variance,
     scale_and_bias,
 )
+from bnresearch.layers.options import option
 from bnresearch.layers.variables import STATE
 
 KIND = "batch renorm"
@@ -81,14 +82,16 @@ class BatchRenorm(Normalization):
             raise UsageError(f"{KIND}: rmax must be >= 1, got {self.rmax!r}")
         if not (isinstance(self.dmax, (int, float)) and self.dmax >= 0.0):
             raise UsageError(f"{KIND}: dmax must be >= 0, got {self.dmax!r}")
-        for option in ("relax_start", "rmax_end", "dmax_end"):
-            value = getattr(self, option)
+        for field in ("relax_start", "rmax_end", "dmax_end"):
+            value = getattr(self, field)
             if not (isinstance(value, int) and value >= 0):
-                raise UsageError(f"{KIND}: {option} must be a step number >= 0, got {value!r}")
+                raise UsageError(f"{KIND}: {field} must be a step number >= 0, got {value!r}")
         super().__post_init__()
 
     @nn.compact
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
+        epsilon = option(self, "epsilon", self.epsilon)
+        momentum = option(self, "momentum", self.momentum)
         num_features = x.shape[-1]
         scale, bias = scale_and_bias(self, num_features)
         moving_mean = self.variable(STATE, "mean", jnp.zeros, (num_features,), jnp.float32)
@@ -105,7 +108,7 @@ class BatchRenorm(Normalization):
         )
         batch_mean, batch_var = mean_and_variance(x, axes)
         batch_mean, batch_var = batch_mean.reshape(num_features), batch_var.reshape(num_features)
-        batch_std = jnp.sqrt(batch_var + self.epsilon)
+        batch_std = jnp.sqrt(batch_var + epsilon)
         r_limit, d_limit = renorm_limits(
             steps.value // self.accumulation_steps,
             rmax=self.rmax,
@@ -124,7 +127,7 @@ class BatchRenorm(Normalization):
             # momentum * old + rate * new: equal in exact arithmetic, but they round differently
             # in float32 (about one update in eight differs in its last bit), and this form is
             # the one batch renorm's runs so far were trained with.
-            rate = 1.0 - self.momentum
+            rate = 1.0 - momentum
             moving_mean.value = moving_mean.value + rate * (batch_mean - moving_mean.value)
             moving_std.value = moving_std.value + rate * (batch_std - moving_std.value)
             steps.value = steps.value + 1

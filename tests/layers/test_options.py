@@ -1,0 +1,87 @@
+"""Layer options a population member passes at apply time (bnresearch/layers/options.py): the
+layer then computes with the member's value, as if built with it; the values are recorded from
+each member's own model, and only those that differ are passed."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnresearch.layers import get_normalization
+from bnresearch.layers.options import (
+    OPTIONS,
+    differing_options,
+    recorded_options,
+    with_options,
+)
+from bnresearch.layers.regularization import AlphaDropout, Dropout
+from bnresearch.layers.variables import STATE
+from bnresearch.models import build_model
+from tests.layers.normtest_utils import CONV_SHAPE, init_with_random_affine, moments, random_input
+
+RNGS = {"dropout": jax.random.key(3)}
+
+
+def numpy_batch_norm(x, variables, epsilon):
+    mean, var = moments(x, (0, 1, 2))
+    params = variables["params"]
+    return (x - mean) / np.sqrt(var + epsilon) * params["scale"] + params["bias"]
+
+
+def test_a_passed_epsilon_and_momentum_replace_the_built_ones():
+    norm = get_normalization("batch", epsilon=1e-5, momentum=0.9)(name="norm")
+    x = random_input(CONV_SHAPE)
+    variables = init_with_random_affine(norm, x)
+    passed = {"epsilon": jnp.float32(0.5), "momentum": jnp.float32(0.25)}
+    y, updated = with_options(norm, passed).apply(variables, x, train=True, mutable=[STATE])
+    np.testing.assert_allclose(y, numpy_batch_norm(x, variables, 0.5), rtol=1e-5, atol=1e-5)
+    # The running mean took the EMA step with the passed momentum on the old value (0 at init).
+    mean, _ = moments(x, (0, 1, 2))
+    np.testing.assert_allclose(updated[STATE]["mean"], 0.75 * mean.ravel(), rtol=1e-5)
+    # Built with those values, the layer computes the same.
+    built = get_normalization("batch", epsilon=0.5, momentum=0.25)(name="norm")
+    y_built, _ = built.apply(variables, x, train=True, mutable=[STATE])
+    np.testing.assert_allclose(y, y_built, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", [Dropout, AlphaDropout])
+def test_a_passed_drop_rate_draws_the_built_layers_mask(layer):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(64, 32)), jnp.float32)
+    passed = with_options(layer(rate=0.0), {"rate": jnp.float32(0.4)})
+    y = passed.apply({}, x, train=True, rngs=RNGS)
+    np.testing.assert_array_equal(y, layer(rate=0.4).apply({}, x, train=True, rngs=RNGS))
+    # A member's rate of 0 goes through the drawing path, and its output is still exactly x.
+    zero = with_options(layer(rate=0.4), {"rate": jnp.float32(0.0)})
+    np.testing.assert_array_equal(zero.apply({}, x, train=True, rngs=RNGS), x)
+
+
+def test_without_passed_options_the_layer_uses_its_own_and_records_them():
+    model = build_model(
+        "cnn",
+        num_classes=10,
+        norm="batch",
+        norm_kwargs={"epsilon": 1e-3},
+        dropout={"head": 0.2},
+        widths=(8, 16),
+    )
+    images = jax.ShapeDtypeStruct((4, 8, 8, 1), jnp.float32)
+    recorded = recorded_options(model, images)
+    epsilons = {key[:-1] for key, value in recorded.items() if key[-1] == "epsilon"}
+    assert len(epsilons) == 4 and all(recorded[(*path, "epsilon")] == 1e-3 for path in epsilons)
+    assert recorded[("head_dropout", "rate")] == 0.2
+    assert recorded[("input_dropout", "rate")] == 0.0
+    assert with_options(model, {}) is model
+
+
+def test_only_the_options_members_differ_in_are_passed():
+    members = [
+        {("stage0", "norm", "epsilon"): 1e-5, ("head_dropout", "rate"): 0.0},
+        {("stage0", "norm", "epsilon"): 1e-5, ("head_dropout", "rate"): 0.3},
+    ]
+    collection = differing_options(members)
+    assert list(collection) == ["head_dropout"]
+    np.testing.assert_array_equal(collection["head_dropout"]["rate"], np.float32([0.0, 0.3]))
+    assert differing_options([members[0], members[0]]) == {}
+    with pytest.raises(ValueError, match="not the same model"):
+        differing_options([members[0], {("head_dropout", "rate"): 0.0}])
+    assert OPTIONS == "member_options"
