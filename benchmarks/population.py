@@ -13,9 +13,12 @@ after another (issue 14), in two tables:
 
     .venv/bin/python benchmarks/population.py [--members 1,4,8,16] [--models cnn,resnet20]
         [--steps 20] [--no-end_to_end] [--optimizers same|differing]
+        [--layer_options same|differing]
 
 `--optimizers differing` gives the members of the second table each its own weight decay and
-momentum, so that each member computes every member's optimizer update (population.py).
+momentum, so that each member computes every member's optimizer update (population.py);
+`--layer_options differing` each its own epsilon in every normalization (member k: k + 1 times
+the model's), passed to the layers as traced values (bnresearch/layers/options.py).
 
 Run it on an otherwise idle machine.
 """
@@ -30,6 +33,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -42,6 +46,7 @@ from benchmarks.library_step import (  # noqa: E402
     random_batch,
 )
 from bnresearch import host_allocator  # noqa: E402
+from bnresearch.layers import options  # noqa: E402
 from bnresearch.train import loop  # noqa: E402
 from bnresearch.train.population import (  # noqa: E402
     Population,
@@ -98,7 +103,20 @@ def own_optimizers(setup, members: int) -> tuple:
     return tuple(copies)
 
 
-def train_step(model: str, members: int, steps: int, optimizers: str = "same") -> dict:
+def own_layer_options(setup, members: int, image_shape) -> dict:
+    """The population's member_options when member k's normalizations have k + 1 times the
+    model's epsilon (its other layer options as the model's)."""
+    images = jax.ShapeDtypeStruct((setup.config.batch_size, *image_shape), jnp.float32)
+    recorded = options.recorded_options(setup.model, images)
+    scaled = lambda k: {
+        key: value * (k + 1) if key[-1] == "epsilon" else value for key, value in recorded.items()
+    }
+    return options.differing_options([scaled(k) for k in range(members)])
+
+
+def train_step(
+    model: str, members: int, steps: int, optimizers: str = "same", layer_options: str = "same"
+) -> dict:
     """Member-steps per second of the single run's step and of the population's step for
     `members` members (each with its own seed's state, and with `optimizers="differing"` its own
     weight decay and momentum), and the compile seconds of each."""
@@ -114,11 +132,12 @@ def train_step(model: str, members: int, steps: int, optimizers: str = "same") -
     solo_s = _time_steps(solo, init(key, batch["image"]), batch, steps)
 
     setups = own_optimizers(setup, members) if optimizers == "differing" else (setup,) * members
+    differing = layer_options == "differing" and members > 1
     population = Population(
         setups=setups,
         mesh=setup.mesh,
         dataset=RandomData.like(case, batch_size),
-        member_options={},  # the members' models are one
+        member_options=own_layer_options(setup, members, case.image_shape) if differing else {},
     )
     layout = stacked_layout(population)
     start = time.perf_counter()
@@ -150,6 +169,7 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--end_to_end", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--optimizers", choices=("same", "differing"), default="same")
+    parser.add_argument("--layer_options", choices=("same", "differing"), default="same")
     args = parser.parse_args()
     host_allocator.restart_with_tunables()  # as launch.py runs: see bnresearch/host_allocator.py
     sizes = [int(k) for k in args.members.split(",")]
@@ -168,13 +188,14 @@ def main():
                 flush=True,
             )
     print(
-        f"\n| model | K | single run, steps/s | population ({args.optimizers} optimizers), "
+        f"\n| model | K | single run, steps/s | population ({args.optimizers} optimizers, "
+        f"{args.layer_options} layer options), "
         "member-steps/s | ratio | compile single / population |"
     )
     print("|---|---|---|---|---|---|")
     for model in args.models.split(","):
         for members in sizes:
-            rates = train_step(model, members, args.steps, args.optimizers)
+            rates = train_step(model, members, args.steps, args.optimizers, args.layer_options)
             print(
                 f"| {model} | {members} | {rates['solo']:.1f} | {rates['population']:.1f} | "
                 f"{rates['population'] / rates['solo']:.2f}x | {rates['solo_compile']:.1f} s / "
