@@ -2,15 +2,13 @@
 own value; what a run computes does not change."""
 
 import json
-import os
 import pathlib
 import platform
-import subprocess
-import sys
 
 import pytest
 
 from bnresearch import host_allocator
+from tests.programs import run_python
 from tests.train.runs import launch
 
 HUGETLB = "glibc.malloc.hugetlb"
@@ -33,15 +31,8 @@ def test_a_tunable_the_user_set_keeps_the_users_value():
     assert host_allocator.with_kit_tunables(once) == once
 
 
-def _run_python(program: str, env: dict) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k != host_allocator.ENVIRONMENT_VARIABLE}
-    return subprocess.run(
-        [sys.executable, "-c", program],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def _run_python(program: str, env: dict):
+    return run_python(program, env, without=(host_allocator.ENVIRONMENT_VARIABLE,))
 
 
 RESTARTING = """

@@ -1,10 +1,7 @@
 """The kit's XLA options: added to XLA_FLAGS on import, never over the user's own."""
 
-import os
-import subprocess
-import sys
-
 from bnresearch import xla_flags
+from tests.programs import run_python
 
 YNN = "xla_cpu_experimental_ynn_fusion_type"
 
@@ -27,16 +24,9 @@ def test_adding_twice_adds_nothing_more():
     assert xla_flags.with_kit_options(once) == once
 
 
-def _xla_flags_after_import(env: dict, before: str = "") -> subprocess.CompletedProcess:
+def _xla_flags_after_import(env: dict, before: str = ""):
     program = f"{before}\nimport os, bnresearch\nprint(os.environ.get('XLA_FLAGS', ''))"
-    clean = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.OPT_OUT)}
-    return subprocess.run(
-        [sys.executable, "-c", program],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    return run_python(program, env, without=("XLA_FLAGS", xla_flags.OPT_OUT))
 
 
 def test_importing_the_package_sets_them_for_the_process_and_its_children():
