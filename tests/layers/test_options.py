@@ -2,12 +2,15 @@
 layer then computes with the member's value, as if built with it; the values are recorded from
 each member's own model, and only those that differ are passed."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from bnresearch.layers import get_normalization
+from bnresearch.layers.normalization import NORMALIZATIONS
 from bnresearch.layers.options import (
     OPTIONS,
     differing_options,
@@ -85,3 +88,40 @@ def test_only_the_options_members_differ_in_are_passed():
     with pytest.raises(ValueError, match="not the same model"):
         differing_options([members[0], {("head_dropout", "rate"): 0.0}])
     assert OPTIONS == "member_options"
+
+
+# Every normalization option a population member may set (members.MEMBER_FIELDS) must reach
+# the layer through option(): one that did not would train every member with the first
+# member's value, silently. Options some variants need to be in effect or to run here:
+NEEDS = {
+    "weight": {"mean_only_batch_norm": True},  # its momentum is mean-only batch norm's
+    "group": {"num_groups": 4},
+    "ghost_batch": {"virtual_batch_size": 2},
+}
+MEMBER_OPTIONS = [
+    (name, field)
+    for name, module in NORMALIZATIONS.items()
+    for field in ("epsilon", "momentum")
+    if field in {f.name for f in dataclasses.fields(module)}
+]
+
+
+@pytest.mark.parametrize("name, field", MEMBER_OPTIONS)
+def test_every_normalization_option_a_member_may_set_reaches_its_layers(name, field):
+    def recorded(value):
+        model = build_model(
+            "cnn",
+            num_classes=10,
+            norm=name,
+            norm_kwargs={**NEEDS.get(name, {}), field: value},
+            widths=(8, 16),
+            batch_sizes=(4,),
+            images_per_epoch=64,
+        )
+        return recorded_options(model, jax.ShapeDtypeStruct((4, 8, 8, 1), jnp.float32))
+
+    collection = differing_options([recorded(0.25), recorded(0.5)])
+    values = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(collection)]
+    assert len(values) == 4  # one per normalization layer of the CNN
+    for value in values:
+        np.testing.assert_array_equal(value, np.float32([0.25, 0.5]))

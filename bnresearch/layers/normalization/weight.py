@@ -30,6 +30,7 @@ from bnresearch.layers.normalization.base import (
     elements_per_channel,
     running_average,
 )
+from bnresearch.layers.options import option
 from bnresearch.layers.variables import STATE
 
 KIND = "weight norm"
@@ -229,10 +230,10 @@ class WeightNorm(Normalization):
     data_dependent_init: bool = True
 
     def __post_init__(self):
-        for option in ("mean_only_batch_norm", "data_dependent_init"):
-            if not isinstance(getattr(self, option), bool):
+        for field in ("mean_only_batch_norm", "data_dependent_init"):
+            if not isinstance(getattr(self, field), bool):
                 raise UsageError(
-                    f"{KIND}: {option} must be true or false, got {getattr(self, option)!r}"
+                    f"{KIND}: {field} must be true or false, got {getattr(self, field)!r}"
                 )
         check_fraction(KIND, "momentum", self.momentum)
         super().__post_init__()
@@ -246,6 +247,7 @@ class WeightNorm(Normalization):
     def normalize(self, x: jax.Array, train: bool) -> jax.Array:
         if not self.mean_only_batch_norm:
             return x.astype(self.dtype)
+        momentum = option(self, "momentum", self.momentum)
         num_features = x.shape[-1]
         bias = self.param("bias", nn.initializers.zeros, (num_features,), jnp.float32)
         running_mean = self.variable(STATE, "mean", jnp.zeros, (num_features,), jnp.float32)
@@ -259,7 +261,7 @@ class WeightNorm(Normalization):
             )
             mean = jnp.mean(x, axis=axes)
             if not self.is_initializing():
-                running_mean.value = running_average(running_mean.value, mean, self.momentum)
+                running_mean.value = running_average(running_mean.value, mean, momentum)
         else:
             mean = running_mean.value
         return (x - mean + bias).astype(self.dtype)
