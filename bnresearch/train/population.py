@@ -1,5 +1,6 @@
-"""A population: several runs of one program (seeds, lr schedules, label smoothing) trained
-together, `jax.vmap` over their stacked train states, in one process.
+"""A population: several runs of one program (seeds, lr schedules, label smoothing, optimizer
+numbers, the layer options of `layers/options.py`; `members.py` has the rules) trained together,
+`jax.vmap` over their stacked train states, in one process.
 
 Small models leave the machine idle between tiny kernels and pay a process start, a dataset load
 and a compilation per run; a population pays them once and runs its members' steps as one
