@@ -107,7 +107,7 @@ def own_layer_options(setup, members: int, image_shape) -> dict:
     """The population's member_options when member k's normalizations have k + 1 times the
     model's epsilon (its other layer options as the model's)."""
     images = jax.ShapeDtypeStruct((setup.config.batch_size, *image_shape), jnp.float32)
-    recorded = options.recorded_options(setup.model, images)
+    recorded = options.recorded_options(setup.init, jax.random.key(0), images)
     scaled = lambda k: {
         key: value * (k + 1) if key[-1] == "epsilon" else value for key, value in recorded.items()
     }

@@ -7,17 +7,16 @@ with, compiled into the program as a constant. A population whose members differ
 (bnresearch/train/population.py) passes each member's values in the ``member_options``
 collection at apply time (`with_options`), and the layer then computes with the member's own
 value, a traced float32 scalar: one program for all members. The values come from each member's
-own model: `recorded_options` runs its init abstractly while the layers report their options.
+own run: `recorded_options` traces its init abstractly while the layers report their options.
 """
 
 import contextvars
 import dataclasses
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from bnresearch.layers.variables import RNG_STREAM
 
 OPTIONS = "member_options"
 
@@ -35,15 +34,14 @@ def option(module: nn.Module, name: str, value: float):
     return value
 
 
-def recorded_options(model: nn.Module, images: jax.ShapeDtypeStruct) -> dict:
-    """{(module path..., option name): value} of every option `model`'s layers read in its
-    init on a batch shaped as `images` (the training-mode init of `train/state.py`), run
-    abstractly: nothing is computed."""
-    rngs = {"params": jax.random.key(0), RNG_STREAM: jax.random.key(1)}
+def recorded_options(init: Callable, *args) -> dict:
+    """{(module path..., option name): value} of every option the layers read in `init(*args)`
+    (a run's init, `Setup.init`, on abstract arguments), traced by `jax.eval_shape`: nothing is
+    computed."""
     recorded = {}
     token = _recorded.set(recorded)
     try:
-        jax.eval_shape(lambda batch: model.init(rngs, batch, train=True), images)
+        jax.eval_shape(init, *args)
     finally:
         _recorded.reset(token)
     return recorded

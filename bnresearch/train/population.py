@@ -105,11 +105,19 @@ def preflight_population(configs: list, workdirs: list) -> Population | None:
         )
     dataset = data.load_dataset(configs[0].dataset)
     setups = tuple(resolve(config, dataset, mesh, rundir) for config, rundir in unfinished)
-    images = jax.ShapeDtypeStruct((configs[0].batch_size, *dataset.info.image_shape), jnp.float32)
     member_options = options.differing_options(
-        [options.recorded_options(setup.model, images) for setup in setups]
+        [
+            options.recorded_options(setup.init, jax.random.key(0), first_images(setup, dataset))
+            for setup in setups
+        ]
     )
     return Population(setups=setups, mesh=mesh, dataset=dataset, member_options=member_options)
+
+
+def first_images(setup: Setup, dataset: data.Dataset) -> jax.ShapeDtypeStruct:
+    """The shape of the images a run's init sees: its first training batch."""
+    images = (setup.plan.train_batch_sizes[0], *dataset.info.image_shape)
+    return jax.ShapeDtypeStruct(images, jnp.float32)
 
 
 # ----- the vectorised program ------------------------------------------------------------------

@@ -18,11 +18,24 @@ from bnresearch.layers.options import (
     with_options,
 )
 from bnresearch.layers.regularization import AlphaDropout, Dropout
-from bnresearch.layers.variables import STATE
+from bnresearch.layers.variables import RNG_STREAM, STATE
 from bnresearch.models import build_model
-from tests.layers.normtest_utils import CONV_SHAPE, init_with_random_affine, moments, random_input
+from tests.layers.normtest_utils import (
+    CONV_SHAPE,
+    SMALL_OPTIONS,
+    init_with_random_affine,
+    moments,
+    random_input,
+)
 
 RNGS = {"dropout": jax.random.key(3)}
+
+
+def recorded_in_init(model, image_shape):
+    """The options `model`'s layers read in its training-mode init (train/state.py's)."""
+    rngs = {"params": jax.random.key(0), RNG_STREAM: jax.random.key(1)}
+    images = jax.ShapeDtypeStruct(image_shape, jnp.float32)
+    return recorded_options(lambda batch: model.init(rngs, batch, train=True), images)
 
 
 def numpy_batch_norm(x, variables, epsilon):
@@ -67,8 +80,7 @@ def test_without_passed_options_the_layer_uses_its_own_and_records_them():
         dropout={"head": 0.2},
         widths=(8, 16),
     )
-    images = jax.ShapeDtypeStruct((4, 8, 8, 1), jnp.float32)
-    recorded = recorded_options(model, images)
+    recorded = recorded_in_init(model, (4, 8, 8, 1))
     epsilons = {key[:-1] for key, value in recorded.items() if key[-1] == "epsilon"}
     assert len(epsilons) == 4 and all(recorded[(*path, "epsilon")] == 1e-3 for path in epsilons)
     assert recorded[("head_dropout", "rate")] == 0.2
@@ -94,9 +106,8 @@ def test_only_the_options_members_differ_in_are_passed():
 # the layer through option(): one that did not would train every member with the first
 # member's value, silently. Options some variants need to be in effect or to run here:
 NEEDS = {
+    **SMALL_OPTIONS,
     "weight": {"mean_only_batch_norm": True},  # its momentum is mean-only batch norm's
-    "group": {"num_groups": 4},
-    "ghost_batch": {"virtual_batch_size": 2},
 }
 MEMBER_OPTIONS = [
     (name, field)
@@ -118,7 +129,7 @@ def test_every_normalization_option_a_member_may_set_reaches_its_layers(name, fi
             batch_sizes=(4,),
             images_per_epoch=64,
         )
-        return recorded_options(model, jax.ShapeDtypeStruct((4, 8, 8, 1), jnp.float32))
+        return recorded_in_init(model, (4, 8, 8, 1))
 
     collection = differing_options([recorded(0.25), recorded(0.5)])
     values = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(collection)]
