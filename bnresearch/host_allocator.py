@@ -34,9 +34,10 @@ ENVIRONMENT_VARIABLE = "GLIBC_TUNABLES"
 def with_kit_tunables(glibc_tunables: str) -> str:
     """`glibc_tunables` (a ``GLIBC_TUNABLES`` value: ``name=value`` pairs joined by ':') plus
     each kit tunable it does not set already."""
-    present = {pair.split("=", 1)[0] for pair in glibc_tunables.split(":") if pair}
+    pairs = [pair for pair in glibc_tunables.split(":") if pair]
+    present = {pair.split("=", 1)[0] for pair in pairs}
     added = [f"{name}={value}" for name, value in TUNABLES.items() if name not in present]
-    return ":".join([pair for pair in glibc_tunables.split(":") if pair] + added)
+    return ":".join(pairs + added)
 
 
 def restart_with_tunables() -> None:
