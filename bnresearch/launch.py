@@ -9,13 +9,15 @@ Running the same command on the same workdir resumes from the latest checkpoint.
 --coordinator_address, --num_processes and --process_id the run spans several processes
 (hosts of a GPU cluster or TPU pod) through jax.distributed. With --sweep, the config module's
 `get_sweep(arg)` lists the points; each runs as its own process of this module in DIR/<name>/
-(bnresearch/sweep), except that points differing only in their seed (by default; --vectorize)
-train together as one population, one process for the group (bnresearch/train/population.py):
-that process is this module with --member=NAME for each of the group's points of the sweep in DIR.
+(bnresearch/sweep; forked from the sweep's zygote, which has imported this module once for all
+points: sweep/zygote.py), except that points differing only in their seed (by default;
+--vectorize) train together as one population, one process for the group
+(bnresearch/train/population.py): that process is this module with --member=NAME for each of
+the group's points of the sweep in DIR.
 The sweep's own process never imports JAX.
 
 `python launch.py` in the repository and `python -m bnresearch.launch` wherever the package is
-installed run the same code; the sweep starts its points with the latter. A run keeps the
+installed run the same code, which the sweep's points run too. A run keeps the
 programs it compiles in JAX's persistent compilation cache (bnresearch/persistent_cache.py), so
 that the next launch of the same config loads them, and logs its start-up time. It first
 restarts itself once with glibc's allocator set to use huge pages for XLA's large buffers
@@ -355,9 +357,13 @@ def _parse_flags(argv):
         sys.exit(2)
 
 
-def run() -> None:
-    host_allocator.restart_with_tunables()  # before JAX starts: see host_allocator.py
-    app.run(main, flags_parser=_parse_flags)
+def run(argv: list[str] | None = None) -> None:
+    """Runs the command line `argv`, sys.argv by default, which first restarts the process
+    once with the allocator's setting (before JAX starts: host_allocator.py). A sweep's zygote
+    passes each point's argv, in a process that started with the setting (sweep/zygote.py)."""
+    if argv is None:
+        host_allocator.restart_with_tunables()
+    app.run(main, argv=argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

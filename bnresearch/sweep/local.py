@@ -1,20 +1,21 @@
 """Runs sweep points on this machine: separate processes, up to one per device slot at a time;
 a group of points that trains as one population (`spec.group_points`) is one process.
 
-Each point's process gets its slot's devices (devices.py), its own process group (a Ctrl-C in
-the terminal reaches only this parent) and, on Linux, a SIGTERM should this parent die. The first
-Ctrl-C or SIGTERM stops launching points and forwards SIGTERM to the running ones, which save a
-checkpoint and stop (launch.py's preemption handling); a second one kills them.
+Each point's process is forked from the sweep's zygote (zygote.py), which has imported what the
+points run once for all of them. It gets its slot's devices (devices.py), its own process group
+(a Ctrl-C in the terminal reaches only this parent) and, on Linux, a SIGTERM should this parent
+die. The first Ctrl-C or SIGTERM stops launching points and forwards SIGTERM to the running
+ones, which save a checkpoint and stop (launch.py's preemption handling); a second one kills
+them.
 """
 
-import ctypes
+import contextlib
 import dataclasses
 import datetime
 import os
 import pathlib
 import shlex
 import signal
-import subprocess
 import time
 from typing import Callable
 
@@ -23,25 +24,7 @@ from bnresearch.report.sweep_file import Point, Sweep
 from bnresearch.sweep import points as point_files
 from bnresearch.sweep.devices import Slot
 from bnresearch.sweep.spec import point_command, population_command
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the point outlives a killed parent
-        pass
-
-
-def _child_setup(cpus: frozenset | None) -> Callable[[], None]:
-    def setup():  # runs in the child between fork and exec
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-        _die_with_parent()
-
-    return setup
-
+from bnresearch.sweep.zygote import Zygote
 
 COMPILATION_CACHE = "compilation_cache"
 
@@ -60,7 +43,7 @@ def compilation_cache(sweep_dir) -> dict:
 @dataclasses.dataclass
 class _Running:
     points: tuple[Point, ...]
-    process: subprocess.Popen
+    pid: int
     started: float
 
 
@@ -84,10 +67,10 @@ class _Stop:
                 flush=True,
             )
             for run in self._running.values():
-                run.process.send_signal(signal.SIGTERM)
+                os.kill(run.pid, signal.SIGTERM)
         else:
             for run in self._running.values():
-                os.killpg(run.process.pid, signal.SIGKILL)
+                os.killpg(run.pid, signal.SIGKILL)
 
     def restore(self):
         for signum, handler in self._previous.items():
@@ -108,33 +91,38 @@ def run_local(
     stopped the sweep early."""
     pending, running = list(groups), {}
     free = list(range(len(slots)))
+    zygote = Zygote({**compilation_cache(sweep_dir), **os.environ})
     stop = _Stop(running)
     try:
         while pending or running:
             while pending and free and not stop.signals:
                 group, slot = pending.pop(0), free.pop(0)
-                running[slot] = _start(sweep, sweep_dir, group, slots[slot])
+                running[slot] = _start(zygote, sweep, sweep_dir, group, slots[slot])
                 for point in group:
                     on_start(point, slots[slot])
             if not running:
                 break
             time.sleep(poll_s)
+            exited = zygote.exited()
             for slot, run in list(running.items()):
-                exit_code = run.process.poll()
-                if exit_code is None:
+                if run.pid not in exited:
                     continue
                 del running[slot]
                 free.append(slot)
                 log = point_files.log_path(sweep_dir, run.points[0])
                 for point in run.points:
-                    point_files.record_exit(sweep_dir, point, exit_code, log)
-                    on_end(point, exit_code, time.perf_counter() - run.started)
+                    point_files.record_exit(sweep_dir, point, exited[run.pid], log)
+                    on_end(point, exited[run.pid], time.perf_counter() - run.started)
     finally:
         stop.restore()
+        for run in running.values():  # left by an error here: they save a checkpoint and stop
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(run.pid, signal.SIGTERM)
+        zygote.close()
     return not stop.signals
 
 
-def _start(sweep: Sweep, sweep_dir, group: tuple[Point, ...], slot: Slot) -> _Running:
+def _start(zygote: Zygote, sweep: Sweep, sweep_dir, group: tuple[Point, ...], slot: Slot):
     """Starts the group's process, its output in the first point's log; the others' logs say
     where it is."""
     if len(group) == 1:
@@ -151,14 +139,5 @@ def _start(sweep: Sweep, sweep_dir, group: tuple[Point, ...], slot: Slot) -> _Ru
             other_log.write(f"==== {now} on {slot.label}: in a population; its log: {log}\n")
     with log.open("a") as log_file:
         log_file.write(f"==== {now} on {slot.label}: {shlex.join(command)}\n")
-        log_file.flush()
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**compilation_cache(sweep_dir), **os.environ, **slot.env},
-            process_group=0,
-            preexec_fn=_child_setup(slot.cpus),
-        )
-    return _Running(group, process, time.perf_counter())
+    env = {**compilation_cache(sweep_dir), **os.environ, **slot.env}
+    return _Running(group, zygote.fork(command, env, slot.cpus, log), time.perf_counter())

@@ -121,8 +121,18 @@ def environment_record(start_step: int, layout: dict) -> dict:
         "process_count": jax.process_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "cpus": _cpus(),
         **layout,
     }
+
+
+def _cpus() -> list[int] | None:
+    """The CPU cores this process may run on (a sweep's point: its slot's), which XLA's CPU
+    client sizes its threads by; None where the system does not say (macOS)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
 
 
 class RunDirectory:

@@ -13,6 +13,7 @@ import numpy as np
 
 from bnresearch.report.runs import read_metrics
 from bnresearch.sweep import devices
+from bnresearch.xla_flags import with_kit_options
 from tests.sweep.sweeps import REPO, TINY, launch_sweep, snapshot, status_view, sweep_env
 
 GOOD = ["batch_size=16,seed=0", "batch_size=16,seed=1", "batch_size=32,seed=0"]
@@ -57,6 +58,14 @@ def test_failing_and_diverging_points_leave_the_others_done(finished_sweep):
         "CPU cores 0",
         "CPU cores 1",
     }
+    # Each point's process (a fork of the sweep's zygote) ran on its slot's core alone, with
+    # the kit's XLA options and allocator setting, as `python -m bnresearch.launch` would.
+    for name in GOOD:
+        environment = json.loads((workdir / name / "environment.json").read_text())[-1]
+        slot = re.search(r"on CPU cores (\d)", (workdir / "logs" / f"{name}.log").read_text())
+        assert environment["cpus"] == [int(slot.group(1))], environment
+        assert environment["xla_flags"] == with_kit_options(sweep_env()["XLA_FLAGS"])
+        assert "glibc.malloc.hugetlb=1" in environment["glibc_tunables"]
     assert "report: " in result.stdout and "curves.png" in result.stdout
 
 
@@ -213,6 +222,30 @@ def test_sigterm_stops_the_points_with_a_checkpoint_and_a_relaunch_resumes(
     # Logged every 10 steps, as if never stopped: the window open at the preemption was saved
     # with the checkpoint, not logged early.
     assert steps == list(range(10, 401, 10))
+
+
+def test_a_killed_sweep_stops_its_points_with_a_checkpoint(tmp_path, prepared_data_dir):
+    # SIGKILL leaves the sweep no time to forward anything: its zygote gets a SIGTERM from the
+    # kernel when the sweep dies, and each point one when the zygote dies (PR_SET_PDEATHSIG).
+    long = [
+        "--config.train_duration=100000 steps",
+        "--config.eval_every=0 steps",
+        "--config.log_every=10 steps",
+    ]
+    process = launch_sweep(tmp_path, prepared_data_dir, *long, arg="one", wait=False)
+    metrics = tmp_path / "seed=3" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text()) and time.time() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.05)
+    process.kill()
+    process.communicate(timeout=60)
+    deadline = time.time() + 120
+    while read_status(tmp_path / "seed=3")["status"] == "running" and time.time() < deadline:
+        time.sleep(0.1)
+    status = read_status(tmp_path / "seed=3")
+    assert status["status"] == "preempted" and 0 < status["step"] < 100000, status
+    assert (tmp_path / "seed=3" / "checkpoints" / str(status["step"])).is_dir()
 
 
 def test_the_submitit_local_executor_runs_the_slurm_code_path(tmp_path, prepared_data_dir):

@@ -2,7 +2,7 @@
 
     python launch.py --config tests/sweep/tiny_sweep.py --workdir DIR --sweep --parallel 2
 
-About 8 s per point on 2 CPU cores, mostly process start. The arg picks the sweep:
+A few seconds per point on 2 CPU cores, mostly start-up and compiling. The arg picks the sweep:
   (none)   batch_size=16 with seeds 0 and 1, batch_size=32 with seed 0, a point without
            normalization at a learning rate of 1e30 (its loss is NaN at step 2: it diverges) and
            a point whose normalization does not exist (it fails in its own process): 5 points
