@@ -17,13 +17,12 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bnresearch import data
 from bnresearch.checkpoint.manager import Checkpointer, PreemptionWatch
 from bnresearch.parallel.mesh import global_batch, global_batches, replicated
 from bnresearch.run_status import DIVERGED, DONE, FAILED, PREEMPTED, RUNNING
-from bnresearch.train import gradinit, probes, reestimate, steps, transfer
+from bnresearch.train import gradinit, log_window, probes, reestimate, steps, transfer
 from bnresearch.train.canonical_convolutions import canonical_convolutions
 from bnresearch.train.layout import StateLayout, batch_shapes
 from bnresearch.train.preflight import Setup, preflight
@@ -31,30 +30,6 @@ from bnresearch.train.rundir import MetricsLog, RunDirectory
 from bnresearch.train.state import TrainState
 
 log = logging.getLogger(__name__)
-
-
-class _Progress:
-    """One console line per logging step: loss, accuracy, lr, throughput and time left."""
-
-    def __init__(self, total_steps: int, start_step: int):
-        self._total = total_steps
-        self._last_step, self._last_time = start_step, time.perf_counter()
-
-    def report(self, step: int, scalars: dict, images_per_step: int) -> None:
-        now = time.perf_counter()
-        steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)
-        self._last_step, self._last_time = step, now
-        eta = (self._total - step) / max(steps_per_s, 1e-9)
-        log.info(
-            "step %d/%d | loss %.4f | accuracy %.4f | lr %.5g | %.0f images/s | ETA %s",
-            step,
-            self._total,
-            scalars["train/loss"],
-            scalars["train/accuracy"],
-            scalars["train/lr"],
-            steps_per_s * images_per_step,
-            _clock(eta),
-        )
 
 
 # JAX's events for turning a function into an executable: tracing it, lowering it for XLA, and
@@ -91,69 +66,11 @@ class _StartUp:
         jax.monitoring.unregister_event_duration_listener(self._count)
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def _per_call(window: list) -> list[dict]:
-    """The metrics of each train step of a logging window, fetched: a call of several steps
-    returns theirs stacked, a row per step."""
-    calls = []
-    for metrics in jax.device_get(window):
-        columns = {key: np.atleast_1d(value) for key, value in metrics.items()}
-        rows = len(next(iter(columns.values())))
-        calls += [{key: column[row] for key, column in columns.items()} for row in range(rows)]
-    return calls
-
-
-def _summarize_train(window: list, first_step: int, calls_per_step: int):
-    """Means over a logging window of train steps (the lr: its last value); also the first
-    step at which a loss was not finite, if any."""
-    fetched = _per_call(window)
-    losses = np.array([[m[key] for key in ("loss", "aux_loss") if key in m] for m in fetched])
-    bad = np.flatnonzero(~np.all(np.isfinite(losses), axis=1))
-    diverged_at = first_step + int(bad[0]) // calls_per_step if bad.size else None
-    scalars = {
-        f"train/{key}": float(np.mean([m[key] for m in fetched]))
-        for key in fetched[0]
-        if key != "lr"
-    }
-    scalars["train/lr"] = float(fetched[-1]["lr"])
-    return scalars, diverged_at
-
-
 def _measurement_names(values: dict) -> dict:
     """The metric names of a measurement's scalars: the probes give theirs in full
     ('landscape/loss_range'); the noise scale's bare names are logged under train/ (and so
     stand in checkpoints' pending windows)."""
     return {key if "/" in key else f"train/{key}": value for key, value in values.items()}
-
-
-def _pending_to_json(window: list, window_start: int, measurements: list) -> dict:
-    """The logging window a preemption interrupts, for the checkpoint: values with their dtypes,
-    so the resumed run averages exactly the numbers the uninterrupted one would (and writes the
-    same histograms)."""
-    as_json = lambda metrics: {
-        key: [np.asarray(value).tolist(), np.asarray(value).dtype.name]
-        for key, value in metrics.items()
-    }
-    return {
-        "window_start": window_start,
-        "window": [as_json(m) for m in _per_call(window)],
-        "measurements": [[at_step, as_json(m)] for at_step, m in jax.device_get(measurements)],
-    }
-
-
-def _pending_from_json(pending: dict) -> tuple[list, int, list]:
-    from_json = lambda metrics: {
-        key: np.asarray(value, dtype) for key, (value, dtype) in metrics.items()
-    }
-    return (
-        [from_json(m) for m in pending["window"]],
-        pending["window_start"],
-        [(at_step, from_json(m)) for at_step, m in pending["measurements"]],
-    )
 
 
 def evaluate(eval_step, state: TrainState, dataset, batch_size: int, mesh) -> dict:
@@ -401,11 +318,11 @@ def run_loop(
     config, plan, mesh, rundir = setup.config, setup.plan, setup.mesh, setup.rundir
     state, step = start.state, start.step
     metrics_log = MetricsLog(rundir, resume_step=step)
-    progress_log = _Progress(plan.total_steps, step)
+    progress_log = log_window.Progress(plan.total_steps, step)
     # A preemption between logging steps saves the open logging window with the checkpoint, so
     # the resumed run logs exactly the records of one that never stopped.
     window, window_start, measurements = (
-        _pending_from_json(start.pending) if start.pending else ([], step + 1, [])
+        log_window.pending_from_json(start.pending) if start.pending else ([], step + 1, [])
     )
     status = RUNNING
     clock_start = time.perf_counter()
@@ -456,7 +373,7 @@ def run_loop(
             # comes at the end of the call, on every process alike.
             preempted = any([preemption.should_stop(done) for done in range(first + 1, step + 1)])
             if plan.is_due(plan.log, step) or must_save:
-                scalars, diverged_at = _summarize_train(
+                scalars, diverged_at = log_window.summarize(
                     window, window_start, plan.accumulation_steps
                 )
                 window, window_start = [], step + 1
@@ -480,7 +397,7 @@ def run_loop(
             if must_save:
                 save(step)
             elif preempted:
-                save(step, pending=_pending_to_json(window, window_start, measurements))
+                save(step, pending=log_window.pending_to_json(window, window_start, measurements))
             if preempted:
                 log.warning("preempted: saved the checkpoint at step %d and stopping", step)
                 status = PREEMPTED

@@ -43,7 +43,7 @@ from bnresearch.layers.convolution import convs_per_member
 from bnresearch.optim.optimizers import make_optimizer
 from bnresearch.parallel.mesh import BATCH_AXES, MEMBERS_AXIS, global_batch, make_mesh
 from bnresearch.run_status import DIVERGED, DONE, FAILED, PREEMPTED, RUNNING
-from bnresearch.train import loop, members, steps
+from bnresearch.train import log_window, loop, members, steps
 from bnresearch.train.layout import batch_shapes
 from bnresearch.train.preflight import Setup, check_batches_split, check_config, resolve
 from bnresearch.train.rundir import MetricsLog, RunDirectory, jsonable
@@ -397,7 +397,7 @@ class _Member:
         self.setup, self.index = setup, index
         self.metrics_log = MetricsLog(setup.rundir, resume_step=start.step)
         pending = start.pending[index]
-        self.restored = loop._pending_from_json(pending)[0] if pending else []
+        self.restored = log_window.pending_from_json(pending)[0] if pending else []
         self.elapsed_s = start.elapsed_s[index]
         self.status, self.step = RUNNING, start.step
 
@@ -420,7 +420,7 @@ def run_population(population, compiled, start: Start, checkpointers, iterators,
         jnp.ones(population.size, jnp.bool_), NamedSharding(mesh, PartitionSpec(MEMBERS_AXIS))
     )
     group = [_Member(setup, start, index) for index, setup in enumerate(population.setups)]
-    progress = loop._Progress(plan.total_steps, step)
+    progress = log_window.Progress(plan.total_steps, step)
     # The calls' metrics since the last logging step, stacked over members, left on the device
     # until then; the window starts at the same step for every member.
     window = []
@@ -463,7 +463,7 @@ def run_population(population, compiled, start: Start, checkpointers, iterators,
                 if must_save:
                     save(member, member_states)
                 elif preempted:
-                    pending = loop._pending_to_json(member.window(fetched), window_start, [])
+                    pending = log_window.pending_to_json(member.window(fetched), window_start, [])
                     save(member, member_states, pending=pending)
                 if preempted:
                     member.status = PREEMPTED
@@ -491,7 +491,7 @@ def run_population(population, compiled, start: Start, checkpointers, iterators,
 def _log_train(member: _Member, fetched: list, window_start: int, step: int, phase, plan):
     """A member's train record of a logging window, as a single run writes it; a loss that is
     not finite ends the member as diverged at the step it first appeared."""
-    scalars, diverged_at = loop._summarize_train(
+    scalars, diverged_at = log_window.summarize(
         member.window(fetched), window_start, plan.accumulation_steps
     )
     scalars["train/batch_size"] = phase.examples_per_update
