@@ -191,20 +191,29 @@ def test_status_view_shows_each_point(finished_sweep):
     assert any("error: unknown normalization 'no_such_norm'" in line for line in lines)
 
 
-def test_sigterm_stops_the_points_with_a_checkpoint_and_a_relaunch_resumes(
-    tmp_path, prepared_data_dir
-):
-    long = [
-        "--config.train_duration=400 steps",
+def long_flags(steps: int) -> list[str]:
+    return [
+        f"--config.train_duration={steps} steps",
         "--config.eval_every=0 steps",
         "--config.log_every=10 steps",
     ]
-    process = launch_sweep(tmp_path, prepared_data_dir, *long, arg="one", wait=False)
-    metrics = tmp_path / "seed=3" / "metrics.jsonl"
+
+
+def start_long_sweep(workdir, data_dir, steps: int):
+    """The one-point sweep started with a long run, returned once the point has logged."""
+    process = launch_sweep(workdir, data_dir, *long_flags(steps), arg="one", wait=False)
+    metrics = workdir / "seed=3" / "metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.exists() and metrics.read_text()) and time.time() < deadline:
         assert process.poll() is None, process.stdout.read()
         time.sleep(0.05)
+    return process
+
+
+def test_sigterm_stops_the_points_with_a_checkpoint_and_a_relaunch_resumes(
+    tmp_path, prepared_data_dir
+):
+    process = start_long_sweep(tmp_path, prepared_data_dir, 400)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 1, output
@@ -213,7 +222,7 @@ def test_sigterm_stops_the_points_with_a_checkpoint_and_a_relaunch_resumes(
     assert (tmp_path / "seed=3" / "checkpoints" / str(status["step"])).is_dir()
     assert "stopped early; 1 preempted of 1 points" in output
 
-    result = launch_sweep(tmp_path, prepared_data_dir, *long, arg="one")
+    result = launch_sweep(tmp_path, prepared_data_dir, *long_flags(400), arg="one")
     assert result.returncode == 0, result.stdout
     log = (tmp_path / "logs" / "seed=3.log").read_text()
     assert f"resumed from the checkpoint at step {status['step']}" in log
@@ -227,17 +236,7 @@ def test_sigterm_stops_the_points_with_a_checkpoint_and_a_relaunch_resumes(
 def test_a_killed_sweep_stops_its_points_with_a_checkpoint(tmp_path, prepared_data_dir):
     # SIGKILL leaves the sweep no time to forward anything: its zygote gets a SIGTERM from the
     # kernel when the sweep dies, and each point one when the zygote dies (PR_SET_PDEATHSIG).
-    long = [
-        "--config.train_duration=100000 steps",
-        "--config.eval_every=0 steps",
-        "--config.log_every=10 steps",
-    ]
-    process = launch_sweep(tmp_path, prepared_data_dir, *long, arg="one", wait=False)
-    metrics = tmp_path / "seed=3" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while not (metrics.exists() and metrics.read_text()) and time.time() < deadline:
-        assert process.poll() is None, process.stdout.read()
-        time.sleep(0.05)
+    process = start_long_sweep(tmp_path, prepared_data_dir, 100000)
     process.kill()
     process.communicate(timeout=60)
     deadline = time.time() + 120

@@ -17,6 +17,7 @@ from bnresearch.optim.optimizers import make_optimizer
 from bnresearch.train import steps
 from bnresearch.train.loop import train_and_evaluate
 from bnresearch.train.state import create_train_state
+from tests.shared_results import computed_once
 from tests.train.runs import (
     StopAt,
     final_state,
@@ -50,18 +51,22 @@ PROBE_PROGRAMS = ("jit(landscape_step)", "jit(covariate_shift_step)", "jit(activ
 def runs(tmp_path_factory, data_dir):
     """A run without probes; the same with them, preempted at step 4 (logging every 3 steps, the
     window of steps 4-6 is open, with the landscape measured before update 4 in it) and
-    resumed."""
-    root = tmp_path_factory.mktemp("probes")
-    plain = train_and_record_compilations(tiny_config(data_dir, **RUN), root / "plain")
-    config = tiny_config(data_dir, **RUN, **PROBED)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("bnresearch.train.loop.PreemptionWatch", lambda: StopAt(4))
-        assert train_and_evaluate(config, str(root / "probed")) == "preempted"
-        assert read_status(root / "probed")["step"] == 4
-        assert [m["step"] for m in records(root / "probed", "landscape/")] == [2]
-        patch.setattr("bnresearch.train.loop.PreemptionWatch", lambda: StopAt(-1))
-        probed = train_and_record_compilations(config, root / "probed")
-    return root, plain, probed
+    resumed. Run once for the session's workers (45 s on the 2-core machine)."""
+
+    def compute(root):
+        plain = train_and_record_compilations(tiny_config(data_dir, **RUN), root / "plain")
+        config = tiny_config(data_dir, **RUN, **PROBED)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("bnresearch.train.loop.PreemptionWatch", lambda: StopAt(4))
+            assert train_and_evaluate(config, str(root / "probed")) == "preempted"
+            assert read_status(root / "probed")["step"] == 4
+            assert [m["step"] for m in records(root / "probed", "landscape/")] == [2]
+            patch.setattr("bnresearch.train.loop.PreemptionWatch", lambda: StopAt(-1))
+            probed = train_and_record_compilations(config, root / "probed")
+        return {"plain": plain, "probed": probed}
+
+    root, compiled = computed_once(tmp_path_factory, "probes", compute)
+    return root, compiled["plain"], compiled["probed"]
 
 
 def records(workdir, prefix):
