@@ -56,7 +56,6 @@ class Zygote:
             stdout=subprocess.PIPE,
             env=env,
             process_group=0,  # a Ctrl-C in the terminal reaches the sweep alone
-            preexec_fn=die_with_parent,
         )
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._process.stdout, selectors.EVENT_READ)
@@ -183,6 +182,10 @@ def _requests():
 
 def serve() -> None:
     """The zygote: imports, then forks a point per request until its stdin closes."""
+    # Here, not in a preexec_fn of the sweep's Popen, which would make Python fork a process
+    # that may hold JAX's threads (tests start zygotes from such processes). A sweep that dies
+    # before this line has sent no request: the zygote then reads the end of its stdin and ends.
+    die_with_parent()
     host_allocator.restart_with_tunables()  # the points' allocator setting, as launch.run's
     import bnresearch.launch  # noqa: F401  (what every point runs: the imports to share)
     import bnresearch.train.loop  # noqa: F401
