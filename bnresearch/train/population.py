@@ -2,9 +2,10 @@
 numbers, the layer options of `layers/options.py`; `members.py` has the rules) trained together,
 `jax.vmap` over their stacked train states, in one process.
 
-Small models leave the machine idle between tiny kernels and pay a process start, a dataset load
-and a compilation per run; a population pays them once and runs its members' steps as one
-program. Each member is still a normal run: its own workdir with config.json, metrics.jsonl,
+Small models leave an accelerator idle between tiny kernels and pay a dataset load and a
+compilation per run; a population pays them once and runs its members' steps as one program
+(on a CPU a member's step costs what a single run's does: README, "Many runs in one
+program"). Each member is still a normal run: its own workdir with config.json, metrics.jsonl,
 status.json and checkpoints, written exactly as `loop.py` writes a single run's, so `--status`,
 the report and a later single launch of that workdir cannot tell the difference.
 
