@@ -122,7 +122,9 @@ def run_local(
     return not stop.signals
 
 
-def _start(zygote: Zygote, sweep: Sweep, sweep_dir, group: tuple[Point, ...], slot: Slot):
+def _start(
+    zygote: Zygote, sweep: Sweep, sweep_dir, group: tuple[Point, ...], slot: Slot
+) -> _Running:
     """Starts the group's process, its output in the first point's log; the others' logs say
     where it is."""
     if len(group) == 1:
