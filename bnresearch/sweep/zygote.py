@@ -153,6 +153,7 @@ def _answer(message: dict) -> None:
 
 
 def _reap() -> None:
+    """Collects every point that has ended and tells the sweep its exit code."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -164,8 +165,8 @@ def _reap() -> None:
 
 
 def _requests():
-    """The sweep's requests, one per line of stdin, as they come; ends the points that ended
-    between them, and when stdin closes."""
+    """The sweep's requests, one per line of stdin, as they come, until stdin closes; between
+    them, reports the points that have ended."""
     selector = selectors.DefaultSelector()
     selector.register(0, selectors.EVENT_READ)
     buffer = b""
