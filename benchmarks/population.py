@@ -33,7 +33,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -51,6 +50,7 @@ from bnresearch.train import loop  # noqa: E402
 from bnresearch.train.population import (  # noqa: E402
     Population,
     compile_population_steps,
+    first_images,
     stacked_layout,
 )
 
@@ -103,10 +103,10 @@ def own_optimizers(setup, members: int) -> tuple:
     return tuple(copies)
 
 
-def own_layer_options(setup, members: int, image_shape) -> dict:
+def own_layer_options(setup, members: int, dataset) -> dict:
     """The population's member_options when member k's normalizations have k + 1 times the
     model's epsilon (its other layer options as the model's)."""
-    images = jax.ShapeDtypeStruct((setup.config.batch_size, *image_shape), jnp.float32)
+    images = first_images(setup, dataset)
     recorded = options.recorded_options(setup.init, jax.random.key(0), images)
     scaled = lambda k: {
         key: value * (k + 1) if key[-1] == "epsilon" else value for key, value in recorded.items()
@@ -132,12 +132,13 @@ def train_step(
     solo_s = _time_steps(solo, init(key, batch["image"]), batch, steps)
 
     setups = own_optimizers(setup, members) if optimizers == "differing" else (setup,) * members
+    dataset = RandomData.like(case, batch_size)
     differing = layer_options == "differing" and members > 1
     population = Population(
         setups=setups,
         mesh=setup.mesh,
-        dataset=RandomData.like(case, batch_size),
-        member_options=own_layer_options(setup, members, case.image_shape) if differing else {},
+        dataset=dataset,
+        member_options=own_layer_options(setup, members, dataset) if differing else {},
     )
     layout = stacked_layout(population)
     start = time.perf_counter()
