@@ -1,8 +1,8 @@
 """A process that imports what a point's process needs once, then forks every point of a local
 sweep from itself: the points skip the interpreter's start and the imports of JAX, flax, TFDS,
 grain and orbax (1.2 s per process on the 2-core development machine), which the sweep would
-otherwise pay once per point: the README's sweep of 13 populations took 69.3 s before, 55.9-57.8 s
-with it.
+otherwise pay once per point: the README's sweep of 13 populations took 68-69 s before, 55.9-61.2 s
+with it (median 56.3 s).
 
 Each forked point is still a process of its own, as `python -m bnresearch.launch ...` started
 by the sweep would be: its own process group, CPU affinity, environment and log, the same code
