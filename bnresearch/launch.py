@@ -40,7 +40,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bnresearch import host_allocator, persistent_cache
-from bnresearch.errors import UsageError
+from bnresearch.errors import EnvironmentFailure, UsageError
 from bnresearch.train.members import VECTORIZE
 
 _IMPORTED = time.perf_counter()  # where the process's start time cannot be read (`_launched`)
@@ -286,6 +286,8 @@ _FULL_DISK_TEXTS = ("No space left on device", "Disk quota exceeded")
 def _environment_problem(error: BaseException) -> str | None:
     """One line saying what in the environment failed and what to do, or None if not that."""
     for cause in _causes(error):
+        if isinstance(cause, EnvironmentFailure):
+            return str(cause)
         code = cause.errno if isinstance(cause, OSError) else None
         path = getattr(cause, "filename", None)
         at = f" ({path})" if path else ""

@@ -32,6 +32,7 @@ import sys
 import traceback
 
 from bnresearch import host_allocator
+from bnresearch.errors import EnvironmentFailure
 
 # The module a point's command runs (bnresearch/sweep/spec.py): the zygote runs it in the fork.
 LAUNCH_MODULE = "bnresearch.launch"
@@ -77,8 +78,8 @@ class Zygote:
                     return message["started"]
 
     def exited(self) -> dict[int, int]:
-        """The points that ended since the last call: pid -> exit code. Raises RuntimeError if
-        the zygote itself ended (its points end with it)."""
+        """The points that ended since the last call: pid -> exit code. Raises
+        EnvironmentFailure if the zygote itself ended (its points end with it)."""
         self._read(wait=False)
         exited, self._exited = self._exited, {}
         return exited
@@ -95,9 +96,11 @@ class Zygote:
         while self._selector.select(None if wait and not messages else 0):
             chunk = os.read(self._process.stdout.fileno(), 1 << 16)
             if not chunk:
-                raise RuntimeError(
-                    f"the sweep's zygote process ended (exit code {self._process.wait()}); "
-                    "its points end with it"
+                raise EnvironmentFailure(
+                    "the process that starts the sweep's points (bnresearch/sweep/zygote.py) "
+                    f"ended with exit code {self._process.wait()} (a negative code is the signal "
+                    "that ended it); its points stopped with it and saved a checkpoint: launch "
+                    "the same command again to resume them"
                 )
             *lines, self._buffer = (self._buffer + chunk).split(b"\n")
             messages += map(json.loads, lines)

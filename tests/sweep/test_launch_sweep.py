@@ -3,6 +3,7 @@ the status view, and the SLURM code path through submitit's local executor."""
 
 import json
 import os
+import pathlib
 import re
 import signal
 import subprocess
@@ -239,14 +240,49 @@ def test_a_killed_sweep_stops_its_points_with_a_checkpoint(tmp_path, prepared_da
     process = start_long_sweep(tmp_path, prepared_data_dir, 100000)
     process.kill()
     process.communicate(timeout=60)
+    assert_stopped_with_a_checkpoint(tmp_path / "seed=3", 100000)
+
+
+def assert_stopped_with_a_checkpoint(run_dir, steps: int) -> None:
+    """The point's process, left without its sweep, ends preempted with a checkpoint. One that
+    outlives the test's wait is killed (its pid from status.json) before the test fails."""
     deadline = time.time() + 120
-    while read_status(tmp_path / "seed=3")["status"] == "running" and time.time() < deadline:
+    while read_status(run_dir)["status"] == "running" and time.time() < deadline:
         time.sleep(0.1)
-    status = read_status(tmp_path / "seed=3")
-    if status["status"] == "running":  # it outlived its sweep: end it before the test fails
+    status = read_status(run_dir)
+    if status["status"] == "running":
         os.kill(status["pid"], signal.SIGKILL)
-    assert status["status"] == "preempted" and 0 < status["step"] < 100000, status
-    assert (tmp_path / "seed=3" / "checkpoints" / str(status["step"])).is_dir()
+    assert status["status"] == "preempted" and 0 < status["step"] < steps, status
+    assert (run_dir / "checkpoints" / str(status["step"])).is_dir()
+
+
+def child_running(parent_pid: int, module: str) -> int:
+    """The pid of `parent_pid`'s child process that runs `python -m module`."""
+    for proc in pathlib.Path("/proc").iterdir():
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):  # not a process, or one that just ended
+            continue
+        if parent == parent_pid and module.encode() in command:
+            return int(proc.name)
+    raise AssertionError(f"process {parent_pid} has no child running {module}")
+
+
+def test_a_killed_zygote_ends_the_sweep_with_one_line_and_its_points_with_a_checkpoint(
+    tmp_path, prepared_data_dir
+):
+    process = start_long_sweep(tmp_path, prepared_data_dir, 100000)
+    os.kill(child_running(process.pid, "bnresearch.sweep.zygote"), signal.SIGKILL)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 1, output
+    assert output.strip().splitlines()[-1] == (
+        "error: the process that starts the sweep's points (bnresearch/sweep/zygote.py) ended "
+        "with exit code -9 (a negative code is the signal that ended it); its points stopped "
+        "with it and saved a checkpoint: launch the same command again to resume them"
+    ), output
+    assert "Traceback" not in output, output
+    assert_stopped_with_a_checkpoint(tmp_path / "seed=3", 100000)
 
 
 def test_the_submitit_local_executor_runs_the_slurm_code_path(tmp_path, prepared_data_dir):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from bnresearch.errors import EnvironmentFailure
 from bnresearch.sweep.zygote import Zygote
 from tests.sweep.sweeps import TINY, sweep_env
 
@@ -70,7 +71,7 @@ def test_the_sweep_hears_when_its_zygote_dies():
     zygote = Zygote(dict(os.environ))
     zygote._process.kill()
     zygote._process.wait()
-    with pytest.raises(RuntimeError, match="zygote process ended"):
+    with pytest.raises(EnvironmentFailure, match=r"zygote.py\) ended with exit code -9"):
         for _ in range(100):
             zygote.exited()
             time.sleep(0.05)
