@@ -52,11 +52,14 @@ MODEL_CASES = {
 }
 
 
-def benchmark_config(case: ModelCase, batch_size: int, compute_dtype: str):
+def benchmark_config(case: ModelCase, batch_size: int, compute_dtype: str, norm: str = "batch"):
     """A run's config for `case`, with the peer's optimizer: SGD with momentum 0.9, lr 0.1 at
-    every batch size (constant), coupled weight decay 5e-4 on all parameters."""
+    every batch size (constant), coupled weight decay 5e-4 on all parameters. `norm` is the
+    model's normalization: 'none' (no normalization; convs then get a bias) measures what the
+    convolutions and the rest of the step cost without it."""
     config = base_config()
     config.model.name = case.model
+    config.model.norm = norm
     for option, value in case.options.items():
         config.model.options[option] = value
     config.batch_size = config.eval_batch_size = batch_size
@@ -94,9 +97,9 @@ class RandomData:
         return cls(info, make_augmentation("none", crop_padding=0, image_size=case.image_shape[0]))
 
 
-def build_setup(case: ModelCase, batch_size: int, compute_dtype: str) -> Setup:
+def build_setup(case: ModelCase, batch_size: int, compute_dtype: str, norm: str = "batch") -> Setup:
     """What `preflight` resolves for a run of `case`, the dataset's facts taken from `case`."""
-    config = benchmark_config(case, batch_size, compute_dtype)
+    config = benchmark_config(case, batch_size, compute_dtype, norm)
     return resolve(config, RandomData.like(case, batch_size), make_mesh())
 
 
@@ -141,9 +144,9 @@ class LibraryStep:
 
     name = "bnresearch"
 
-    def __init__(self, case: ModelCase, batch_size: int, compute_dtype: str):
+    def __init__(self, case: ModelCase, batch_size: int, compute_dtype: str, norm: str = "batch"):
         self.batch_size = batch_size
-        setup = build_setup(case, batch_size, compute_dtype)
+        setup = build_setup(case, batch_size, compute_dtype, norm)
         start = time.perf_counter()
         compiled = loop.compile_steps(setup, start_step=0)
         self.compile_s = time.perf_counter() - start

@@ -3,9 +3,11 @@
 Each model has the layers of bnresearch's (bnresearch/models/cifar_resnet.py, cnn.py,
 resnet.py): convs without bias, each followed by batch norm (eps 1e-5, running averages with
 weight 0.1 on the new value: the library's flax-convention 0.9 on the old one), relu, global
-average pooling and a linear head with bias. Residual blocks are post-activation basic blocks
-with a 1x1 conv + batch norm shortcut where the shape changes. The optimizer is
-`torch.optim.SGD(lr=0.1, momentum=0.9, weight_decay=5e-4)`, the loss the mean cross-entropy.
+average pooling and a linear head with bias. With norm 'none' the convs have a bias and nothing
+follows them, as the library builds its models without normalization. Residual blocks are
+post-activation basic blocks with a 1x1 conv + batch norm shortcut where the shape changes. The
+optimizer is `torch.optim.SGD(lr=0.1, momentum=0.9, weight_decay=5e-4)`, the loss the mean
+cross-entropy.
 Images are NCHW (PyTorch's default layout); bfloat16 runs under CPU autocast (bfloat16 convs
 and matmuls, float32 parameters), as the library computes in bfloat16 with float32 parameters.
 
@@ -24,25 +26,28 @@ from torch import nn
 SEED = 0
 
 
-def conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int) -> nn.Sequential:
-    """A bias-free conv padded by kernel // 2 (as the library pads), then batch norm."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, bias=False)
-    return nn.Sequential(conv, nn.BatchNorm2d(out_channels))
+def conv_norm(in_channels: int, out_channels: int, kernel: int, stride: int, norm: str):
+    """A conv padded by kernel // 2 (as the library pads), then batch norm ('batch', the conv
+    without bias) or nothing ('none', the conv with a bias)."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, bias=norm == "none")
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels) if norm == "batch" else nn.Identity())
 
 
 class BasicBlock(nn.Module):
     """relu(conv-BN-relu-conv-BN(x) + shortcut(x)); the shortcut is the identity, or a strided
     1x1 conv + BN where the block changes the shape (the library's 'projection')."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str):
         super().__init__()
         self.branch = nn.Sequential(
-            conv_bn(in_channels, out_channels, 3, stride),
+            conv_norm(in_channels, out_channels, 3, stride, norm),
             nn.ReLU(),
-            conv_bn(out_channels, out_channels, 3, 1),
+            conv_norm(out_channels, out_channels, 3, 1, norm),
         )
         reshapes = stride != 1 or in_channels != out_channels
-        self.shortcut = conv_bn(in_channels, out_channels, 1, stride) if reshapes else nn.Identity()
+        self.shortcut = (
+            conv_norm(in_channels, out_channels, 1, stride, norm) if reshapes else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.branch(x) + self.shortcut(x))
@@ -60,38 +65,38 @@ class Classifier(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
-def residual_net(stem: list, stem_width: int, widths, blocks_per_stage, num_classes: int):
+def residual_net(stem: list, stem_width: int, widths, blocks_per_stage, num_classes, norm):
     """`stem`, then stages of basic blocks, stride 2 at the first block of every stage but the
     first, then the classifier."""
     layers, channels = list(stem), stem_width
     for stage, (width, blocks) in enumerate(zip(widths, blocks_per_stage)):
         for block in range(blocks):
             stride = 2 if stage > 0 and block == 0 else 1
-            layers.append(BasicBlock(channels, width, stride))
+            layers.append(BasicBlock(channels, width, stride, norm))
             channels = width
     return Classifier(nn.Sequential(*layers), channels, num_classes)
 
 
-def resnet20(channels: int, num_classes: int) -> nn.Module:
+def resnet20(channels: int, num_classes: int, norm: str) -> nn.Module:
     """He et al.'s CIFAR ResNet-20: 3x3 stem with 16 channels, 3 stages of 3 blocks."""
-    stem = [conv_bn(channels, 16, 3, 1), nn.ReLU()]
-    return residual_net(stem, 16, (16, 32, 64), (3, 3, 3), num_classes)
+    stem = [conv_norm(channels, 16, 3, 1, norm), nn.ReLU()]
+    return residual_net(stem, 16, (16, 32, 64), (3, 3, 3), num_classes, norm)
 
 
-def resnet18(channels: int, num_classes: int) -> nn.Module:
+def resnet18(channels: int, num_classes: int, norm: str) -> nn.Module:
     """The ImageNet ResNet-18: 7x7 stride-2 stem and 3x3 stride-2 max pool, 4 stages of 2."""
-    stem = [conv_bn(channels, 64, 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
-    return residual_net(stem, 64, (64, 128, 256, 512), (2, 2, 2, 2), num_classes)
+    stem = [conv_norm(channels, 64, 7, 2, norm), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    return residual_net(stem, 64, (64, 128, 256, 512), (2, 2, 2, 2), num_classes, norm)
 
 
-def cnn(channels: int, num_classes: int) -> nn.Module:
+def cnn(channels: int, num_classes: int, norm: str) -> nn.Module:
     """The library's default CNN: stages of two conv-BN-relu (32, 64, 128 channels), the first
     conv of every stage but the first with stride 2."""
     layers = []
     for stage, width in enumerate((32, 64, 128)):
         for conv in range(2):
             stride = 2 if stage > 0 and conv == 0 else 1
-            layers += [conv_bn(channels, width, 3, stride), nn.ReLU()]
+            layers += [conv_norm(channels, width, 3, stride, norm), nn.ReLU()]
             channels = width
     return Classifier(nn.Sequential(*layers), channels, num_classes)
 
@@ -111,11 +116,13 @@ class TorchPeer:
 
     name = "torch"
 
-    def __init__(self, model: str, *, batch_size: int, image_shape, num_classes: int, dtype: str):
+    def __init__(
+        self, model: str, *, batch_size: int, image_shape, num_classes: int, dtype: str, norm: str
+    ):
         torch.manual_seed(SEED)
         height, width, channels = image_shape
         self.batch_size = batch_size
-        self.model = MODELS[model](channels, num_classes)
+        self.model = MODELS[model](channels, num_classes, norm)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4
         )

@@ -26,6 +26,9 @@ import library_step
 from bnresearch import host_allocator
 
 DTYPES = ("float32", "bfloat16")
+# Batch norm, each model's own; 'none' shows what the step costs without normalization (both
+# frameworks' convs then get a bias), i.e. how far the convolutions alone are from the peer's.
+NORMS = ("batch", "none")
 MIB = 2**20
 DIGITS_BATCH_SIZE = 64  # the quickstart's (configs/quickstart.py)
 FOLDER_BATCH_SIZE = 128  # ResNet-20's on CIFAR-sized images
@@ -50,6 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--dtypes",
         default="float32",
         help=f"comma-separated compute dtypes, of {', '.join(DTYPES)}",
+    )
+    parser.add_argument(
+        "--norms",
+        default="batch",
+        help=f"comma-separated normalizations of the models, of {', '.join(NORMS)}",
     )
     parser.add_argument("--steps", type=int, default=20, help="steps (batches) per repeat")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement")
@@ -88,6 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.models = _names(args.models, library_step.MODEL_CASES, "--models", parser)
     args.dtypes = _names(args.dtypes, DTYPES, "--dtypes", parser)
+    args.norms = _names(args.norms, NORMS, "--norms", parser)
     try:
         args.batch_sizes = [int(size) for size in args.batch_sizes.split(",") if size]
     except ValueError:
@@ -192,6 +201,7 @@ class SideResult:
 @dataclasses.dataclass
 class CaseResult:
     model: str
+    norm: str
     batch_size: int
     dtype: str
     flops_per_step: float  # XLA's count for the compiled train step; the same model on both
@@ -223,10 +233,10 @@ def _start(side, warmup: int) -> SideResult:
     return SideResult(side.name, side.parameter_count(), first_loss, float("nan"))
 
 
-def measure_case(model: str, batch_size: int, dtype: str, args, peer) -> CaseResult:
+def measure_case(model: str, norm: str, batch_size: int, dtype: str, args, peer) -> CaseResult:
     case = library_step.MODEL_CASES[model]
-    print(f"{model}, batch {batch_size}, {dtype}:", flush=True)
-    library = library_step.LibraryStep(case, batch_size, dtype)
+    print(f"{model}, norm {norm}, batch {batch_size}, {dtype}:", flush=True)
+    library = library_step.LibraryStep(case, batch_size, dtype, norm)
     sides = [library]
     if peer is not None:
         sides.append(
@@ -236,6 +246,7 @@ def measure_case(model: str, batch_size: int, dtype: str, args, peer) -> CaseRes
                 dtype=dtype,
                 image_shape=case.image_shape,
                 num_classes=case.num_classes,
+                norm=norm,
             )
         )
     results = [_start(side, args.warmup) for side in sides]
@@ -251,7 +262,9 @@ def measure_case(model: str, batch_size: int, dtype: str, args, peer) -> CaseRes
     evaluate = lambda side: args.steps * batch_size / side.evaluate(args.steps)
     _alternate(sides, results, evaluate, "eval", args.repeats)
     _report_sanity(results)
-    return CaseResult(model, batch_size, dtype, library.flops_per_step, results, _max_rss_bytes())
+    return CaseResult(
+        model, norm, batch_size, dtype, library.flops_per_step, results, _max_rss_bytes()
+    )
 
 
 def _report_sanity(results: list[SideResult]) -> None:
@@ -282,7 +295,7 @@ def _ratio(results: list[SideResult], label: str) -> str:
 
 def step_table(cases: list[CaseResult], matmul: dict) -> str:
     header = (
-        "| model | batch | dtype | framework | train images/s | train repeats | "
+        "| model | norm | batch | dtype | framework | train images/s | train repeats | "
         "eval images/s | compile s | GFLOP/step | GFLOP/s | % of matmul | step MiB | "
         "max RSS MiB | train vs torch | eval vs torch |"
     )
@@ -297,6 +310,7 @@ def step_table(cases: list[CaseResult], matmul: dict) -> str:
                 " | ".join(
                     [
                         f"| {case.model}",
+                        case.norm,
                         str(case.batch_size),
                         case.dtype,
                         side.framework,
@@ -397,8 +411,9 @@ def main(argv=None) -> None:
     if "torch" in matmul:
         machine["matmul_gflops_torch"] = matmul["torch"] / 1e9
     cases = [
-        measure_case(model, batch_size, dtype, args, peer)
+        measure_case(model, norm, batch_size, dtype, args, peer)
         for model in args.models
+        for norm in args.norms
         for batch_size in args.batch_sizes or [library_step.MODEL_CASES[model].default_batch_size]
         for dtype in args.dtypes
     ]
