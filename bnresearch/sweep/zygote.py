@@ -99,8 +99,8 @@ class Zygote:
                 raise EnvironmentFailure(
                     "the process that starts the sweep's points (bnresearch/sweep/zygote.py) "
                     f"ended with exit code {self._process.wait()} (a negative code is the signal "
-                    "that ended it); its points stopped with it and saved a checkpoint: launch "
-                    "the same command again to resume them"
+                    "that ended it); its points stopped with it, each saving a checkpoint once it "
+                    "had begun training: launch the same command again to resume them"
                 )
             *lines, self._buffer = (self._buffer + chunk).split(b"\n")
             messages += map(json.loads, lines)

@@ -279,7 +279,8 @@ def test_a_killed_zygote_ends_the_sweep_with_one_line_and_its_points_with_a_chec
     assert output.strip().splitlines()[-1] == (
         "error: the process that starts the sweep's points (bnresearch/sweep/zygote.py) ended "
         "with exit code -9 (a negative code is the signal that ended it); its points stopped "
-        "with it and saved a checkpoint: launch the same command again to resume them"
+        "with it, each saving a checkpoint once it had begun training: launch the same command "
+        "again to resume them"
     ), output
     assert "Traceback" not in output, output
     assert_stopped_with_a_checkpoint(tmp_path / "seed=3", 100000)
