@@ -19,15 +19,14 @@ import argparse
 import collections
 import dataclasses
 import functools
-import os
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import library_step
 import numpy as np
+from train_step import load_peer
 
 from bnresearch import host_allocator  # the import applies the kit's XLA options
 from bnresearch.layers.convolution import conv_general_dilated
@@ -217,22 +216,14 @@ def main(argv=None) -> None:
     parser.add_argument("--calls", type=int, default=10, help="calls per timed round")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; the median is shown")
     args = parser.parse_args(argv)
-    models = [name for name in args.models.split(",") if name]
-    unknown = [name for name in models if name not in library_step.MODEL_CASES]
-    if unknown or not models:
-        parser.error(f"--models: unknown {unknown}; valid: {', '.join(library_step.MODEL_CASES)}")
+    models = library_step.model_names(args.models, parser)
     if args.calls < 1 or args.repeats < 1:
         parser.error("--calls and --repeats must be at least 1")
     host_allocator.restart_with_tunables()  # as launch.py runs: see bnresearch/host_allocator.py
     frameworks = [XlaConv]
-    if args.peer == "torch":
-        try:
-            import torch
-        except ModuleNotFoundError:
-            sys.exit(
-                "--peer torch needs torch: .venv/bin/pip install -r benchmarks/requirements.txt"
-            )
-        torch.set_num_threads(os.cpu_count())  # as benchmarks/torch_peer.py
+    peer = load_peer(args.peer)
+    if peer is not None:
+        peer.use_all_cores()  # one intra-op thread per core, as in train_step.py
         frameworks.append(TorchConv)
     names = [framework.name for framework in frameworks]
     for model in models:

@@ -52,6 +52,16 @@ MODEL_CASES = {
 }
 
 
+def model_names(text: str, parser) -> list[str]:
+    """The models of a comma-separated `--models` value; `parser.error` (exit 2) naming the
+    valid ones for an unknown name or none."""
+    names = [name for name in text.split(",") if name]
+    unknown = [name for name in names if name not in MODEL_CASES]
+    if unknown or not names:
+        parser.error(f"--models: unknown {unknown}; valid: {', '.join(MODEL_CASES)}")
+    return names
+
+
 def benchmark_config(case: ModelCase, batch_size: int, compute_dtype: str, norm: str = "batch"):
     """A run's config for `case`, with the peer's optimizer: SGD with momentum 0.9, lr 0.1 at
     every batch size (constant), coupled weight decay 5e-4 on all parameters. `norm` is the

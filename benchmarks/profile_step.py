@@ -51,10 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--steps", type=int, default=5, help="traced steps (after 3 untimed)")
     args = parser.parse_args(argv)
-    args.models = [name for name in args.models.split(",") if name]
-    unknown = [name for name in args.models if name not in library_step.MODEL_CASES]
-    if unknown or not args.models:
-        parser.error(f"--models: unknown {unknown}; valid: {', '.join(library_step.MODEL_CASES)}")
+    args.models = library_step.model_names(args.models, parser)
     if args.steps < 1:
         parser.error("--steps must be at least 1")
     return args
