@@ -6,7 +6,8 @@ All 13 variants x 3 seeds (39 runs, two at a time), then the comparison table an
     python launch.py --config configs/norm_comparison.py --workdir runs/norm_comparison \
         --sweep --parallel 2
 
-About 1 minute on 2 CPU cores (55.9-61.2 s in eight runs, median 56.3 s, aacda3a to c321fd0):
+About 1 minute on 2 CPU cores (55.9-61.2 s in eight runs, median 56.3 s, aacda3a to c321fd0;
+58.7-64.7 s hours later, on a slower machine state: README, "Many runs in one program"):
 each variant's 3 seeds train as one population (--vectorize=seeds, the default), 13 processes
 forked from one that has imported JAX; each about 2.5 s of training and evaluation, 4 s of
 compiling, the rest data loading and set-up. One variant (the arg picks it; the default is batch):
